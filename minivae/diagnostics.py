@@ -1,0 +1,105 @@
+"""Diagnostics of a trained VAE: held-out ELBO, importance-weighted likelihood, active units,
+mutual information. All run without recording a graph and return plain numbers/arrays."""
+import numpy as np
+
+from .distributions import LOG_2PI
+from .engine import Tensor, no_grad
+
+
+def _logsumexp(a, axis):
+    """log(sum(exp(a))) with the max subtracted first, so nothing overflows."""
+    m = np.max(a, axis=axis, keepdims=True)
+    return np.squeeze(m, axis) + np.log(np.sum(np.exp(a - m), axis=axis))
+
+
+def _log_normal(z, mu, logvar):
+    return -0.5 * np.sum(LOG_2PI + logvar + (z - mu) ** 2 * np.exp(-logvar), axis=-1)
+
+
+def evaluate_elbo(model, x, rng, batch_size=1000, **loss_kwargs):
+    """Average stats of `model.loss` over all of x (one z per example), as a dict of floats.
+
+    Includes 'neg_elbo' and 'rec', 'kl' (nats per example) and the 'kl_per_dim' array; with
+    loss_kwargs left at their defaults the objective equals the negative ELBO.
+    """
+    totals, n = {}, len(x)
+    with no_grad():
+        for start in range(0, n, batch_size):
+            xb = x[start:start + batch_size]
+            eps = rng.standard_normal((len(xb), model.latent)).astype(xb.dtype)
+            _, stats = model.loss(xb, eps, **loss_kwargs)
+            for key, value in stats.items():
+                totals[key] = totals.get(key, 0.0) + np.asarray(value, dtype=np.float64) * len(xb)
+    return {k: (v / n if np.ndim(v) else float(v / n)) for k, v in totals.items()}
+
+
+def encode_all(model, x, batch_size=1000):
+    """Posterior means and log-variances of every row of x: two (N, latent) arrays."""
+    mus, logvars = [], []
+    with no_grad():
+        for start in range(0, len(x), batch_size):
+            mu, logvar = model.encode(Tensor(x[start:start + batch_size]))
+            mus.append(mu.data)
+            logvars.append(logvar.data)
+    return np.concatenate(mus), np.concatenate(logvars)
+
+
+def active_units(mu, threshold=0.01):
+    """Number of latent dimensions j with Var_x(E_q[z_j|x]) >= threshold, and those variances.
+
+    mu: (N, d) posterior means over an evaluation set.
+    Reference: Burda et al. 2016, arXiv:1509.00519, Sec. 5.2.
+    """
+    variances = np.var(np.asarray(mu, dtype=np.float64), axis=0)
+    return int(np.sum(variances >= threshold)), variances
+
+
+def mutual_information(mu, logvar, z):
+    """Estimate of I(x; z) under q(z|x) p_data(x), from one sample z_i ~ q(z|x_i) per example.
+
+        I = mean_i[-(d/2) log 2pi - 0.5 sum_j (1 + logvar_ij)] - mean_i log q(z_i)
+        log q(z_i) ~ logsumexp_k log q(z_i | x_k) - log B
+
+    The first term is minus the average entropy of q(z|x); the second the entropy of the
+    aggregate posterior. About 0 for a collapsed encoder (q(z|x) = q(z)), at most log B.
+    Reference: He et al. 2019, arXiv:1901.05534, Sec. 4.2 (their calc_mi).
+    """
+    mu, logvar, z = (np.asarray(a, dtype=np.float64) for a in (mu, logvar, z))
+    B, d = mu.shape
+    neg_entropy = np.mean(-0.5 * d * LOG_2PI - 0.5 * np.sum(1 + logvar, axis=-1))
+    log_q_pairs = _log_normal(z[:, None, :], mu[None, :, :], logvar[None, :, :])  # (B_z, B_x)
+    log_qz = _logsumexp(log_q_pairs, axis=1) - np.log(B)
+    return float(neg_entropy - np.mean(log_qz))
+
+
+def iw_log_likelihood(model, x, K, rng, batch_size=None, chunk=500):
+    """Importance-weighted estimate of log p(x) per example, with K samples from q(z|x).
+
+        log p_K(x) = logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K
+
+    K = 1 is the ELBO; the bound tightens (never loosens, in expectation) as K grows. Samples are
+    drawn `chunk` at a time so memory stays bounded for K = 5000. Returns an (N,) float64 array.
+    Reference: Burda et al. 2016, arXiv:1509.00519, eq. 8.
+    """
+    if K < 1:
+        raise ValueError(f"K must be >= 1 importance samples, got {K}")
+    batch_size = batch_size or max(1, 4000 // min(K, chunk))
+    out = []
+    with no_grad():
+        for start in range(0, len(x), batch_size):
+            xb = x[start:start + batch_size]  # (b, n_in)
+            mu, logvar = (t.data for t in model.encode(Tensor(xb)))
+            log_w = []
+            for k0 in range(0, K, chunk):
+                k = min(chunk, K - k0)
+                eps = rng.standard_normal((k, *mu.shape)).astype(mu.dtype)  # (k, b, d)
+                z = mu + np.exp(0.5 * logvar) * eps
+                x_out = model.decode(Tensor(z.reshape(-1, mu.shape[1])))  # (k*b, n_in)
+                xk = np.broadcast_to(xb, (k, *xb.shape)).reshape(-1, xb.shape[1])
+                log_px_z = model.log_likelihood(Tensor(xk), x_out).data.reshape(k, -1)
+                z64 = z.astype(np.float64)
+                log_pz = -0.5 * np.sum(LOG_2PI + z64 ** 2, axis=-1)
+                log_qz = _log_normal(z64, mu.astype(np.float64), logvar.astype(np.float64))
+                log_w.append(log_px_z.astype(np.float64) + log_pz - log_qz)  # (k, b)
+            out.append(_logsumexp(np.concatenate(log_w), axis=0) - np.log(K))
+    return np.concatenate(out)

@@ -1,0 +1,542 @@
+"""Text for sentence VAEs: a toy corpus with known factors, vocabulary, batching, decoder corruption.
+
+Reading order: `toy_corpus` (a synthetic language whose sentences carry known latent factors),
+`Vocab` (tokens <-> ids), `read_corpus` / `load_text_data` / `load_toy_data` (what a script
+calls), `pad_batch` / `text_batches` (what the training loop calls every step), then the
+decoder-input corruptions `word_dropout` / `contiguous_dropout` (remedies for posterior
+collapse) and the evaluation helpers `bag_of_words`, `perplexity`, `levenshtein`.
+
+A sentence is a list of whitespace tokens, encoded as a list of ids WITHOUT <sos>/<eos>;
+`pad_batch` adds those. Special ids are fixed: <pad>=0, <sos>=1, <eos>=2, <unk>=3.
+"""
+import functools
+import itertools
+import math
+import operator
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+PAD, SOS, EOS, UNK = "<pad>", "<sos>", "<eos>", "<unk>"
+SPECIALS = (PAD, SOS, EOS, UNK)
+PAD_ID, SOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+
+# ----------------------------------------------------------------------------- toy corpus
+
+# Function words are English so samples read like sentences; content words are synthetic.
+_DET_SG = ["the", "a", "this", "that", "every", "one", "my", "our"]
+_DET_PL = ["the", "some", "these", "those", "many", "two", "few", "our"]
+_PREPS = ["in", "on", "near", "under", "with", "behind", "beyond", "without", "across", "from"]
+_CONJS = ["and", "but", "while", "because", "so", "although"]
+_CODAS = [["and", "it", "BE"], ["which", "FEEL"], ["and", "everyone", "SAY", "it", "BE"]]
+_TENSED = {"BE": ("is", "was"), "FEEL": ("feels", "felt"), "SAY": ("says", "said")}
+_FUNCTION_WORDS = set(_DET_SG + _DET_PL + _PREPS + _CONJS + ["an", "it", "which", "everyone", ",", "."]
+                      + [w for forms in _TENSED.values() for w in forms])
+_ONSETS = "b d f g k l m n p r s t v z br kr tr st pl gl sh ch".split()
+_VOWELS = "a e i o u ai ou".split()
+_ENDS = ["", "", "n", "r", "l", "k", "m", "t"]
+
+
+def _plural(stem):
+    return stem + ("es" if stem.endswith(("s", "sh", "ch")) else "s")
+
+
+@functools.lru_cache(maxsize=None)
+def _toy_lexicon(n_topics):
+    """The toy language's word lists: fixed (seed-independent), topic k's words never depend on n_topics."""
+    rng, taken = random.Random(20160101), set(_FUNCTION_WORDS)
+
+    def words(n, n_syllables, make_forms):
+        out = []
+        while len(out) < n:
+            stem = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(n_syllables))
+            forms = make_forms(stem + rng.choice(_ENDS))
+            if len(set(forms)) == len(forms) and not taken.intersection(forms):
+                taken.update(forms)
+                out.append(forms)
+        return tuple(out)
+
+    noun = lambda s: (s, _plural(s))                                              # (singular, plural)
+    verb = lambda s: (s, _plural(s), s + ("d" if s.endswith("e") else "ed"))      # (base, 3rd sg, past)
+    adj = lambda s: (s + rng.choice(["ic", "ous", "al", "ive", "ish"]),)
+    adv = lambda s: (s + rng.choice(["ously", "ically", "fully"]),)
+    lex = {"shared_nouns": words(60, 2, noun), "shared_verbs": words(30, 2, verb),
+           "adjs": (words(40, 2, adj), words(40, 2, adj)), "advs": (words(15, 2, adv), words(15, 2, adv))}
+    lex["topics"] = tuple({"nouns": words(250, 2, noun), "verbs": words(100, 2, verb),
+                           "adjs": words(60, 2, adj)} for _ in range(n_topics))
+    return lex
+
+
+def _zipf_pick(rng, pool):
+    """Draw pool[r] with probability proportional to 1/(r+1) (Zipf's law with exponent 1)."""
+    cum = _zipf_cum_weights(len(pool))
+    return pool[rng.choices(range(len(pool)), cum_weights=cum)[0]]
+
+
+@functools.lru_cache(maxsize=None)
+def _zipf_cum_weights(n):
+    # 1/(r+1) is one correctly rounded IEEE division, so the weights are bit-identical everywhere.
+    return list(itertools.accumulate(1.0 / (r + 1) for r in range(n)))
+
+
+def _toy_sentence(rng, lex, topic, positive, past):
+    """One sentence of the toy grammar (see `toy_corpus`); retried by the caller if too short/long."""
+    tpc = lex["topics"][topic]
+    n_sentiment = 0
+
+    def pick_noun():
+        u = rng.random()
+        pool = (tpc["nouns"] if u < 0.8 else lex["shared_nouns"] if u < 0.95
+                else lex["topics"][rng.randrange(len(lex["topics"]))]["nouns"])
+        return _zipf_pick(rng, pool)
+
+    def noun_phrase():
+        nonlocal n_sentiment
+        plural = rng.random() < 0.35
+        words = [rng.choice(_DET_PL if plural else _DET_SG)]
+        if rng.random() < 0.4:
+            sentiment_adj = rng.random() < 0.5
+            n_sentiment += sentiment_adj
+            words.append(_zipf_pick(rng, lex["adjs"][positive] if sentiment_adj else tpc["adjs"])[0])
+        words.append(pick_noun()[plural])
+        if words[0] == "a" and words[1][0] in "aeiou":
+            words[0] = "an"
+        return words, plural
+
+    words = []
+    for c in range(rng.choices((1, 2, 3), cum_weights=(0.45, 0.85, 1.0))[0]):
+        if c > 0:
+            words.append(rng.choice(_CONJS))
+        subject, plural = noun_phrase()
+        words += subject
+        if rng.random() < 0.25:
+            words += [rng.choice(_PREPS)] + noun_phrase()[0]
+        verb = _zipf_pick(rng, tpc["verbs"] if rng.random() < 0.9 else lex["shared_verbs"])
+        words.append(verb[2] if past else verb[0] if plural else verb[1])
+        if rng.random() < 0.6:
+            words += noun_phrase()[0]
+        if rng.random() < 0.3:
+            words.append(_zipf_pick(rng, lex["advs"][positive])[0])
+            n_sentiment += 1
+        if rng.random() < 0.3:
+            words += [rng.choice(_PREPS)] + noun_phrase()[0]
+    # Every sentence shows its sentiment at least once, so the factor is a property of the text.
+    if n_sentiment == 0 or rng.random() < 0.4:
+        coda = [_TENSED[w][past] if w in _TENSED else w for w in rng.choice(_CODAS)]
+        words += [","] + coda + [_zipf_pick(rng, lex["adjs"][positive])[0]]
+    return words + ["."]
+
+
+@dataclass
+class ToyCorpus:
+    """Sentences (token lists) with their factor labels: factors[name][i] belongs to sentences[i]."""
+    sentences: list
+    factors: dict
+    factor_names: tuple = ("topic", "sentiment", "tense")
+    factor_levels: dict = field(default_factory=dict)
+
+
+def toy_corpus(n_sentences, seed=0, n_topics=6, length_range=(5, 25)):
+    """Generate a synthetic corpus whose sentences carry known sentence-level factors.
+
+    Generative process, per sentence (all randomness from random.Random(seed), so the corpus is
+    identical on every machine and Python >= 3.9; the word lists are fixed and seed-independent):
+      1. factors: topic ~ Uniform{0..n_topics-1}, sentiment ~ Uniform{0=negative, 1=positive},
+         tense ~ Uniform{0=present, 1=past}.
+      2. 1, 2 or 3 clauses (prob. 0.45/0.40/0.15) joined by conjunctions ("and", "but", ...).
+         clause = subject-NP [PP] verb [object-NP] [adverb] [PP];  NP = det [adj] noun;
+         PP = preposition NP. Subjects are plural with prob. 0.35: the determiner ("a"/"an"/"this"
+         vs "some"/"these") and, in the present tense, the verb ("-s" or not) agree with it.
+      3. Words: nouns come from the topic's 250 nouns (prob. 0.8), 60 shared nouns (0.15) or a
+         random topic's nouns (0.05); verbs from the topic's 100 verbs (0.9) or 30 shared ones;
+         adjectives (prob. 0.4 per NP) are half topic adjectives, half sentiment adjectives
+         (40 positive or 40 negative); adverbs (prob. 0.3) are sentiment adverbs. Within every
+         pool the word of rank r is drawn with probability proportional to 1/(r+1) (Zipf).
+      4. Tense sets every verb form (base / 3rd-person "-s" / past "-ed") and the coda; with
+         prob. 0.4, or always when no sentiment word was drawn, a coda such as
+         ", and it was <sentiment adj>" is added; the sentence ends with ".".
+      5. Sentences outside length_range (tokens, inclusive) are redrawn with the same factors.
+    Content words are synthetic but pronounceable, with English-like morphology: seed 0 starts
+    with "my maloul routrired some bremouks , and it was kridatish ." (topic 3, negative, past).
+    With 6 topics the language has 5,522 word types; 20k sentences use about 5,400 of them, most
+    of those rarely (Zipf).
+    Local syntax is learnable by an autoregressive decoder without any latent code; topic,
+    sentiment and tense are sentence-level, shared by all words of the sentence.
+    Returns a ToyCorpus(sentences, factors={"topic": [...], "sentiment": [...], "tense": [...]}).
+    """
+    lo, hi = length_range
+    if not 4 <= lo <= hi <= 40:
+        raise ValueError(f"length_range={length_range!r}: the toy grammar makes sentences of 4 to 40 "
+                         "tokens; need 4 <= low <= high <= 40")
+    if not 2 <= n_topics <= 10 or int(n_sentences) != n_sentences or n_sentences < 1:
+        raise ValueError(f"need n_sentences >= 1 and 2 <= n_topics <= 10, got {n_sentences}, {n_topics}")
+    rng, lex = random.Random(operator.index(seed)), _toy_lexicon(n_topics)
+    sentences, labels = [], []
+    for _ in range(int(n_sentences)):
+        topic, positive, past = rng.randrange(n_topics), int(rng.random() < 0.5), int(rng.random() < 0.5)
+        words = _toy_sentence(rng, lex, topic, positive, past)
+        while not lo <= len(words) <= hi:
+            words = _toy_sentence(rng, lex, topic, positive, past)
+        sentences.append(words)
+        labels.append((topic, positive, past))
+    names = ("topic", "sentiment", "tense")
+    levels = {"topic": [f"topic{k}" for k in range(n_topics)], "sentiment": ["negative", "positive"],
+              "tense": ["present", "past"]}
+    return ToyCorpus(sentences, {name: list(column) for name, column in zip(names, zip(*labels))}, names, levels)
+
+
+# ----------------------------------------------------------------------------- vocabulary
+
+class Vocab:
+    """Token <-> id map with <pad>=0, <sos>=1, <eos>=2, <unk>=3, then words by decreasing count.
+
+    Tokens not in the vocabulary map to <unk>. A literal "<unk>" in the data (e.g. Penn Treebank)
+    is the same thing and maps to <unk>; literal "<pad>", "<sos>", "<eos>" in the data also map to
+    <unk>, so data can never produce a structural id that would fool masking or decoding.
+    """
+
+    def __init__(self, words):
+        words = list(words)
+        if set(words) & set(SPECIALS) or len(set(words)) != len(words):
+            raise ValueError("Vocab words must be unique and must not include the special tokens")
+        self.itos = list(SPECIALS) + words
+        self.stoi = {w: i for i, w in enumerate(self.itos)}
+
+    @classmethod
+    def build(cls, sentences, min_count=1, max_size=None):
+        """Vocabulary of the tokens seen >= min_count times, at most max_size ids INCLUDING the 4 specials.
+
+        Order: decreasing count, ties alphabetically, so the result never depends on data order.
+        """
+        if min_count < 1 or (max_size is not None and max_size <= len(SPECIALS)):
+            raise ValueError(f"need min_count >= 1 and max_size > {len(SPECIALS)} (it counts the 4 "
+                             f"special tokens), got min_count={min_count}, max_size={max_size}")
+        counts = Counter(tok for sentence in sentences for tok in sentence)
+        ranked = sorted((w for w, c in counts.items() if c >= min_count and w not in SPECIALS),
+                        key=lambda w: (-counts[w], w))
+        if not ranked:
+            raise ValueError(f"no token occurs at least min_count={min_count} times; lower min_count")
+        if max_size is not None:
+            ranked = ranked[:max_size - len(SPECIALS)]
+        return cls(ranked)
+
+    def __len__(self):
+        return len(self.itos)
+
+    def __repr__(self):
+        return f"Vocab({len(self)} ids: {' '.join(self.itos[:8])} ...)"
+
+    def __eq__(self, other):
+        return isinstance(other, Vocab) and self.itos == other.itos
+
+    def encode(self, tokens):
+        """Ids of `tokens` (no <sos>/<eos> added); unknown words and literal specials -> <unk>."""
+        ids = [self.stoi.get(tok, UNK_ID) for tok in tokens]
+        return [i if i >= len(SPECIALS) else UNK_ID for i in ids]
+
+    def decode(self, ids, strip=True):
+        """Tokens of `ids`; with strip, skip <pad>/<sos> and stop at the first <eos>."""
+        tokens = []
+        for i in ids:
+            i = int(i)
+            if not 0 <= i < len(self.itos):
+                raise ValueError(f"id {i} is outside this vocabulary of {len(self.itos)} ids")
+            if strip and i == EOS_ID:
+                break
+            if not (strip and i in (PAD_ID, SOS_ID)):
+                tokens.append(self.itos[i])
+        return tokens
+
+    def to_dict(self):
+        """A JSON-able dict for checkpoints; `Vocab.from_dict` inverts it."""
+        return {"specials": list(SPECIALS), "words": self.itos[len(SPECIALS):]}
+
+    @classmethod
+    def from_dict(cls, d):
+        if list(d.get("specials", [])) != list(SPECIALS):
+            raise ValueError(f"checkpoint vocabulary has specials {d.get('specials')}, expected {list(SPECIALS)}")
+        return cls(d["words"])
+
+
+# ----------------------------------------------------------------------------- corpora from files
+
+def read_corpus(path, lowercase=False, max_len=None):
+    """Read a text file, one sentence per line, tokens separated by whitespace.
+
+    Empty and whitespace-only lines are skipped; sentences longer than max_len tokens are cut to
+    their first max_len tokens. The file must be UTF-8 (a leading byte-order mark is ignored).
+    Returns (sentences, stats) with stats = {"path", "n_lines", "n_sentences", "n_tokens",
+    "n_truncated"} (n_tokens counts tokens after truncation).
+    """
+    path = os.fspath(path)
+    if max_len is not None and max_len < 1:
+        raise ValueError(f"max_len must be >= 1 or None, got {max_len}")
+    if not os.path.isfile(path):
+        what = "is a directory, not a file" if os.path.isdir(path) else "does not exist"
+        raise FileNotFoundError(f"corpus {path!r} {what}; expected a UTF-8 text file with one sentence per line")
+    sentences, n_truncated, offset, n_lines = [], 0, 0, 0
+    with open(path, "rb") as f:
+        for n_lines, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(
+                    f"{path}: line {n_lines} is not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte offset "
+                    f"{offset + e.start} of the file, {e.start} of the line). Convert the file to UTF-8, "
+                    f"e.g. `iconv -f latin1 -t utf-8 in.txt > out.txt`") from None
+            offset += len(raw)
+            tokens = (line.lstrip("\ufeff") if n_lines == 1 else line).split()
+            if lowercase:
+                tokens = [t.lower() for t in tokens]
+            if max_len is not None and len(tokens) > max_len:
+                tokens, n_truncated = tokens[:max_len], n_truncated + 1
+            if tokens:
+                sentences.append(tokens)
+    if not sentences:
+        raise ValueError(f"{path} contains no sentences ({n_lines} lines, all empty or whitespace)")
+    stats = {"path": path, "n_lines": n_lines, "n_sentences": len(sentences),
+             "n_tokens": sum(map(len, sentences)), "n_truncated": n_truncated}
+    return sentences, stats
+
+
+@dataclass
+class TextData:
+    """Encoded splits (lists of id lists, no <sos>/<eos>), the train vocabulary and a JSON-able info dict.
+
+    factors is None for text files; for the toy corpus factors[split][name][i] labels split[i].
+    """
+    train: list
+    valid: list
+    test: list
+    vocab: Vocab
+    info: dict
+    factors: dict = None
+
+
+def _split_indices(n, held_out, seed):
+    """Seeded random split of range(n): {name: fraction} held out, "train" gets the rest; indices sorted."""
+    order = list(range(n))
+    random.Random(operator.index(seed)).shuffle(order)
+    out, start = {}, 0
+    for name, fraction in held_out.items():
+        k = max(1, round(fraction * n)) if fraction > 0 else 0
+        out[name], start = sorted(order[start:start + k]), start + k
+    if start >= n:
+        raise ValueError(f"{n} sentences are too few to hold out {held_out}; give more data or smaller fractions")
+    out["train"] = sorted(order[start:])
+    return out
+
+
+def _check_split(split):
+    if len(split) != 3 or min(split) < 0 or abs(sum(split) - 1) > 1e-6:
+        raise ValueError(f"split must be (train, valid, test) fractions >= 0 summing to 1, got {split!r}")
+
+
+def _text_data(parts, min_count, max_size, info, factors=None):
+    """Build the vocabulary on parts["train"], encode every split and add per-split counts to info."""
+    vocab = Vocab.build(parts["train"], min_count, max_size)
+    encoded = {name: [vocab.encode(s) for s in parts[name]] for name in ("train", "valid", "test")}
+    info["vocab_size"] = len(vocab)
+    info["n_train_types"] = len({tok for s in parts["train"] for tok in s})
+    info["splits"] = {}
+    for name, seqs in encoded.items():
+        n_tokens = sum(map(len, seqs))
+        n_unk = sum(i == UNK_ID for s in seqs for i in s)
+        info["splits"][name] = {"n_sentences": len(seqs), "n_tokens": n_tokens, "n_unk": n_unk,
+                                "unk_rate": n_unk / n_tokens if n_tokens else None,
+                                "max_len": max(map(len, seqs), default=0)}
+    return TextData(encoded["train"], encoded["valid"], encoded["test"], vocab, info, factors)
+
+
+def load_text_data(train_path, valid_path=None, test_path=None, split=(0.9, 0.05, 0.05), seed=0,
+                   min_count=1, max_size=None, lowercase=False, max_len=None):
+    """Read a corpus (one sentence per line) into encoded train/valid/test splits and a train-only vocab.
+
+    A split whose file is not given is carved from the train file: split = (train, valid, test)
+    fractions of the train file's sentences, drawn with random.Random(seed); train keeps the rest.
+    With both files given, split is ignored. The vocabulary (min_count, max_size as in
+    `Vocab.build`) sees the train split only, so valid/test unk rates are honest.
+    """
+    _check_split(split)
+    parts, files = {}, {}
+    for name, path in (("train", train_path), ("valid", valid_path), ("test", test_path)):
+        if path is not None:
+            parts[name], files[name] = read_corpus(path, lowercase, max_len)
+    held_out = {name: split[k] for k, name in ((1, "valid"), (2, "test")) if name not in parts}
+    if held_out:
+        index = _split_indices(len(parts["train"]), held_out, seed)
+        # index also holds "train" (the rest), so the carved train split replaces the full file.
+        parts = {**parts, **{name: [parts["train"][i] for i in idx] for name, idx in index.items()}}
+    info = {"source": "files", "files": files, "carved_from_train": sorted(held_out),
+            "split": list(split) if held_out else None, "seed": operator.index(seed), "min_count": min_count,
+            "max_size": max_size, "lowercase": lowercase, "max_len": max_len}
+    return _text_data(parts, min_count, max_size, info)
+
+
+def load_toy_data(n_sentences=20000, seed=0, split=(0.9, 0.05, 0.05), min_count=1, max_size=None, **toy_kwargs):
+    """`toy_corpus(n_sentences, seed, **toy_kwargs)` split like `load_text_data`, factors kept aligned."""
+    _check_split(split)
+    corpus = toy_corpus(n_sentences, seed, **toy_kwargs)
+    index = _split_indices(len(corpus.sentences), {"valid": split[1], "test": split[2]}, seed)
+    parts = {name: [corpus.sentences[i] for i in idx] for name, idx in index.items()}
+    factors = {name: {f: [corpus.factors[f][i] for i in idx] for f in corpus.factor_names}
+               for name, idx in index.items()}
+    info = {"source": "toy", "n_sentences_total": int(n_sentences), "seed": operator.index(seed), "split": list(split),
+            "min_count": min_count, "max_size": max_size, "toy_kwargs": dict(toy_kwargs),
+            "factor_names": list(corpus.factor_names), "factor_levels": corpus.factor_levels}
+    return _text_data(parts, min_count, max_size, info, factors)
+
+
+# ----------------------------------------------------------------------------- batching
+
+def pad_batch(seqs, mask_dtype=np.float32):
+    """Pad id lists (no specials) into the encoder/decoder arrays of a sentence VAE.
+
+    For B sentences of lengths n_i and T = max n_i (ids int64, masks mask_dtype):
+      enc_in     (B, T)    w_1 .. w_n, then <pad>          encoder input (no <sos>/<eos>)
+      enc_mask   (B, T)    1 where enc_in holds a word
+      dec_in     (B, T+1)  <sos> w_1 .. w_n, then <pad>    decoder input (teacher forcing)
+      dec_target (B, T+1)  w_1 .. w_n <eos>, then <pad>    what the decoder predicts at each step
+      mask       (B, T+1)  1 for real targets, <eos> included; mask.sum() = number of predicted tokens
+      lengths    (B,)      n_i
+    Example, seqs = [[7, 8, 9], [5]] (<pad>=0, <sos>=1, <eos>=2):
+      enc_in = [[7, 8, 9], [5, 0, 0]]         dec_in = [[1, 7, 8, 9], [1, 5, 0, 0]]
+      dec_target = [[7, 8, 9, 2], [5, 2, 0, 0]]   mask = [[1, 1, 1, 1], [1, 1, 0, 0]]
+    """
+    lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+    if len(seqs) == 0 or lengths.min() < 1:
+        raise ValueError("pad_batch needs at least one sentence and no empty sentences")
+    B, T = len(seqs), int(lengths.max())
+    enc_in = np.full((B, T), PAD_ID, dtype=np.int64)
+    for i, s in enumerate(seqs):
+        enc_in[i, :len(s)] = s
+    enc_mask = np.arange(T)[None, :] < lengths[:, None]
+    if np.isin(enc_in[enc_mask], (PAD_ID, SOS_ID, EOS_ID)).any():
+        raise ValueError("a sentence contains a <pad>/<sos>/<eos> id; pass word ids only "
+                         "(Vocab.encode never produces them, pad_batch adds <sos>/<eos>)")
+    dec_in = np.concatenate([np.full((B, 1), SOS_ID, dtype=np.int64), enc_in], axis=1)
+    dec_target = np.concatenate([enc_in, np.full((B, 1), PAD_ID, dtype=np.int64)], axis=1)
+    dec_target[np.arange(B), lengths] = EOS_ID
+    mask = np.arange(T + 1)[None, :] <= lengths[:, None]
+    return {"enc_in": enc_in, "enc_mask": enc_mask.astype(mask_dtype), "dec_in": dec_in,
+            "dec_target": dec_target, "mask": mask.astype(mask_dtype), "lengths": lengths}
+
+
+def text_batches(data, batch_size, rng=None, bucket=0, drop_last=False):
+    """Yield `pad_batch` dicts over `data` (a list of id lists), plus "index": the rows' positions in data.
+
+    rng=None: data order (for evaluation); else shuffled by rng (np.random.Generator) every call.
+    bucket=k > 0: sentences are sorted by length within pools of k*batch_size consecutive (shuffled)
+    sentences before being cut into batches, then (with rng) the batch order is shuffled again;
+    this cuts padding, and so time, a lot for k ~ 50 while keeping batches random.
+    drop_last drops a final batch smaller than batch_size.
+    """
+    if batch_size < 1 or bucket < 0 or len(data) == 0:
+        raise ValueError(f"need batch_size >= 1, bucket >= 0 and non-empty data, got {batch_size}, {bucket}, {len(data)}")
+    order = np.arange(len(data)) if rng is None else rng.permutation(len(data))
+    if bucket:
+        lengths = np.array([len(s) for s in data])
+        pool = bucket * batch_size
+        order = np.concatenate([chunk[np.argsort(lengths[chunk], kind="stable")]
+                                for chunk in np.split(order, range(pool, len(order), pool))])
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if drop_last and len(batches[-1]) < batch_size:
+        batches.pop()
+    if bucket and rng is not None:
+        batches = [batches[k] for k in rng.permutation(len(batches))]
+    for index in batches:
+        yield {**pad_batch([data[i] for i in index]), "index": index}
+
+
+# ----------------------------------------------------------------------------- decoder corruption
+
+def word_dropout(dec_in, p, rng, unk_id=UNK_ID, protect=(PAD_ID, SOS_ID, EOS_ID)):
+    """Replace each decoder input token by <unk> with probability p; ids in `protect` are never replaced.
+
+    Only the decoder input is corrupted; targets and encoder input stay intact, so the decoder
+    must get the dropped words from z. p=1 is the historyless ("inputless") decoder. Returns a new
+    array; with p=0 it is a copy and rng is not used (may be None).
+    Reference: Bowman et al. 2016, arXiv:1511.06349, Sec. 3.1 "Word dropout and historyless decoding".
+    """
+    if not 0 <= p <= 1:
+        raise ValueError(f"word dropout probability p must be in [0, 1], got {p}")
+    dec_in = np.asarray(dec_in)
+    if p == 0:
+        return dec_in.copy()
+    drop = (rng.random(dec_in.shape) < p) & ~np.isin(dec_in, protect)
+    return np.where(drop, unk_id, dec_in).astype(dec_in.dtype)
+
+
+def contiguous_dropout(dec_in, p, span_lambda, rng, unk_id=UNK_ID, protect=(PAD_ID, SOS_ID, EOS_ID)):
+    """Replace spans of decoder input tokens by <unk>: spans start at each droppable position with
+    probability p and cover Poisson(span_lambda) tokens (possibly 0), rightwards.
+
+    A span stops at the first protected token (the sentence end: <pad>/<eos>); overlapping spans
+    merge. So position j (1 = first word) is dropped with probability
+    1 - prod_{k=0}^{j-1} (1 - p * P(L > k)), L ~ Poisson(span_lambda); the expected fraction
+    dropped is about p * span_lambda for small p. Returns a new array; with p=0 or span_lambda=0
+    it is a copy and rng is not used (may be None).
+    """
+    if not 0 <= p <= 1 or not span_lambda >= 0:
+        raise ValueError(f"need p in [0, 1] and span_lambda >= 0, got p={p}, span_lambda={span_lambda}")
+    dec_in = np.asarray(dec_in)
+    if p == 0 or span_lambda == 0:
+        return dec_in.copy()
+    droppable = ~np.isin(dec_in, protect)
+    starts = (rng.random(dec_in.shape) < p) & droppable
+    span = np.where(starts, rng.poisson(span_lambda, dec_in.shape), 0)
+    drop = np.zeros(dec_in.shape, dtype=bool)
+    left = np.zeros(dec_in.shape[:-1], dtype=span.dtype)  # tokens still to drop in the current span
+    for t in range(dec_in.shape[-1]):
+        left = np.maximum(left, span[..., t])
+        drop[..., t] = droppable[..., t] & (left > 0)
+        left = np.where(droppable[..., t], np.maximum(left - 1, 0), 0)
+    return np.where(drop, unk_id, dec_in).astype(dec_in.dtype)
+
+
+# ----------------------------------------------------------------------------- evaluation helpers
+
+def bag_of_words(dec_target, mask, vocab_size):
+    """Counts (B, V) of each id among a batch's real targets, weighted by mask (<eos> counts, <pad> not).
+
+    The target of the bag-of-words loss: L_bow = -sum_v counts[b, v] * log_softmax(f)[b, v].
+    Reference: Zhao et al. 2017, arXiv:1703.10960, Sec. 3.3 (bag-of-words loss).
+    """
+    dec_target, mask = np.asarray(dec_target), np.asarray(mask)
+    if dec_target.max() >= vocab_size or dec_target.min() < 0:
+        raise ValueError(f"ids must lie in [0, {vocab_size}), got {dec_target.min()}..{dec_target.max()}")
+    counts = np.zeros((dec_target.shape[0], vocab_size), dtype=mask.dtype)
+    rows = np.broadcast_to(np.arange(dec_target.shape[0])[:, None], dec_target.shape)
+    np.add.at(counts, (rows, dec_target), mask)
+    return counts
+
+
+def perplexity(total_nll, total_tokens):
+    """exp(total_nll / total_tokens): total NLL in nats over all predicted tokens.
+
+    Count every predicted target, <eos> included and <sos> excluded (it is never predicted):
+    total_tokens = pad_batch(...)["mask"].sum() summed over batches.
+    """
+    if total_tokens <= 0:
+        raise ValueError(f"total_tokens must be > 0, got {total_tokens}")
+    if total_nll < 0:
+        raise ValueError(f"total_nll={total_nll} < 0: pass the negative log-likelihood (a loss), not log p")
+    rate = total_nll / total_tokens
+    return math.exp(rate) if rate < 700 else math.inf
+
+
+def levenshtein(a, b):
+    """Edit distance between sequences a and b: the fewest insertions, deletions and substitutions.
+
+    Dynamic programming over a (len a + 1) x (len b + 1) table, kept one row at a time.
+    """
+    prev = list(range(len(b) + 1))  # distance from a[:0] to each prefix of b
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]

@@ -1,0 +1,162 @@
+"""The MNIST training script end to end, on the MNIST test set that ships with minivae.
+
+Every test here runs offline: MINIVAE_DATA points at an empty folder and downloads are off, so
+the script takes its bundled-data fallback, exactly as on a laptop without a network.
+"""
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minivae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_mnist_vae.py"
+spec = importlib.util.spec_from_file_location("train_mnist_vae", SCRIPT)
+train_mnist_vae = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(train_mnist_vae)
+
+TINY = ["--hidden", "32", "--latent", "3", "--batch-size", "200", "--no-progress", "--no-download"]
+
+
+@pytest.fixture(autouse=True)
+def offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIVAE_DATA", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr("minivae.data.DATASETS", {
+        name: {**spec, "mirrors": ["http://127.0.0.1:9/"]}
+        for name, spec in __import__("minivae.data", fromlist=["DATASETS"]).DATASETS.items()})
+
+
+def test_tiny_run_writes_every_output(tmp_path, capsys):
+    out = tmp_path / "run"
+    main_args = TINY + ["--epochs", "2", "--out", str(out), "--iw-samples", "8", "--iw-examples", "50",
+                        "--beta-schedule", "cyclical", "--beta-params", "n_cycles=2,ratio=0.5",
+                        "--free-bits", "0.05"]
+    history = train_mnist_vae.main(main_args)
+    printed = capsys.readouterr().out
+    assert "bundled MNIST test set: 8000 train / 2000 held-out" in printed
+    assert "epoch   2/2" in printed and "active units" in printed
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data"]["fallback"] is True and metrics["data"]["n_train"] == 8000
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
+    for key in ("train_neg_elbo", "test_neg_elbo", "test_rec", "test_kl", "beta", "seconds"):
+        assert all(np.isfinite(e[key]) for e in metrics["epochs"]), key
+    assert metrics["test_iw_nll"] is not None and np.isfinite(metrics["test_iw_nll"])
+    assert 0 <= metrics["active_units"] <= 3 and metrics["config"]["latent"] == 3
+    assert metrics["epochs"] == history
+    for png in ("samples", "reconstructions", "curves", "beta_schedule", "latent", "interpolation",
+                "kl_per_dim"):
+        assert (out / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    state = load_checkpoint(out / "checkpoint.npz")
+    assert state["epoch"] == 2 and state["step"] == 2 * 40
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # no half-written files
+
+
+def test_resume_is_exactly_a_continued_run(tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train_mnist_vae.main(TINY + ["--epochs", "2", "--out", str(straight), "--no-plots",
+                                 "--binarize", "dynamic"])
+    train_mnist_vae.main(TINY + ["--epochs", "1", "--out", str(split), "--no-plots", "--binarize", "dynamic"])
+    history = train_mnist_vae.main(TINY + ["--epochs", "2", "--out", str(split), "--no-plots",
+                                           "--binarize", "dynamic", "--resume", str(split / "checkpoint.npz")])
+    a, b = load_checkpoint(straight / "checkpoint.npz"), load_checkpoint(split / "checkpoint.npz")
+    assert a["step"] == b["step"] == 80
+    for name in a["params"]:
+        np.testing.assert_array_equal(a["params"][name], b["params"][name], err_msg=name)
+    drop_time = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
+    assert drop_time(a["history"]) == drop_time(b["history"]) == drop_time(history)
+
+
+def test_resume_refuses_a_different_architecture_or_a_corrupt_file(tmp_path):
+    run = tmp_path / "run"
+    train_mnist_vae.main(TINY + ["--epochs", "1", "--out", str(run), "--no-plots"])
+    ckpt = run / "checkpoint.npz"
+    with pytest.raises(SystemExit, match=r"different latent \(3 there, 4 here\)"):
+        train_mnist_vae.main(TINY[:2] + ["--latent", "4"] + TINY[4:] + ["--epochs", "2", "--out", str(run),
+                                                                        "--resume", str(ckpt)])
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(ckpt.read_bytes()[:1000])  # a truncated copy
+    with pytest.raises(SystemExit, match="not a readable minivae checkpoint"):
+        train_mnist_vae.main(TINY + ["--epochs", "2", "--out", str(run), "--resume", str(bad)])
+
+
+def test_nan_stops_training_naming_step_and_term_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    real_loss = train_mnist_vae.MLPVAE.loss
+    calls = {"n": 0}
+
+    def loss_that_goes_nan(self, *args, **kwargs):
+        objective, stats = real_loss(self, *args, **kwargs)
+        calls["n"] += len(args[0]) == 200  # count training batches, not evaluation ones
+        if calls["n"] == 45 and len(args[0]) == 200:  # step 44, in epoch 2 (40 steps per epoch)
+            stats = {**stats, "kl": float("nan")}
+        return objective, stats
+    monkeypatch.setattr(train_mnist_vae.MLPVAE, "loss", loss_that_goes_nan)
+    with pytest.raises(SystemExit, match="step 44: the kl term is nan"):
+        train_mnist_vae.main(TINY + ["--epochs", "3", "--out", str(run), "--no-plots"])
+    assert load_checkpoint(run / "checkpoint.npz")["epoch"] == 1  # the last good one survives
+
+
+@pytest.mark.parametrize("bad", [["--epochs", "0"], ["--lr", "-1"], ["--hidden", "0"],
+                                 ["--beta-schedule", "cyclical", "--beta-params", "ratio=2"],
+                                 ["--beta-params", "x0"]])
+def test_bad_hyperparameters_are_refused_clearly(bad, tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        train_mnist_vae.main(TINY + bad + ["--out", str(tmp_path)])
+    message = str(err.value) + capsys.readouterr().err
+    assert err.value.code != 0 and ("must be" in message or "beta" in message)
+
+
+def test_learning_on_bundled_digits(tmp_path):
+    """Real training on real digits must beat, by far, the best model that ignores z.
+
+    That model is a product of per-pixel Bernoullis with the training set's mean intensities;
+    its held-out negative log-likelihood is computed here independently of minivae's model.
+    """
+    from minivae.data import load_train_test
+    with pytest.warns(UserWarning, match="bundled"):
+        x_train, _, x_test, _, _ = load_train_test("mnist", download=False, dtype=np.float64)
+    p = np.clip(x_train.mean(axis=0), 1e-6, 1 - 1e-6)
+    baseline = -np.mean(np.sum(x_test * np.log(p) + (1 - x_test) * np.log(1 - p), axis=1))  # ~204 nats
+
+    history = train_mnist_vae.main(["--epochs", "3", "--no-progress", "--no-download", "--no-plots",
+                                    "--hidden", "200", "--out", str(tmp_path)])
+    scores = [h["test_neg_elbo"] for h in history]
+    assert scores == sorted(scores, reverse=True), scores  # improves every epoch
+    assert scores[-1] < 0.9 * baseline, (scores, baseline)  # an upper bound on NLL, 10% below it
+    assert history[-1]["test_kl"] > 1.0  # and it got there by using z
+
+
+# ------------------------------------------------------------------ checkpoint files
+def test_checkpoint_round_trip_and_damage(tmp_path):
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, params={"W": np.arange(6.0, dtype=np.float32).reshape(2, 3)},
+                    optimizer={"m.0": np.zeros(3), "t": np.array([4]), "lr": 1e-3}, step=7,
+                    config={"hidden": [400], "name": "x"}, rng=np.random.default_rng(0).bit_generator.state)
+    state = load_checkpoint(path)
+    assert state["step"] == 7 and state["config"] == {"hidden": [400], "name": "x"}
+    assert state["params"]["W"].dtype == np.float32 and state["params"]["W"][1, 2] == 5
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state["rng"]
+    assert rng.random() == np.random.default_rng(0).random()
+
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        load_checkpoint(tmp_path / "missing.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip file at all")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        load_checkpoint(tmp_path / "junk.npz")
+    np.savez(tmp_path / "other.npz", a=np.ones(2))  # a valid archive that is not ours
+    with pytest.raises(CheckpointError, match="not a readable"):
+        load_checkpoint(tmp_path / "other.npz")
+
+
+def test_failed_checkpoint_write_keeps_the_old_one(tmp_path, monkeypatch):
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, step=1)
+    monkeypatch.setattr(np, "savez", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, step=2)
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["c.npz"]
