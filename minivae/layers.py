@@ -115,3 +115,143 @@ class Embedding(Module):
         if ids.dtype.kind not in "iu":
             raise TypeError(f"Embedding needs integer token ids, got dtype {ids.dtype}")
         return self.W[ids]  # (B, T) ids -> (B, T, dim)
+
+
+def dropout_mask(shape, p, rng, dtype=np.float32):
+    """An inverted-dropout mask: each entry is 0 with probability p, else 1/(1-p), so E[mask] = 1.
+
+    Multiply it into activations: randomness stays outside the layers and the loss stays a
+    deterministic function of its inputs (gradient checks pass a fixed mask in). For the sentence
+    VAE's embedding dropout (elementwise, on the decoder's input embeddings):
+
+        e = embedding(ids)                                   # (B, T, dim)
+        e = e * dropout_mask(e.shape, p, rng, e.dtype)       # training only; skip at evaluation
+
+    With p=0 the mask is all ones and rng is not used (may be None).
+    Reference: Srivastava et al. 2014, JMLR 15, "Dropout", Sec. 10 (scaling at training time).
+    """
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout probability p must be in [0, 1), got {p} (p=1 would drop every "
+                         "entry; for an inputless decoder use text.word_dropout with p=1)")
+    if p == 0:
+        return np.ones(shape, dtype)
+    return (rng.random(shape) >= p).astype(dtype) / np.asarray(1 - p, dtype)
+
+
+class GRUCell(Module):
+    """One step of a gated recurrent unit, h' = GRUCell(x, h), in PyTorch's (cuDNN's) form:
+
+        r  = sigmoid(x W_ir + b_ir + h W_hr + b_hr)            reset gate
+        z  = sigmoid(x W_iz + b_iz + h W_hz + b_hz)            update gate
+        n  = tanh(x W_in + b_in + r * (h W_hn + b_hn))         candidate state
+        h' = (1 - z) * n + z * h
+
+    The reset gate multiplies h W_hn + b_hn, i.e. it is applied AFTER the recurrent matmul (Cho
+    et al. apply it before: (r * h) W_hn). That lets a step do just two matmuls, because the
+    weights are stored stacked with gate order r, z, n along the 3H axis:
+        W_x (n_in, 3H), b_x (3H,), W_h (H, 3H), b_h (3H,)
+    = torch.nn.GRU's weight_ih_l0.T, bias_ih_l0, weight_hh_l0.T, bias_hh_l0 (see
+    gru_params_from_torch). Initialisation as torch: all ~ Uniform(-k, k), k = 1/sqrt(H).
+    Built from ops only: this is the readable reference, with no GRU-specific gradient code.
+    Reference: Cho et al. 2014, arXiv:1406.1078, Sec. 2.3, eqs. 5-8 (reset-after variant as cuDNN).
+    """
+
+    def __init__(self, n_in, n_hidden, rng, dtype=np.float32):
+        self.n_in, self.n_hidden = int(n_in), int(n_hidden)
+        k = 1.0 / np.sqrt(n_hidden)
+        uniform = lambda *shape: parameter(rng.uniform(-k, k, shape).astype(dtype))
+        self.W_x, self.b_x = uniform(n_in, 3 * n_hidden), uniform(3 * n_hidden)
+        self.W_h, self.b_h = uniform(n_hidden, 3 * n_hidden), uniform(3 * n_hidden)
+
+    def __call__(self, x, h):
+        """x (B, n_in), h (B, H) -> h' (B, H)."""
+        if x.shape[-1:] != (self.n_in,) or h.shape[-1:] != (self.n_hidden,):
+            raise ValueError(f"GRUCell(n_in={self.n_in}, n_hidden={self.n_hidden}) expects x of "
+                             f"shape (B, {self.n_in}) and h of shape (B, {self.n_hidden}), got x "
+                             f"{tuple(x.shape)} and h {tuple(h.shape)}")
+        return self.step(x @ self.W_x + self.b_x, h)
+
+    def step(self, x_proj, h):
+        """h' from the input projection x_proj = x @ W_x + b_x (B, 3H), precomputable for all steps."""
+        H = self.n_hidden
+        h_proj = h @ self.W_h + self.b_h  # (B, 3H)
+        r = ops.sigmoid(x_proj[..., :H] + h_proj[..., :H])
+        z = ops.sigmoid(x_proj[..., H:2 * H] + h_proj[..., H:2 * H])
+        n = ops.tanh(x_proj[..., 2 * H:] + r * h_proj[..., 2 * H:])
+        return (1 - z) * n + z * h
+
+
+def gru_params_from_torch(weight_ih, weight_hh, bias_ih, bias_hh):
+    """A GRUCell state dict from one direction of torch.nn.GRU's weights, given as NumPy arrays.
+
+    torch stores weight_ih (3H, n_in) and weight_hh (3H, H) with the same gate order r, z, n,
+    so only the matrices need transposing. For a bidirectional GRU prefix the names with "cell."
+    and "cell_reverse." (torch's *_l0 and *_l0_reverse weights).
+    """
+    return {"W_x": np.ascontiguousarray(np.asarray(weight_ih).T), "b_x": np.array(bias_ih),
+            "W_h": np.ascontiguousarray(np.asarray(weight_hh).T), "b_h": np.array(bias_hh)}
+
+
+class GRU(Module):
+    """A GRU run over a padded batch: x (B, T, n_in), lengths (B,) -> outputs, final state.
+
+    outputs (B, T, H) hold the state after each real token and zeros at padded positions
+    (t >= length); the final state (B, H) is the state after each sequence's last real token.
+    Padding never changes outputs or gradients: at a padded position the state is carried over
+    unchanged, h = where(t < length, h_new, h), so nothing computed there reaches a real output.
+
+    bidirectional=True adds a second cell (`cell_reverse`) that reads each sequence backwards from
+    its OWN last real token: it runs t = T-1, ..., 0 and, since padding sits at the end, carries
+    its initial state through the padding untouched until it reaches token length-1. Outputs are
+    then (B, T, 2H) = [forward, backward] and the final state (B, 2H) = [forward state after the
+    last real token, backward state after token 0], as torch.nn.GRU with packed sequences.
+    h0 (optional, zeros by default) has the final state's shape, so a final state can be fed back.
+    """
+
+    def __init__(self, n_in, n_hidden, rng, dtype=np.float32, bidirectional=False):
+        self.n_in, self.n_hidden, self.bidirectional = int(n_in), int(n_hidden), bool(bidirectional)
+        self.cell = GRUCell(n_in, n_hidden, rng, dtype)
+        self.cell_reverse = GRUCell(n_in, n_hidden, rng, dtype) if bidirectional else None
+
+    def __call__(self, x, lengths, h0=None):
+        B, T, lengths = self._check(x, lengths, h0)
+        H = self.n_hidden
+        mask = np.arange(T)[None, :] < lengths[:, None]  # (B, T) true at real tokens
+        if h0 is None:
+            h0 = Tensor(np.zeros((B, H * (1 + self.bidirectional)), self.cell.W_h.dtype))
+        outputs, h = _run_cell(self.cell, x, mask, h0[:, :H], reverse=False)
+        if not self.bidirectional:
+            return outputs, h
+        outputs_rev, h_rev = _run_cell(self.cell_reverse, x, mask, h0[:, H:], reverse=True)
+        return ops.concatenate([outputs, outputs_rev], axis=2), ops.concatenate([h, h_rev], axis=1)
+
+    def _check(self, x, lengths, h0):
+        name = f"GRU(n_in={self.n_in}, n_hidden={self.n_hidden}, bidirectional={self.bidirectional})"
+        if len(x.shape) != 3 or x.shape[2] != self.n_in:
+            raise ValueError(f"{name} expects x of shape (B, T, {self.n_in}), got {tuple(x.shape)}")
+        B, T, _ = x.shape
+        lengths = np.asarray(lengths)
+        if lengths.shape != (B,) or lengths.dtype.kind not in "iu":
+            raise ValueError(f"{name}: lengths must be an integer array of shape (B,) = ({B},) for x "
+                             f"of shape {tuple(x.shape)}, got {lengths.dtype} of shape {lengths.shape}")
+        if lengths.min() < 1 or lengths.max() > T:
+            raise ValueError(f"{name}: every length must be in 1..T = 1..{T} for x of shape "
+                             f"{tuple(x.shape)}, got {lengths.tolist()}")
+        state = (B, self.n_hidden * (1 + self.bidirectional))
+        if h0 is not None and tuple(h0.shape) != state:
+            raise ValueError(f"{name}: h0 must have shape {state}, got {tuple(h0.shape)}")
+        return B, T, lengths
+
+
+def _run_cell(cell, x, mask, h, reverse):
+    """Unroll one GRUCell over time; returns outputs (B, T, H) and the last carried state (B, H)."""
+    B, T, n_in = x.shape
+    # One matmul for every step's input projection; only h @ W_h stays inside the loop.
+    x_proj = (ops.reshape(x, shape=(B * T, n_in)) @ cell.W_x + cell.b_x).reshape(B, T, -1)
+    outputs = [None] * T
+    for t in (reversed(range(T)) if reverse else range(T)):
+        real = mask[:, t, None]  # (B, 1)
+        h_new = cell.step(x_proj[:, t], h)
+        h = ops.where(real, h_new, h)  # padded rows keep their state: no effect, no gradient
+        outputs[t] = ops.where(real, h_new, 0.0)
+    return ops.stack(outputs, axis=1), h
