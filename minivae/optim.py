@@ -1,0 +1,247 @@
+"""Optimisers that update parameters in place: SGD, Adam, and global gradient-norm clipping.
+
+A parameter is any object with `.data` (a float ndarray, updated in place) and `.grad` (an
+array of the same shape, or None to leave that parameter alone this step) -- a minivae.Tensor.
+
+    opt = Adam(params, lr=1e-3)
+    for x in batches:
+        opt.zero_grad()
+        loss = ...; loss.backward()
+        clip_grad_norm(params, max_norm=10.0)   # optional
+        opt.step()
+
+All arithmetic writes into preallocated arrays (`out=`), so a step allocates nothing (the
+textbook NumPy one-liners make about six temporary arrays per parameter per step).
+`state_dict()` returns plain arrays and Python scalars (save it with np.savez);
+`load_state_dict` restores it so that training resumes bit for bit.
+
+Subnormal numbers. A float below np.finfo(dtype).tiny (1.18e-38 in float32) is stored with
+reduced precision, and x86 CPUs do arithmetic on it several times (~8x here) more slowly. Moments
+of a parameter whose gradient has become zero (a dead ReLU unit, a pixel that is almost always
+blank) decay by beta each step into that range and then stay there, because beta * x rounds
+back to x for the smallest subnormals; a tiny gradient (1e-20) puts v there at once. So after
+every update the entries of m and v (and of SGD's momentum buffer) below tiny are set to
+exactly 0, and no moment is ever subnormal between steps. This costs five in-place passes, a
+third more time per Adam step on a 784-400-20 MLP; without it the Adam steps of that model ran
+about 10x slower once 30% of its entries had been dead for a while. Zero, unlike a floor at
+tiny, stays put: beta * tiny would make a fresh subnormal every step. The effect on training is
+nil: an m below tiny moves a parameter by at most lr * tiny / ((1 - beta1) * eps) ~ lr * 1e-29
+with the default betas and eps, and v only enters through sqrt(v) + eps.
+"""
+import math
+import numbers
+
+import numpy as np
+
+__all__ = ["SGD", "Adam", "clip_grad_norm"]
+
+
+def _check(name, value, ok, valid_range):
+    good = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not (good and ok(value)):
+        raise ValueError(f"{name} must be {valid_range}, got {value!r}")
+
+
+def _flush_subnormals(a, scratch, signed=True):
+    """Set the entries of a with |a| < tiny (subnormal numbers) to zero, in place."""
+    magnitude = np.abs(a, out=scratch) if signed else a
+    np.greater_equal(magnitude, np.finfo(a.dtype).tiny, out=scratch)   # 1.0 = keep, 0.0 = flush
+    np.multiply(a, scratch, out=a)
+
+
+class _Optimizer:
+    """What SGD and Adam share: the parameter list, zero_grad, weight decay and (de)serialisation.
+
+    Subclasses name their hyperparameters in _hyper, their per-parameter arrays (lists of
+    arrays shaped like the parameters) in _buffers, and arrays with one entry per parameter in
+    _counters; state_dict / load_state_dict save and restore all three.
+    """
+    _hyper = ()
+    _buffers = ()
+    _counters = ()
+
+    def __init__(self, params):
+        self.params = list(params)
+        if not self.params:
+            raise ValueError("params is empty: pass the list of parameters to optimise")
+        for i, p in enumerate(self.params):
+            data = getattr(p, "data", None)
+            if not (isinstance(data, np.ndarray) and data.dtype.kind == "f"):
+                got = f"dtype {data.dtype}" if isinstance(data, np.ndarray) else repr(type(data))
+                raise TypeError(f"params[{i}].data must be a float numpy array, got {got}")
+        self._scratch = [np.empty_like(p.data) for p in self.params]
+        self._decayed = [None] * len(self.params)   # allocated on first use of weight_decay
+
+    def zero_grad(self):
+        """Forget all gradients (p.grad = None), ready for the next backward pass."""
+        for p in self.params:
+            p.grad = None
+
+    def _gradient(self, i, p):
+        """Return p.grad, plus weight_decay * p.data (the gradient of an L2 penalty) if set."""
+        if p.grad.shape != p.data.shape:
+            raise ValueError(f"params[{i}]: grad has shape {p.grad.shape} "
+                             f"but data has shape {p.data.shape}")
+        if not self.weight_decay:
+            return p.grad
+        if self._decayed[i] is None:
+            self._decayed[i] = np.empty_like(p.data)
+        g = np.multiply(p.data, self.weight_decay, out=self._decayed[i])
+        return np.add(g, p.grad, out=g)
+
+    def state_dict(self):
+        """Everything needed to resume exactly: a flat dict of numpy arrays and Python scalars."""
+        state = {"optimizer": type(self).__name__, "n_params": len(self.params)}
+        state.update({k: getattr(self, k) for k in self._hyper})
+        state.update({k: getattr(self, k).copy() for k in self._counters})
+        for name in self._buffers:
+            for i, a in enumerate(getattr(self, name)):
+                state[f"{name}.{i}"] = a.copy()
+        return state
+
+    def load_state_dict(self, state):
+        """Restore a state_dict (or one read back with np.load) after checking it fits these params."""
+        kind, n = str(state.get("optimizer")), int(state.get("n_params", -1))
+        if kind != type(self).__name__:
+            raise ValueError(f"state is for optimizer {kind!r}, not {type(self).__name__}")
+        if n != len(self.params):
+            raise ValueError(f"state has {n} parameters but this optimizer has {len(self.params)}; "
+                             "build it with the same model and parameter order as the saved one")
+        needed = [*self._hyper, *self._counters,
+                  *(f"{name}.{i}" for name in self._buffers for i in range(n))]
+        missing = [k for k in needed if k not in state]
+        if missing:
+            raise ValueError(f"state is missing {missing[:5]}{' ...' if len(missing) > 5 else ''}: "
+                             f"pass what {type(self).__name__}.state_dict() returned")
+        for name in self._buffers:
+            for i, p in enumerate(self.params):
+                saved = np.shape(state[f"{name}.{i}"])
+                if saved != p.data.shape:
+                    raise ValueError(f"params[{i}]: saved {name} has shape {saved} but the parameter "
+                                     f"has shape {p.data.shape}; build the model with the same sizes")
+        for name in self._counters:
+            if np.shape(state[name]) != (n,):
+                raise ValueError(f"saved {name} has shape {np.shape(state[name])}, expected ({n},)")
+        self._set_hyper(**{k: np.asarray(state[k]).item() for k in self._hyper})
+        for name in self._counters:
+            np.copyto(getattr(self, name), state[name])
+        for name in self._buffers:
+            for i, a in enumerate(getattr(self, name)):
+                np.copyto(a, state[f"{name}.{i}"])
+
+
+class SGD(_Optimizer):
+    """Stochastic gradient descent with optional heavy-ball momentum and L2 weight decay.
+
+        g = grad + weight_decay * p
+        buf = momentum * buf + g            (buf starts at 0, so the first step uses g)
+        p = p - lr * buf                    (with momentum = 0 this is p - lr * g)
+    This is PyTorch's SGD with dampening = 0 and no Nesterov term.
+    """
+    _hyper = ("lr", "momentum", "weight_decay")
+    _buffers = ("momentum_buffer",)
+
+    def __init__(self, params, lr, momentum=0.0, weight_decay=0.0):
+        super().__init__(params)
+        self._set_hyper(lr, momentum, weight_decay)
+        self.momentum_buffer = [np.zeros_like(p.data) for p in self.params]
+
+    def _set_hyper(self, lr, momentum, weight_decay):
+        _check("lr", lr, lambda v: v > 0, "a finite number > 0")
+        _check("momentum", momentum, lambda v: 0 <= v < 1, "in [0, 1)")
+        _check("weight_decay", weight_decay, lambda v: v >= 0, "a finite number >= 0")
+        self.lr, self.momentum, self.weight_decay = float(lr), float(momentum), float(weight_decay)
+
+    def step(self):
+        """Update every parameter whose grad is not None."""
+        for i, (p, buf, s) in enumerate(zip(self.params, self.momentum_buffer, self._scratch)):
+            if p.grad is None:
+                continue
+            d = self._gradient(i, p)
+            if self.momentum:
+                np.multiply(buf, self.momentum, out=buf)
+                np.add(buf, d, out=buf)
+                _flush_subnormals(buf, s)
+                d = buf
+            np.multiply(d, self.lr, out=s)
+            np.subtract(p.data, s, out=p.data)
+
+
+class Adam(_Optimizer):
+    """Adam: steps scaled per entry by bias-corrected running moments of the gradient.
+
+    For each parameter, with g = grad + weight_decay * p (an L2 penalty, as in the paper; not
+    AdamW) and t = the number of steps this parameter has taken, including this one:
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g**2
+        p = p - lr * (m / (1 - beta1**t)) / (sqrt(v / (1 - beta2**t)) + eps)
+    The last line is evaluated as p - a * m / (sqrt(v) + eps * c), with c = sqrt(1 - beta2**t)
+    and a = lr * c / (1 - beta1**t): the same value, one pass over the array fewer.
+    Each parameter counts its own t, so one left out for a while (grad None) still gets the
+    right bias correction when it starts training. Moments have the parameter's dtype.
+
+    Reference: Kingma & Ba 2015, arXiv:1412.6980, Algorithm 1.
+    """
+    _hyper = ("lr", "beta1", "beta2", "eps", "weight_decay")
+    _buffers = ("m", "v")
+    _counters = ("steps",)
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(params)
+        if len(betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        self._set_hyper(lr, betas[0], betas[1], eps, weight_decay)
+        self.m = [np.zeros_like(p.data) for p in self.params]
+        self.v = [np.zeros_like(p.data) for p in self.params]
+        self.steps = np.zeros(len(self.params), dtype=np.int64)
+
+    def _set_hyper(self, lr, beta1, beta2, eps, weight_decay):
+        _check("lr", lr, lambda v: v > 0, "a finite number > 0")
+        _check("beta1", beta1, lambda v: 0 <= v < 1, "in [0, 1)")
+        _check("beta2", beta2, lambda v: 0 <= v < 1, "in [0, 1)")
+        _check("eps", eps, lambda v: v > 0, "a finite number > 0")
+        _check("weight_decay", weight_decay, lambda v: v >= 0, "a finite number >= 0")
+        self.lr, self.beta1, self.beta2 = float(lr), float(beta1), float(beta2)
+        self.eps, self.weight_decay = float(eps), float(weight_decay)
+
+    def step(self):
+        """Update every parameter whose grad is not None."""
+        b1, b2 = self.beta1, self.beta2
+        for i, (p, m, v, s) in enumerate(zip(self.params, self.m, self.v, self._scratch)):
+            if p.grad is None:
+                continue
+            g = self._gradient(i, p)
+            self.steps[i] += 1
+            t = int(self.steps[i])
+            np.multiply(m, b1, out=m)
+            np.multiply(g, 1 - b1, out=s)
+            np.add(m, s, out=m)
+            np.multiply(v, b2, out=v)
+            np.multiply(g, g, out=s)
+            np.multiply(s, 1 - b2, out=s)
+            np.add(v, s, out=v)
+            _flush_subnormals(m, s)                # see "Subnormal numbers" in the module docstring
+            _flush_subnormals(v, s, signed=False)
+            c = math.sqrt(1 - b2 ** t)
+            np.sqrt(v, out=s)
+            np.add(s, self.eps * c, out=s)
+            np.divide(m, s, out=s)
+            np.multiply(s, self.lr * c / (1 - b1 ** t), out=s)
+            np.subtract(p.data, s, out=p.data)
+
+
+def clip_grad_norm(params, max_norm):
+    """Scale all gradients in place so their global L2 norm is at most max_norm; return the norm before.
+
+    norm = sqrt(sum over parameters of sum(grad**2)), skipping grads that are None. If norm >
+    max_norm every grad is multiplied by max_norm / norm. A NaN or infinite norm is returned
+    and nothing is scaled, so the caller can notice and skip the step. The sum of squares is
+    accumulated in the gradients' dtype: float32 gradients with a norm above ~1e19 give inf.
+    """
+    _check("max_norm", max_norm, lambda v: v > 0, "a finite number > 0")
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = math.sqrt(sum(float(np.vdot(g, g)) for g in grads))
+    if math.isfinite(norm) and norm > max_norm:
+        for g in grads:
+            np.multiply(g, max_norm / norm, out=g)
+    return norm
