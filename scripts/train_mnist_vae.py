@@ -237,8 +237,9 @@ def make_figures(args, model, x_test, y_test, mu, history, beta_fn, steps_per_ep
         plot.image_grid(model.sample(64, rng), out("samples.png"), title="samples from p(x|z), z ~ N(0, I)")
         plot.reconstructions(x_test[:10], model.reconstruct(x_test[:10]), out("reconstructions.png"), n=10)
         plot.latent_scatter(mu[:5000], y_test[:5000], out("latent.png"), title="posterior means of test images")
-        # interpolate between the posterior means of pairs of test images of different digits
-        pairs = [(i, int(np.argmax(y_test != y_test[i]))) for i in range(5)]
+        # interpolate between the posterior means of the first test images of digits 0->1, 2->3, ...
+        first = {int(label): i for i, label in reversed(list(enumerate(y_test)))}
+        pairs = [(first[a], first[a + 1]) for a in range(0, 9, 2) if a in first and a + 1 in first]
         steps = np.linspace(0, 1, 10, dtype=mu.dtype)[:, None]
         rows = [model.mean_image(model.decode(Tensor((1 - steps) * mu[a] + steps * mu[b]))) for a, b in pairs]
         plot.interpolation_grid(rows, out("interpolation.png"), title="interpolating between posterior means")
