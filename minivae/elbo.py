@@ -52,6 +52,7 @@ def vae_objective(log_px_z, mu, logvar, beta=1.0, free_bits=0.0, free_bits_mode=
     kl_term, beta, and the array kl_per_dim = batch-mean KL of each latent dimension).
     Reference: Kingma & Welling 2014, arXiv:1312.6114, eq. 10; beta: Higgins et al. 2017.
     """
+    beta, free_bits = float(beta), float(free_bits)  # numbers adopt the tensors' dtype; numpy scalars would not
     kl_per_dim = kl_standard_normal_per_dim(mu, logvar)  # (B, d)
     rec = -ops.mean(log_px_z)
     kl_term = free_bits_kl(kl_per_dim, free_bits, free_bits_mode)
