@@ -1,0 +1,396 @@
+"""Train a sentence VAE (Bowman et al. 2016) with minivae, with every posterior-collapse remedy as a flag.
+
+The corpus is the built-in toy language (sentences whose topic, sentiment and tense are known,
+see minivae.text.toy_corpus) or a UTF-8 text file with one sentence per line. Defaults: 20,000
+toy sentences split 90/5/5, vocabulary capped at 2,000 ids, embedding 64, GRU 128, latent 16,
+batch 32, Adam 1e-3, gradient norm clipped at 5, plain ELBO (beta = 1, no remedy): the baseline
+whose KL collapses. NLL and KL are in nats per sentence; perplexity is per token, counting <eos>
+and not <sos>, and computed from -ELBO (so it is an upper bound).
+
+    python scripts/train_text_vae.py --corpus toy --epochs 10 --out runs/text-vae
+    python scripts/train_text_vae.py --corpus data/ptb.train.txt --valid-corpus data/ptb.valid.txt \\
+        --beta-schedule logistic --word-dropout 0.25 --free-bits 0.25 --bn-vae 0.5 --out runs/ptb
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # run from a checkout
+
+from minivae import diagnostics, schedules, text  # noqa: E402
+from minivae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
+from minivae.collapse import MDR, SoftFreeBits  # noqa: E402
+from minivae.elbo import FREE_BITS_MODES, NonFiniteLossError, check_finite  # noqa: E402
+from minivae.engine import no_grad  # noqa: E402
+from minivae.fileio import atomic_writer, write_json  # noqa: E402
+from minivae.layers import dropout_mask  # noqa: E402
+from minivae.models import SentenceVAE  # noqa: E402
+from minivae.optim import Adam, clip_grad_norm  # noqa: E402
+
+ARCHITECTURE = ("corpus", "data_seed", "embedding", "hidden", "latent", "bidirectional", "z_to_every_step",
+                "bn_vae", "bn_vae_tau", "max_vocab", "dtype")
+MI_CHUNK = 500  # sentences per mutual-information estimate (its cost grows as the square)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = p.add_argument_group("data")
+    d.add_argument("--corpus", default="toy", help="'toy' or a UTF-8 file, one sentence per line")
+    d.add_argument("--valid-corpus", help="validation file (else 5%% of --corpus is held out)")
+    d.add_argument("--test-corpus", help="test file (else 5%% of --corpus is held out)")
+    d.add_argument("--toy-sentences", type=int, default=20000, help="size of the toy corpus")
+    d.add_argument("--data-seed", type=int, default=0, help="seed of the toy corpus and of the held-out "
+                   "split, apart from --seed so that runs with different seeds see the same data")
+    d.add_argument("--max-vocab", type=int, default=2000, help="vocabulary size incl. 4 specials (0: all)")
+    d.add_argument("--max-len", type=int, default=0, help="cut sentences of a file to this many tokens (0: no cut)")
+    d.add_argument("--lowercase", action="store_true")
+    m = p.add_argument_group("model")
+    m.add_argument("--embedding", type=int, default=64, help="word embedding size")
+    m.add_argument("--hidden", type=int, default=128, help="GRU state size (encoder and decoder)")
+    m.add_argument("--latent", type=int, default=16, help="latent dimensions d")
+    m.add_argument("--bidirectional", action="store_true", help="bidirectional encoder GRU")
+    m.add_argument("--z-to-every-step", action="store_true", help="feed z to the decoder at every step")
+    m.add_argument("--embedding-dropout", type=float, default=0.0, help="dropout on decoder input embeddings")
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    t.add_argument("--clip", type=float, default=5.0, help="clip the gradient norm to this (0: off)")
+    t.add_argument("--bucket", type=int, default=50, help="sort by length within pools of this many "
+                   "batches to cut padding (0: plain shuffling)")
+    r = p.add_argument_group("posterior-collapse remedies (all off by default)")
+    r.add_argument("--beta", type=float, default=1.0, help="KL weight (the schedule's final value)")
+    r.add_argument("--beta-schedule", choices=sorted(schedules.SCHEDULES), default="constant",
+                   help="KL annealing as a function of the global step")
+    r.add_argument("--beta-params", default="", help="schedule parameters as k=v,k=v (steps count "
+                   "minibatches; total_steps defaults to the whole run). Schedules: "
+                   + schedules._usage().replace("%", "%%"))
+    r.add_argument("--free-bits", type=float, default=0.0, help="free bits lambda, nats per dimension")
+    r.add_argument("--free-bits-mode", choices=FREE_BITS_MODES, default="batch_dim")
+    r.add_argument("--ha-bits", type=float, default=0.0, help="HA bits lambda: floor on the KL averaged "
+                   "over batch and dimensions, nats per dimension")
+    r.add_argument("--soft-free-bits", type=float, default=0.0, metavar="TARGET", help="soft free bits: "
+                   "adapt the KL weight (up to --beta) towards this KL, nats per sentence")
+    r.add_argument("--sfb-rate", type=float, default=0.01, help="soft free bits: weight *= or /= (1 + rate)")
+    r.add_argument("--mdr", type=float, default=0.0, metavar="RATE", help="minimum desired rate: "
+                   "Lagrangian constraint KL >= RATE, nats per sentence")
+    r.add_argument("--mdr-lr", type=float, default=0.01, help="MDR: step size of the multiplier's ascent")
+    r.add_argument("--bn-vae", type=float, default=0.0, metavar="GAMMA", help="BN-VAE: batch norm on mu "
+                   "with this fixed scale (0.5 is usual)")
+    r.add_argument("--bn-vae-tau", type=float, default=None, metavar="TAU", help="Su's tau variant of "
+                   "BN-VAE (0.5 is usual)")
+    r.add_argument("--word-dropout", type=float, default=0.0, metavar="P", help="replace decoder input "
+                   "words by <unk> with probability P")
+    r.add_argument("--contiguous-dropout", type=float, default=0.0, metavar="P", help="drop spans of "
+                   "decoder input words starting with probability P")
+    r.add_argument("--span-lambda", type=float, default=2.0, metavar="L", help="contiguous dropout: "
+                   "Poisson mean span length")
+    r.add_argument("--historyless", action="store_true", help="inputless decoder (word dropout 1)")
+    r.add_argument("--bow", type=float, default=0.0, metavar="WEIGHT", help="weight of the bag-of-words loss")
+    r.add_argument("--bow-hidden", type=int, default=128, help="hidden size of the bag-of-words MLP")
+    o = p.add_argument_group("output")
+    o.add_argument("--seed", type=int, default=1)
+    o.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    o.add_argument("--eval-batch-size", type=int, default=200)
+    o.add_argument("--n-samples", type=int, default=10, help="sentences in samples.txt etc.")
+    o.add_argument("--max-gen-len", type=int, default=40, help="longest generated sentence (tokens)")
+    o.add_argument("--out", default="runs/text-vae", help="output folder")
+    o.add_argument("--resume", help="checkpoint to continue from (same architecture and data)")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar")
+    o.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    args = p.parse_args(argv)
+
+    for name in ("epochs", "batch_size", "latent", "embedding", "hidden", "toy_sentences", "eval_batch_size",
+                 "max_gen_len", "bow_hidden", "n_samples"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.lr <= 0 or min(args.beta, args.free_bits, args.ha_bits, args.clip, args.soft_free_bits, args.mdr,
+                            args.bn_vae, args.bow, args.span_lambda, args.max_len, args.bucket) < 0:
+        p.error("--lr must be > 0 and --beta, --free-bits, --ha-bits, --clip, --soft-free-bits, --mdr, "
+                "--bn-vae, --bow, --span-lambda, --max-len, --bucket >= 0")
+    if args.soft_free_bits and args.beta <= 0:
+        p.error("--soft-free-bits needs --beta > 0 (the largest KL weight it may reach)")
+    if args.max_vocab and args.max_vocab <= len(text.SPECIALS):
+        p.error(f"--max-vocab must be 0 (no cap) or > {len(text.SPECIALS)} (it counts the special tokens)")
+    for name in ("word_dropout", "contiguous_dropout"):
+        if not 0 <= getattr(args, name) <= 1:
+            p.error(f"--{name.replace('_', '-')} must be in [0, 1]")
+    if not 0 <= args.embedding_dropout < 1:
+        p.error("--embedding-dropout must be in [0, 1)")
+    if args.bn_vae_tau is not None and not 0 <= args.bn_vae_tau < 1:
+        p.error("--bn-vae-tau must be in [0, 1)")
+    exclusive = [("--free-bits", args.free_bits > 0, "--ha-bits", args.ha_bits > 0),
+                 ("--bn-vae", args.bn_vae > 0, "--bn-vae-tau", args.bn_vae_tau is not None),
+                 ("--historyless", args.historyless, "--word-dropout", args.word_dropout > 0),
+                 ("--soft-free-bits", args.soft_free_bits > 0, "--beta-schedule", args.beta_schedule != "constant"),
+                 ("--soft-free-bits", args.soft_free_bits > 0, "--mdr", args.mdr > 0)]
+    for a, a_on, b, b_on in exclusive:
+        if a_on and b_on:
+            p.error(f"{a} and {b} cannot be combined (choose one)")
+    return args
+
+
+def beta_schedule(args, total_steps):
+    """beta(t) from --beta-schedule, --beta-params and --beta (scaling the schedule's 0..1 range)."""
+    params = {}
+    for item in filter(None, args.beta_params.split(",")):
+        key, _, value = item.partition("=")
+        try:
+            params[key.strip()] = value.strip() if key.strip() == "shape" else float(value)
+        except ValueError:
+            raise SystemExit(f"--beta-params: {item!r} is not key=number") from None
+    for key in ("total_steps", "n_cycles", "warmup_steps"):  # integers where the schedule wants them
+        if key in params:
+            params[key] = int(params[key])
+    if args.beta_schedule in ("cyclical", "cyclical_zero_linear"):
+        params.setdefault("total_steps", total_steps)
+    try:
+        fn = schedules.make_schedule(args.beta_schedule, **params)
+    except ValueError as err:
+        raise SystemExit(f"--beta-schedule: {err}") from None
+    return lambda t: args.beta * fn(t)
+
+
+def load_data(args):
+    """TextData from the toy generator or from files; bad files end the script with the reason."""
+    max_size = args.max_vocab or None
+    try:
+        if args.corpus == "toy":
+            if args.valid_corpus or args.test_corpus:
+                raise ValueError("--valid-corpus/--test-corpus need --corpus PATH, not the toy corpus")
+            return text.load_toy_data(args.toy_sentences, seed=args.data_seed, max_size=max_size)
+        return text.load_text_data(args.corpus, args.valid_corpus, args.test_corpus, seed=args.data_seed,
+                                   max_size=max_size, lowercase=args.lowercase, max_len=args.max_len or None)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"data: {err}") from None
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    dtype = np.dtype(args.dtype)
+    os.makedirs(args.out, exist_ok=True)
+    data = load_data(args)
+    vocab = data.vocab
+    print(f"corpus {args.corpus}: {len(data.train)} train / {len(data.valid)} valid / {len(data.test)} test "
+          f"sentences, vocabulary {len(vocab)}, train unk rate {data.info['splits']['train']['unk_rate']:.3f}")
+    uses_bn = args.bn_vae > 0 or args.bn_vae_tau is not None
+    # Batch norm needs >= 2 sentences per batch, so a last batch of 1 is dropped when it is on.
+    n_train_batches = len(data.train) // args.batch_size if uses_bn else -(-len(data.train) // args.batch_size)
+    if n_train_batches < 1:
+        raise SystemExit(f"--batch-size {args.batch_size} is larger than the {len(data.train)} training sentences")
+    beta_fn = beta_schedule(args, args.epochs * n_train_batches)
+    word_p = 1.0 if args.historyless else args.word_dropout
+
+    rng = np.random.default_rng(args.seed)
+    posterior_norm = "bn" if args.bn_vae else "tau" if args.bn_vae_tau is not None else None
+    model = SentenceVAE(len(vocab), args.embedding, args.hidden, args.latent, args.bidirectional,
+                        args.z_to_every_step, posterior_norm, bn_gamma=args.bn_vae or 0.5,
+                        bn_tau=0.5 if args.bn_vae_tau is None else args.bn_vae_tau,
+                        bow_hidden=args.bow_hidden if args.bow else 0, rng=rng, dtype=dtype)
+    optimizer = Adam(model.parameters(), lr=args.lr)
+    sfb = SoftFreeBits(args.soft_free_bits, args.sfb_rate, weight=0.1 * args.beta,
+                       max_weight=args.beta) if args.soft_free_bits else None
+    mdr = MDR(args.mdr, args.mdr_lr) if args.mdr else None
+    config = {k: v for k, v in vars(args).items() if k not in ("resume", "no_progress")}
+    history, step, start_epoch, train_tokens, train_seconds = [], 0, 0, 0.0, 0.0
+    ckpt_path = os.path.join(args.out, "checkpoint.npz")
+    if args.resume:
+        history, step, start_epoch, train_tokens, train_seconds = resume(args, model, optimizer, rng, vocab, sfb, mdr)
+    print(f"SentenceVAE with {model.num_parameters():,} parameters")
+
+    for epoch in range(start_epoch, args.epochs):
+        t0, totals, n_sent = time.perf_counter(), {"rec": 0.0, "kl": 0.0}, 0
+        batches = text.text_batches(data.train, args.batch_size, rng, bucket=args.bucket, drop_last=uses_bn)
+        bar = progress(batches, n_train_batches, epoch, args)
+        for batch in bar:
+            B, T1 = batch["dec_in"].shape                           # T1 = longest sentence + 1
+            eps = rng.standard_normal((B, args.latent)).astype(dtype)   # reparameterisation noise
+            dec_in = text.word_dropout(batch["dec_in"], word_p, rng)      # decoder-side corruption only
+            dec_in = text.contiguous_dropout(dec_in, args.contiguous_dropout, args.span_lambda, rng)
+            emb_mask = (dropout_mask((B, T1, args.embedding), args.embedding_dropout, rng, dtype)
+                        if args.embedding_dropout else None)
+            beta = sfb.weight if sfb else beta_fn(step)
+            objective, stats = model.loss(
+                batch, eps, beta, args.free_bits, args.free_bits_mode, args.ha_bits,
+                mdr_rate=args.mdr, mdr_multiplier=mdr.multiplier if mdr else 0.0, bow_weight=args.bow,
+                dec_in=dec_in, emb_mask=emb_mask, training=True)
+            try:
+                check_finite(stats, step)
+            except NonFiniteLossError as err:
+                raise SystemExit(f"{err} Last good checkpoint: {ckpt_path}") from None
+            optimizer.zero_grad()
+            objective.backward()
+            if args.clip:
+                clip_grad_norm(model.parameters(), args.clip)
+            optimizer.step()
+            if sfb:
+                sfb.step(stats["kl"])
+            if mdr:
+                mdr.step(stats["kl"])
+            step += 1
+            train_tokens += stats["n_tokens"]
+            totals["rec"] += stats["rec"] * B
+            totals["kl"] += stats["kl"] * B
+            n_sent += B
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(nll=f"{totals['rec'] / n_sent:.2f}", kl=f"{totals['kl'] / n_sent:.2f}",
+                                beta=f"{beta:.3f}")
+        seconds = time.perf_counter() - t0
+        train_seconds += seconds
+
+        valid = evaluate(model, data.valid, args, np.random.default_rng([args.seed, epoch, 1]))
+        record = {"epoch": epoch + 1, "train_nll": totals["rec"] / n_sent, "train_kl": totals["kl"] / n_sent,
+                  **{f"valid_{k}": valid[k] for k in ("nll", "kl", "ppl", "neg_elbo")},
+                  "active_units": valid["active_units"], "mi": valid["mi"],
+                  "beta": sfb.weight if sfb else beta_fn(step - 1), "seconds": seconds}
+        if mdr:
+            record["mdr_multiplier"] = mdr.multiplier
+        history.append(record)
+        print(f"epoch {epoch + 1:3d}/{args.epochs}  train NLL {record['train_nll']:7.2f} KL {record['train_kl']:6.2f}"
+              f"  |  valid NLL {valid['nll']:7.2f} KL {valid['kl']:6.2f} PPL {valid['ppl']:8.2f} "
+              f"AU {valid['active_units']:2d} MI {valid['mi']:5.2f}  beta {record['beta']:.3f}  "
+              f"{seconds:5.1f} s", flush=True)
+        save_checkpoint(ckpt_path, params=model.state_dict(), optimizer=optimizer.state_dict(),
+                        config=config, step=step, epoch=epoch + 1, history=history, vocab=vocab.to_dict(),
+                        rng=rng.bit_generator.state, train_tokens=train_tokens, train_seconds=train_seconds,
+                        soft_free_bits=sfb.state_dict() if sfb else None, mdr=mdr.state_dict() if mdr else None)
+
+    test = evaluate(model, data.test, args, np.random.default_rng([args.seed, 2]))
+    tokens_per_sec = train_tokens / train_seconds if train_seconds > 0 else None
+    print(f"test  NLL {test['nll']:.2f}  KL {test['kl']:.2f}  PPL {test['ppl']:.2f}  AU {test['active_units']} "
+          f"of {args.latent}  MI {test['mi']:.2f}   training speed {tokens_per_sec or 0:,.0f} tokens/s")
+    write_json(os.path.join(args.out, "metrics.json"), {
+        "config": config, "data": data.info, "epochs": history,
+        "test": {"nll": test["nll"], "kl": test["kl"], "ppl": test["ppl"], "neg_elbo": test["neg_elbo"],
+                 "active_units": test["active_units"], "mi": test["mi"]},
+        "kl_per_dim": [float(v) for v in test["kl_per_dim"]], "tokens_per_sec": tokens_per_sec})
+    write_text_outputs(args, model, data)
+    if not args.no_plots:
+        make_figures(args, model, data, history, test, beta_fn, n_train_batches)
+    print(f"wrote {args.out}/metrics.json, samples.txt, reconstructions.txt, interpolations.txt, checkpoint.npz"
+          + ("" if args.no_plots else " and figures"))
+    return history
+
+
+def evaluate(model, seqs, args, rng):
+    """Held-out NLL and KL (nats per sentence), PPL (per token, from -ELBO), active units, MI.
+
+    Uses running BN statistics and no corruption; one z per sentence. MI is He et al.'s estimate,
+    averaged over chunks of MI_CHUNK sentences, weighted by chunk size; with one z per sentence
+    its Monte Carlo noise is about +-0.1 nats on 1,000 sentences (so a collapsed encoder can
+    score slightly below 0).
+    """
+    dtype = np.dtype(args.dtype)
+    totals, n_sent, n_tokens, mus, logvars, zs = {"rec": 0.0, "kl": 0.0}, 0, 0.0, [], [], []
+    kl_dims = np.zeros(args.latent)
+    with no_grad():
+        for batch in text.text_batches(seqs, args.eval_batch_size):
+            B = len(batch["lengths"])
+            eps = rng.standard_normal((B, args.latent)).astype(dtype)
+            _, stats = model.loss(batch, eps, training=False)
+            totals["rec"] += stats["rec"] * B
+            totals["kl"] += stats["kl"] * B
+            kl_dims += stats["kl_per_dim"] * B
+            n_sent += B
+            n_tokens += stats["n_tokens"]
+            mu, logvar = model.encode(batch["enc_in"], batch["lengths"], training=False)
+            mus.append(mu.data)
+            logvars.append(logvar.data)
+            zs.append(mu.data + np.exp(0.5 * logvar.data) * rng.standard_normal(mu.shape).astype(dtype))
+    mu, logvar, z = np.concatenate(mus), np.concatenate(logvars), np.concatenate(zs)
+    n_active, _ = diagnostics.active_units(mu)
+    chunks = range(0, len(mu), MI_CHUNK)
+    mi = sum(diagnostics.mutual_information(mu[i:i + MI_CHUNK], logvar[i:i + MI_CHUNK], z[i:i + MI_CHUNK])
+             * len(mu[i:i + MI_CHUNK]) for i in chunks) / len(mu)
+    nll, kl = totals["rec"] / n_sent, totals["kl"] / n_sent
+    return {"nll": nll, "kl": kl, "neg_elbo": nll + kl, "ppl": text.perplexity((nll + kl) * n_sent, n_tokens),
+            "active_units": n_active, "mi": float(mi), "kl_per_dim": kl_dims / n_sent, "mu": mu}
+
+
+def resume(args, model, optimizer, rng, vocab, sfb, mdr):
+    """Load a checkpoint into model, optimizer, rng and controllers; return the loop's counters."""
+    try:
+        state = load_checkpoint(args.resume)
+        saved = state["config"]
+        changed = [k for k in ARCHITECTURE if saved.get(k) != vars(args).get(k)]
+        if changed:
+            raise CheckpointError(f"{args.resume} was trained with a different " + ", ".join(
+                f"{k} ({saved.get(k)} there, {vars(args).get(k)} here)" for k in changed))
+        if text.Vocab.from_dict(state["vocab"]) != vocab:
+            raise CheckpointError(f"{args.resume} was trained with a different vocabulary (other data?)")
+        model.load_state_dict(state["params"])
+        optimizer.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["rng"]
+        for controller, key in ((sfb, "soft_free_bits"), (mdr, "mdr")):
+            if controller is not None:
+                if state.get(key) is None:
+                    raise CheckpointError(f"{args.resume} has no --{key.replace('_', '-')} state to resume")
+                controller.load_state_dict(state[key])
+    except (CheckpointError, KeyError, ValueError) as err:
+        raise SystemExit(f"--resume: {err}") from None
+    print(f"resumed from {args.resume} after epoch {state['epoch']} (step {state['step']})")
+    return state["history"], state["step"], state["epoch"], state["train_tokens"], state["train_seconds"]
+
+
+def progress(iterable, total, epoch, args):
+    if args.no_progress:
+        return iterable
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return iterable
+    return tqdm(iterable, total=total, desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True)
+
+
+def write_text_outputs(args, model, data):
+    """samples.txt, reconstructions.txt and interpolations.txt, decoded from the trained model."""
+    rng = np.random.default_rng([args.seed, 4])
+    show = lambda ids: " ".join(data.vocab.decode(ids)) or "(empty)"  # noqa: E731
+    n, max_len = args.n_samples, args.max_gen_len
+    z = rng.standard_normal((n, args.latent))
+    with atomic_writer(os.path.join(args.out, "samples.txt"), "w") as f:
+        for method, kwargs in (("greedy", {}), ("sample, temperature 1", {"method": "sample", "rng": rng}),
+                               ("beam search, width 5", {"method": "beam", "beam_width": 5})):
+            f.write(f"# z ~ N(0, I), {method} decoding\n")
+            f.writelines(show(ids) + "\n" for ids in model.generate(z, max_len=max_len, **kwargs))
+            f.write("\n")
+    seqs = data.test[:n]
+    greedy = model.reconstruct(seqs, max_len=max_len)
+    beam = model.reconstruct(seqs, method="beam", beam_width=5, max_len=max_len)
+    with atomic_writer(os.path.join(args.out, "reconstructions.txt"), "w") as f:
+        f.write("# test sentence / greedy decoding of its posterior mean / beam search (width 5)\n\n")
+        for s, g, b in zip(seqs, greedy, beam):
+            f.write(f"input:  {show(s)}\ngreedy: {show(g)}\nbeam:   {show(b)}\n\n")
+    with atomic_writer(os.path.join(args.out, "interpolations.txt"), "w") as f:
+        f.write("# greedy decodings along the line between the posterior means of two test sentences\n\n")
+        for i in range(min(3, len(data.test) // 2)):
+            a, b = data.test[2 * i], data.test[2 * i + 1]
+            f.write(f"from: {show(a)}\n")
+            f.writelines(f"  {k}: {show(ids)}\n" for k, ids in
+                         enumerate(model.interpolate(a, b, n_steps=6, max_len=max_len)))
+            f.write(f"to:   {show(b)}\n\n")
+
+
+def make_figures(args, model, data, history, test, beta_fn, steps_per_epoch):
+    """The PNGs: curves, KL per dimension, beta schedule, and (toy corpus) the latent space by topic."""
+    try:
+        from minivae import plot
+    except ImportError as err:
+        print(f"skipping figures: {err}")
+        return
+    out = lambda name: os.path.join(args.out, name)  # noqa: E731
+    plot.text_curves(history, out("curves.png"))
+    plot.kl_per_dim(test["kl_per_dim"], out("kl_per_dim.png"), threshold=args.free_bits or args.ha_bits or None,
+                    threshold_label="free bits" if args.free_bits else "HA bits")
+    plot.beta_schedule(beta_fn, args.epochs * steps_per_epoch, out("beta_schedule.png"))
+    if data.factors is not None and args.latent >= 2:
+        plot.latent_scatter(test["mu"], data.factors["test"]["topic"], out("latent.png"),
+                            title="posterior means of test sentences, by topic")
+
+
+if __name__ == "__main__":
+    main()
