@@ -17,7 +17,9 @@ def sample_gaussian(mu, logvar, eps):
     exp(0.5*logvar) is the standard deviation: the variance of z is exp(logvar), not its square.
     Reference: Kingma & Welling 2014, arXiv:1312.6114, Sec. 2.4.
     """
+    # BEGIN SOLUTION distributions: mu + standard deviation * eps (logvar is the log-VARIANCE)
     return mu + ops.exp(0.5 * logvar) * eps
+    # END SOLUTION
 
 
 def kl_standard_normal_per_dim(mu, logvar):
@@ -25,7 +27,9 @@ def kl_standard_normal_per_dim(mu, logvar):
 
     Reference: Kingma & Welling 2014, arXiv:1312.6114, Appendix B.
     """
+    # BEGIN SOLUTION distributions: the formula above, elementwise (no sum: one KL per dimension)
     return 0.5 * (mu * mu + ops.exp(logvar) - logvar - 1.0)
+    # END SOLUTION
 
 
 def kl_standard_normal(mu, logvar):
@@ -50,7 +54,9 @@ def bernoulli_log_likelihood(x, x_logits):
     [0, 1] too (the "BCE" reconstruction term of the PyTorch VAE example). Written with softplus,
     not log(sigmoid(l)), so it stays finite for any logit (|l| = 1000 included).
     """
+    # BEGIN SOLUTION distributions: x*l - softplus(l), summed over the last axis (pixels)
     return ops.sum(x * x_logits - ops.softplus(x_logits), axis=-1)
+    # END SOLUTION
 
 
 def gaussian_log_likelihood(x, x_mean, logvar=0.0):

@@ -35,12 +35,14 @@ def free_bits_kl(kl_per_dim, free_bits, mode="batch_dim"):
         raise ValueError(f"free_bits must be >= 0 nats per dimension, got {free_bits}")
     if free_bits == 0:
         return ops.mean(ops.sum(kl_per_dim, axis=-1))
+    # BEGIN SOLUTION free_bits: one branch per mode of the docstring; ops.maximum floors a Tensor
     if mode == "batch_dim":
         return ops.sum(ops.maximum(ops.mean(kl_per_dim, axis=0), free_bits))
     if mode == "example_dim":
         return ops.mean(ops.sum(kl_per_dim * (kl_per_dim.data > free_bits), axis=-1))
     d = kl_per_dim.shape[-1]
     return ops.mean(ops.maximum(ops.sum(kl_per_dim, axis=-1), free_bits * d))
+    # END SOLUTION
 
 
 def vae_objective(log_px_z, mu, logvar, beta=1.0, free_bits=0.0, free_bits_mode="batch_dim"):

@@ -10,7 +10,8 @@ back to the leaves, calling each node's VJP (vector-Jacobian product):
 Three things happen centrally here so that no VJP has to care about them:
   * broadcasting: a VJP returns a gradient shaped like the op's *output*; `unbroadcast` sums it
     back down to the parent's shape (numpy broadcasting is the only way shapes grow),
-  * fan-out: a tensor used by several ops receives the sum of their gradients,
+  * fan-out: a tensor used by several ops receives the sum of their gradients (added in place
+    into an array nothing else holds: one a VJP has just created, or a sum allocated here),
   * ordering: nodes are visited in reverse topological order, found iteratively so that graphs
     of any depth work (a recursive sort hits Python's recursion limit near 1,000 nodes).
 
@@ -107,8 +108,9 @@ class Tensor:
             raise ValueError(f"backward(): seed gradient has shape {grad.shape} and dtype {grad.dtype}"
                              f", the output has shape {self.shape} and dtype {self.dtype}")
 
+        # BEGIN SOLUTION engine: reversed(_topological_order(self)); each g into _op.vjp, or a leaf's .grad
         grads = {id(self): grad}  # pending gradients of nodes not yet visited
-        owned = set()  # ids whose pending gradient we allocated ourselves (safe to add into in place)
+        owned = set()  # ids whose pending gradient nothing else holds (safe to add into in place)
         for node in reversed(_topological_order(self)):
             g = grads.pop(id(node), None)
             if g is None:
@@ -122,18 +124,25 @@ class Tensor:
             needs = tuple(p.requires_grad for p in node._parents)
             parent_values = [p.data for p in node._parents]
             parent_grads = node._op.vjp(g, node.data, parent_values, node._params, needs)
+            given = [g, node.data, *parent_values, *node._params.values()]
+            new = _new_arrays([pg for pg, need in zip(parent_grads, needs) if need], given)
             for parent, pg, need in zip(node._parents, parent_grads, needs):
                 if not need or pg is None:
                     continue
-                pg = unbroadcast(pg, parent.data, node._op.name)
-                key = id(parent)
+                reduced = unbroadcast(pg, parent.data, node._op.name)
+                ours, pg, key = id(pg) in new or reduced is not pg, reduced, id(parent)
                 if key not in grads:
                     grads[key] = pg
                 elif key in owned:
                     grads[key] += pg
-                else:  # first fan-out collision: allocate a fresh sum, then add in place
-                    grads[key] = grads[key] + pg
+                elif ours:  # first fan-out collision: add the pending gradient into our new array
+                    pg += grads[key]
+                    grads[key] = pg
+                else:  # ... or, if neither array is ours, allocate their sum
+                    grads[key], ours = grads[key] + pg, True
+                if ours:
                     owned.add(key)
+        # END SOLUTION
 
     # ----- operators; ops is imported at the bottom of this file -----
     def __add__(self, other): return ops.add(self, other)
@@ -190,6 +199,7 @@ def _topological_order(root):
     Iterative depth-first search with an explicit stack: each node is pushed once to be expanded
     and once more to be emitted after all of its parents have been emitted.
     """
+    # BEGIN SOLUTION engine: a stack of (node, expanded) pairs; emit a node once its parents are out
     order, seen, stack = [], set(), [(root, False)]
     while stack:
         node, expanded = stack.pop()
@@ -200,6 +210,17 @@ def _topological_order(root):
             stack.append((node, True))
             stack.extend((p, False) for p in node._parents if p.requires_grad and id(p) not in seen)
     return order
+    # END SOLUTION
+
+
+def _new_arrays(returned, given):
+    """ids of the arrays a VJP returned that nothing else can hold: not views, not among what it
+    was given, not returned twice. The engine may add into these in place and hand them to
+    leaves as .grad without a copy (a VJP must not return an array it keeps somewhere else)."""
+    ids = [id(a) for a in returned if a is not None]
+    taken = {id(a) for a in given}
+    return {id(a) for a in returned if isinstance(a, np.ndarray) and a.base is None and a.flags.writeable
+            and id(a) not in taken and ids.count(id(a)) == 1}
 
 
 def unbroadcast(g, parent_value, op_name="?"):
@@ -210,12 +231,14 @@ def unbroadcast(g, parent_value, op_name="?"):
     """
     shape = parent_value.shape
     if g.shape != shape:
+        # BEGIN SOLUTION engine: sum over the axes added in front, then over the parent's size-1 axes
         extra = g.ndim - len(shape)
         if extra > 0:
             g = g.sum(axis=tuple(range(extra)))
         stretched = tuple(i for i, n in enumerate(shape) if n == 1 and i < g.ndim and g.shape[i] != 1)
         if stretched:
             g = g.sum(axis=stretched, keepdims=True)
+        # END SOLUTION
         if g.shape != shape:
             raise ValueError(f"op '{op_name}': its VJP returned a gradient of shape {g.shape} that "
                              f"cannot be reduced to the input's shape {shape}")
@@ -232,6 +255,8 @@ class Primitive:
     gradients); keyword arguments are static parameters such as `axis`, passed to both the
     forward function and the VJP. Define the VJP with `defvjp` (one function per input) or
     `defvjp_all` (one function returning every input's gradient, for ops that share work).
+    A VJP returns new arrays or views of its arguments, never an array it keeps elsewhere: the
+    engine adds into new arrays in place and hands them to leaves as .grad.
     """
 
     def __init__(self, forward):

@@ -174,11 +174,13 @@ class GRUCell(Module):
     def step(self, x_proj, h):
         """h' from the input projection x_proj = x @ W_x + b_x (B, 3H), precomputable for all steps."""
         H = self.n_hidden
+        # BEGIN SOLUTION gru: the docstring's equations; x_proj, h @ W_h + b_h hold r, z, n in thirds
         h_proj = h @ self.W_h + self.b_h  # (B, 3H)
         r = ops.sigmoid(x_proj[..., :H] + h_proj[..., :H])
         z = ops.sigmoid(x_proj[..., H:2 * H] + h_proj[..., H:2 * H])
         n = ops.tanh(x_proj[..., 2 * H:] + r * h_proj[..., 2 * H:])
         return (1 - z) * n + z * h
+        # END SOLUTION
 
 
 def gru_params_from_torch(weight_ih, weight_hh, bias_ih, bias_hh):
@@ -206,10 +208,16 @@ class GRU(Module):
     then (B, T, 2H) = [forward, backward] and the final state (B, 2H) = [forward state after the
     last real token, backward state after token 0], as torch.nn.GRU with packed sequences.
     h0 (optional, zeros by default) has the final state's shape, so a final state can be fed back.
+
+    fused=True (the default) runs each direction as one ops.gru_sequence primitive, whose
+    backward pass through time is written by hand: several times faster than fused=False, which
+    unrolls GRUCell.step from ops and is the readable reference. Both compute the same function
+    (tests/test_layers.py checks outputs, final states and all gradients against each other).
     """
 
-    def __init__(self, n_in, n_hidden, rng, dtype=np.float32, bidirectional=False):
+    def __init__(self, n_in, n_hidden, rng, dtype=np.float32, bidirectional=False, fused=True):
         self.n_in, self.n_hidden, self.bidirectional = int(n_in), int(n_hidden), bool(bidirectional)
+        self.fused = bool(fused)
         self.cell = GRUCell(n_in, n_hidden, rng, dtype)
         self.cell_reverse = GRUCell(n_in, n_hidden, rng, dtype) if bidirectional else None
 
@@ -219,10 +227,11 @@ class GRU(Module):
         mask = np.arange(T)[None, :] < lengths[:, None]  # (B, T) true at real tokens
         if h0 is None:
             h0 = Tensor(np.zeros((B, H * (1 + self.bidirectional)), self.cell.W_h.dtype))
-        outputs, h = _run_cell(self.cell, x, mask, h0[:, :H], reverse=False)
+        run = _run_fused if self.fused else _run_cell
+        outputs, h = run(self.cell, x, mask, h0[:, :H], reverse=False)
         if not self.bidirectional:
             return outputs, h
-        outputs_rev, h_rev = _run_cell(self.cell_reverse, x, mask, h0[:, H:], reverse=True)
+        outputs_rev, h_rev = run(self.cell_reverse, x, mask, h0[:, H:], reverse=True)
         return ops.concatenate([outputs, outputs_rev], axis=2), ops.concatenate([h, h_rev], axis=1)
 
     def _check(self, x, lengths, h0):
@@ -243,11 +252,25 @@ class GRU(Module):
         return B, T, lengths
 
 
+def _input_projection(cell, x):
+    """x @ W_x + b_x for every step at once, (B, T, 3H): only h @ W_h has to stay inside the loop."""
+    B, T, n_in = x.shape
+    return (ops.reshape(x, shape=(B * T, n_in)) @ cell.W_x + cell.b_x).reshape(B, T, -1)
+
+
+def _run_fused(cell, x, mask, h, reverse):
+    """One direction as one ops.gru_sequence node; returns outputs (B, T, H) and the final state (B, H)."""
+    outputs = ops.gru_sequence(_input_projection(cell, x), h, cell.W_h, cell.b_h, mask=mask, reverse=reverse)
+    if reverse:  # the backward direction ends at t = 0, a real token in every row
+        return outputs, outputs[:, 0]
+    lengths = mask.sum(axis=1)
+    return outputs, outputs[np.arange(len(lengths)), lengths - 1]
+
+
 def _run_cell(cell, x, mask, h, reverse):
     """Unroll one GRUCell over time; returns outputs (B, T, H) and the last carried state (B, H)."""
     B, T, n_in = x.shape
-    # One matmul for every step's input projection; only h @ W_h stays inside the loop.
-    x_proj = (ops.reshape(x, shape=(B * T, n_in)) @ cell.W_x + cell.b_x).reshape(B, T, -1)
+    x_proj = _input_projection(cell, x)
     outputs = [None] * T
     for t in (reversed(range(T)) if reverse else range(T)):
         real = mask[:, t, None]  # (B, 1)

@@ -27,6 +27,12 @@ about 10x slower once 30% of its entries had been dead for a while. Zero, unlike
 tiny, stays put: beta * tiny would make a fresh subnormal every step. The effect on training is
 nil: an m below tiny moves a parameter by at most lr * tiny / ((1 - beta1) * eps) ~ lr * 1e-29
 with the default betas and eps, and v only enters through sqrt(v) + eps.
+
+Blocks. Adam's update is ~16 passes over each array, each reading and writing memory. A 400x784
+float32 matrix (1.25 MB, and m, v, grad and scratch as large again) does not fit in a CPU's
+fast caches, so every pass would go out to slower memory; Adam runs the passes on blocks of 65,536
+entries (256 KB per array) instead, each block staying in cache through all of them: 1.4x faster
+on the 784-400-20 MLP VAE, with the same arithmetic on every entry.
 """
 import math
 import numbers
@@ -40,6 +46,19 @@ def _check(name, value, ok, valid_range):
     good = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     if not (good and ok(value)):
         raise ValueError(f"{name} must be {valid_range}, got {value!r}")
+
+
+def _blocks(*arrays, size=1 << 16):
+    """Matching flat views of same-shaped arrays, `size` entries at a time (see "Blocks" above).
+
+    Arrays that are not all C-contiguous come back whole, as one block: views are always safe.
+    """
+    if not all(a.flags.c_contiguous for a in arrays):
+        yield arrays
+        return
+    flat = [a.reshape(-1) for a in arrays]
+    for start in range(0, flat[0].size, size):
+        yield [a[start:start + size] for a in flat]
 
 
 def _flush_subnormals(a, scratch, signed=True):
@@ -211,23 +230,26 @@ class Adam(_Optimizer):
             if p.grad is None:
                 continue
             g = self._gradient(i, p)
+            # BEGIN SOLUTION optim: count self.steps[i]; update m, v, p.data in place; flush subnormals
             self.steps[i] += 1
             t = int(self.steps[i])
-            np.multiply(m, b1, out=m)
-            np.multiply(g, 1 - b1, out=s)
-            np.add(m, s, out=m)
-            np.multiply(v, b2, out=v)
-            np.multiply(g, g, out=s)
-            np.multiply(s, 1 - b2, out=s)
-            np.add(v, s, out=v)
-            _flush_subnormals(m, s)                # see "Subnormal numbers" in the module docstring
-            _flush_subnormals(v, s, signed=False)
             c = math.sqrt(1 - b2 ** t)
-            np.sqrt(v, out=s)
-            np.add(s, self.eps * c, out=s)
-            np.divide(m, s, out=s)
-            np.multiply(s, self.lr * c / (1 - b1 ** t), out=s)
-            np.subtract(p.data, s, out=p.data)
+            for p_, g, m, v, s in _blocks(p.data, g, m, v, s):  # see "Blocks" in the module docstring
+                np.multiply(m, b1, out=m)
+                np.multiply(g, 1 - b1, out=s)
+                np.add(m, s, out=m)
+                np.multiply(v, b2, out=v)
+                np.multiply(g, g, out=s)
+                np.multiply(s, 1 - b2, out=s)
+                np.add(v, s, out=v)
+                _flush_subnormals(m, s)            # see "Subnormal numbers" in the module docstring
+                _flush_subnormals(v, s, signed=False)
+                np.sqrt(v, out=s)
+                np.add(s, self.eps * c, out=s)
+                np.divide(m, s, out=s)
+                np.multiply(s, self.lr * c / (1 - b1 ** t), out=s)
+                np.subtract(p_, s, out=p_)
+            # END SOLUTION
 
 
 def clip_grad_norm(params, max_norm):

@@ -148,12 +148,14 @@ def cyclical(t, total_steps, n_cycles=4, ratio=0.5, shape="linear", start=0.0, s
         raise ValueError(f"shape must be one of {sorted(_SHAPES)}, got {shape!r}")
     _check("start", start, lambda v: v >= 0, "a finite number >= 0")
     _check("stop", stop, lambda v: v >= start, f"a finite number >= start ({start})")
+    # BEGIN SOLUTION schedules: v = _cycle_position(...) / (ratio * period); ramp while v <= 1
     if t >= total_steps:
         return float(stop)
     v = _cycle_position(t, total_steps, n_cycles) / (total_steps / n_cycles * ratio)
     if v > 1:
         return float(stop)
     return start + (stop - start) * _SHAPES[shape](v)
+    # END SOLUTION
 
 
 def cyclical_zero_linear(t, total_steps, n_cycles=4, zero_ratio=0.5, ramp_ratio=0.25, stop=1.0):

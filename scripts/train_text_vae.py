@@ -5,7 +5,10 @@ see minivae.text.toy_corpus) or a UTF-8 text file with one sentence per line. De
 toy sentences split 90/5/5, vocabulary capped at 2,000 ids, embedding 64, GRU 128, latent 16,
 batch 32, Adam 1e-3, gradient norm clipped at 5, plain ELBO (beta = 1, no remedy): the baseline
 whose KL collapses. NLL and KL are in nats per sentence; perplexity is per token, counting <eos>
-and not <sos>, and computed from -ELBO (so it is an upper bound).
+and not <sos>, and computed from -ELBO (so it is an upper bound). The test block of metrics.json
+adds greedy reconstruction (exact-match rate, mean word edit distance) and, on the toy corpus, how
+well a linear probe reads each factor (topic, sentiment, tense) from the posterior means and from
+samples of z.
 
     python scripts/train_text_vae.py --corpus toy --epochs 10 --out runs/text-vae
     python scripts/train_text_vae.py --corpus data/ptb.train.txt --valid-corpus data/ptb.valid.txt \\
@@ -33,6 +36,7 @@ from minivae.optim import Adam, clip_grad_norm  # noqa: E402
 ARCHITECTURE = ("corpus", "data_seed", "embedding", "hidden", "latent", "bidirectional", "z_to_every_step",
                 "bn_vae", "bn_vae_tau", "max_vocab", "dtype")
 MI_CHUNK = 500  # sentences per mutual-information estimate (its cost grows as the square)
+PROBE_TRAIN = 5000  # training sentences whose posterior means train the factor probe (toy corpus)
 
 
 def parse_args(argv=None):
@@ -260,13 +264,21 @@ def main(argv=None):
                         soft_free_bits=sfb.state_dict() if sfb else None, mdr=mdr.state_dict() if mdr else None)
 
     test = evaluate(model, data.test, args, np.random.default_rng([args.seed, 2]))
+    test.update(text_diagnostics(model, data, args))
     tokens_per_sec = train_tokens / train_seconds if train_seconds > 0 else None
     print(f"test  NLL {test['nll']:.2f}  KL {test['kl']:.2f}  PPL {test['ppl']:.2f}  AU {test['active_units']} "
           f"of {args.latent}  MI {test['mi']:.2f}   training speed {tokens_per_sec or 0:,.0f} tokens/s")
+    print(f"test  greedy reconstruction: {100 * test['recon_accuracy']:.1f}% exact, Levenshtein "
+          f"{test['levenshtein']:.2f} words" + "".join(
+              f"  |  {name} probe {100 * r['accuracy']:.1f}% on mu, {100 * r['accuracy_z']:.1f}% on z "
+              f"(chance {100 * r['chance']:.1f}%)"
+              for name, r in (test["factor_accuracy"] or {}).items()))
     write_json(os.path.join(args.out, "metrics.json"), {
         "config": config, "data": data.info, "epochs": history,
         "test": {"nll": test["nll"], "kl": test["kl"], "ppl": test["ppl"], "neg_elbo": test["neg_elbo"],
-                 "active_units": test["active_units"], "mi": test["mi"]},
+                 "active_units": test["active_units"], "mi": test["mi"],
+                 "recon_accuracy": test["recon_accuracy"], "levenshtein": test["levenshtein"],
+                 "factor_accuracy": test["factor_accuracy"]},
         "kl_per_dim": [float(v) for v in test["kl_per_dim"]], "tokens_per_sec": tokens_per_sec})
     write_text_outputs(args, model, data)
     if not args.no_plots:
@@ -309,6 +321,35 @@ def evaluate(model, seqs, args, rng):
     nll, kl = totals["rec"] / n_sent, totals["kl"] / n_sent
     return {"nll": nll, "kl": kl, "neg_elbo": nll + kl, "ppl": text.perplexity((nll + kl) * n_sent, n_tokens),
             "active_units": n_active, "mi": float(mi), "kl_per_dim": kl_dims / n_sent, "mu": mu}
+
+
+def text_diagnostics(model, data, args):
+    """Test-set reconstruction and (toy corpus) factor probes, from the trained model.
+
+    recon_accuracy: fraction of test sentences whose greedy decoding from their posterior mean
+    is the sentence itself; levenshtein: mean word edit distance between the two.
+    factor_accuracy: None for text files; for the toy corpus {factor: {"accuracy", "accuracy_z",
+    "chance"}} from linear probes (diagnostics.factor_probe) trained on the first PROBE_TRAIN
+    training sentences and scored on the test sentences. "accuracy" reads the posterior means;
+    "accuracy_z" reads one sample z ~ q(z|x) per sentence, i.e. what the decoder is given: the
+    means of a collapsed encoder can still name the factor, its samples cannot.
+    """
+    recon = diagnostics.greedy_reconstructions(model, data.test, args.eval_batch_size)
+    recon_accuracy, distance = diagnostics.reconstruction_scores(data.test, recon)
+    probes = None
+    if data.factors is not None:
+        rng = np.random.default_rng([args.seed, 5])
+        features = {}
+        for split, seqs in (("train", data.train[:PROBE_TRAIN]), ("test", data.test)):
+            mu, logvar = diagnostics.encode_sentences(model, seqs, args.eval_batch_size)
+            features[split] = (mu, mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape))
+        probes = {}
+        for name in data.info["factor_names"]:
+            train_y, test_y = data.factors["train"][name][:PROBE_TRAIN], data.factors["test"][name]
+            on_mu, on_z = (diagnostics.factor_probe(features["train"][k], train_y, features["test"][k], test_y)
+                           for k in (0, 1))
+            probes[name] = {"accuracy": on_mu["accuracy"], "accuracy_z": on_z["accuracy"], "chance": on_mu["chance"]}
+    return {"recon_accuracy": recon_accuracy, "levenshtein": distance, "factor_accuracy": probes}
 
 
 def resume(args, model, optimizer, rng, vocab, sfb, mdr):

@@ -145,6 +145,13 @@ def gru_bidirectional_case(rng):  # with an initial state, and a length-1 sequen
             lambda p, x, h0: _gru_ref(p, x, lengths, h0, bidirectional=True))
 
 
+def gru_composed_case(rng):  # the unrolled GRUCell reference path, bidirectional and padded
+    layer = layers.GRU(3, 4, rng, dtype=np.float64, bidirectional=True, fused=False)
+    x, lengths, h0 = rng.standard_normal((3, 4, 3)), np.array([3, 4, 1]), rng.standard_normal((3, 8))
+    return (layer, [x, h0], lambda l, x, h0: _flat(*l(x, lengths, h0)),
+            lambda p, x, h0: _gru_ref(p, x, lengths, h0, bidirectional=True))
+
+
 LAYER_SPECS = [
     LayerSpec("Dense", dense_case),
     LayerSpec("Dense", dense_broadcast_case),
@@ -154,6 +161,7 @@ LAYER_SPECS = [
     LayerSpec("GRUCell", gru_cell_case),
     LayerSpec("GRU", gru_padded_case),
     LayerSpec("GRU", gru_bidirectional_case),
+    LayerSpec("GRU", gru_composed_case),
 ]
 
 
@@ -358,6 +366,48 @@ def test_gru_matches_torch():
         for k, g in expected.items():
             np.testing.assert_allclose(ours[prefix + k].grad, g, rtol=1e-10, atol=1e-12,
                                        err_msg=prefix + k)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_fused_gru_matches_the_composed_reference(bidirectional):
+    """ops.gru_sequence's hand-written backward through time against the GRU unrolled from ops."""
+    rng = np.random.default_rng(5)
+    B, T, n_in, H = 4, 6, 3, 5
+    fused = layers.GRU(n_in, H, rng, dtype=np.float64, bidirectional=bidirectional)
+    composed = layers.GRU(n_in, H, rng, dtype=np.float64, bidirectional=bidirectional, fused=False)
+    composed.load_state_dict(fused.state_dict())
+    lengths = np.array([6, 2, 1, 4])  # full, padded, a single token
+    x, h0 = rng.standard_normal((B, T, n_in)), rng.standard_normal((B, H * (1 + bidirectional)))
+    n_out = H * (1 + bidirectional)
+    u_out, u_h = rng.standard_normal((B, T, n_out)), rng.standard_normal((B, n_out))  # padded too
+    results = []
+    for gru in (fused, composed):
+        x_t, h0_t = Tensor(x, requires_grad=True), Tensor(h0, requires_grad=True)
+        out, h = gru(x_t, lengths, h0_t)
+        ((out * u_out).sum() + (h * u_h).sum()).backward()
+        results.append({"outputs": out.data, "final state": h.data, "x.grad": x_t.grad,
+                        "h0.grad": h0_t.grad, **{n: p.grad for n, p in gru.named_parameters()}})
+    assert len(results[0]) == 4 + 4 * (1 + bidirectional)
+    for name, value in results[0].items():
+        assert np.abs(value).max() > 0.01, name  # every compared quantity is non-trivial
+        np.testing.assert_allclose(value, results[1][name], rtol=1e-12, atol=1e-13, err_msg=name)
+
+
+def test_fused_gru_runs_float32_and_gives_float32_gradients():
+    rng = np.random.default_rng(6)
+    fused = layers.GRU(3, 8, rng, bidirectional=True)
+    composed = layers.GRU(3, 8, rng, bidirectional=True, fused=False)
+    composed.load_state_dict(fused.state_dict())
+    x, lengths = rng.standard_normal((5, 7, 3)).astype(np.float32), np.array([7, 3, 1, 7, 5])
+    grads = []
+    for gru in (fused, composed):
+        out, h = gru(Tensor(x), lengths)
+        (out.sum() + (h * h).sum()).backward()
+        assert out.dtype == h.dtype == np.float32
+        assert all(p.grad.dtype == np.float32 for p in gru.parameters())
+        grads.append([p.grad for p in gru.parameters()])
+    for g_fused, g_composed in zip(*grads):
+        np.testing.assert_allclose(g_fused, g_composed, rtol=1e-4, atol=1e-5)
 
 
 def test_gru_float32_stays_float32_and_keeps_no_state():

@@ -69,6 +69,27 @@ class OpSpec:
 
 IDX = np.array([2, 0, 2, 1])  # integer-array index with a repeat: the VJP must scatter-add
 COND = np.array([[True, False, True, False], [False, False, True, True], [True, True, False, True]])
+GRU_MASK = np.array([[True, True, True, True], [True, True, False, False], [True, True, True, False]])
+
+
+def gru_sequence_ref(x_proj, h0, W_h, b_h, mask=GRU_MASK, reverse=False):
+    """ops.gru_sequence as an autograd.numpy loop over time, padding handled with 0/1 masks."""
+    H = h0.shape[1]
+    sigmoid = lambda a: 1 / (1 + anp.exp(-a))  # noqa: E731
+    h, outputs = h0, [None] * mask.shape[1]
+    for t in (reversed(range(mask.shape[1])) if reverse else range(mask.shape[1])):
+        a, p = x_proj[:, t], anp.dot(h, W_h) + b_h
+        r, z = sigmoid(a[:, :H] + p[:, :H]), sigmoid(a[:, H:2 * H] + p[:, H:2 * H])
+        h_new = (1 - z) * anp.tanh(a[:, 2 * H:] + r * p[:, 2 * H:]) + z * h
+        m = mask[:, t, None].astype(np.float64)
+        h, outputs[t] = m * h_new + (1 - m) * h, m * h_new
+    return anp.stack(outputs, axis=1)
+
+
+# gru_sequence takes (x_proj (B, T, 3H), h0 (B, H), W_h (H, 3H), b_h (3H,)); B=3, T=4, H=2 with
+# two padded rows. Its inputs do not broadcast, so the broadcasting and scalar cases scale x_proj.
+GRU_CASES = [((3, 4, 6), (3, 2), (2, 6), (6,)), ((3, 4, 6), (3, 2), (2, 6), (6,), (6,)),
+             ((3, 4, 6), (3, 2), (2, 6), (6,), ())]
 
 OP_SPECS = [
     OpSpec("add", ops.add, anp.add, [((3, 4), (3, 4)), ((3, 4), (4,)), ((2, 1, 3), (4, 1)), ((), (3,))], arity=2),
@@ -133,6 +154,9 @@ OP_SPECS = [
     # autograd's own `where` VJP does not undo broadcasting, so the reference broadcasts first.
     OpSpec("where", lambda x, y: ops.where(COND, x, y), lambda x, y: anp.where(COND, x + 0 * y, y + 0 * x),
            [((3, 4), (3, 4)), ((3, 4), (4,)), ((), (3, 4)), ((3, 1), ())], arity=2),
+    OpSpec("gru_sequence", lambda *a: ops.gru_sequence(*a, mask=GRU_MASK), gru_sequence_ref, GRU_CASES, arity=4),
+    OpSpec("gru_sequence", lambda *a: ops.gru_sequence(*a, mask=GRU_MASK, reverse=True),
+           lambda *a: gru_sequence_ref(*a, reverse=True), GRU_CASES, arity=4),
 ]
 
 

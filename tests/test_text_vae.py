@@ -259,6 +259,11 @@ def test_tiny_run_writes_every_output(tmp_path, capsys):
             "beta", "seconds"}
     assert [e["epoch"] for e in metrics["epochs"]] == [1, 2] and all(keys <= set(e) for e in metrics["epochs"])
     assert {"nll", "kl", "ppl", "active_units", "mi"} <= set(metrics["test"])
+    test = metrics["test"]  # greedy reconstruction of the 15 test sentences, and the factor probes
+    assert test["recon_accuracy"] in [k / 15 for k in range(16)] and test["levenshtein"] >= 0
+    assert set(test["factor_accuracy"]) == {"topic", "sentiment", "tense"}
+    for probe in test["factor_accuracy"].values():
+        assert 0 <= probe["accuracy"] <= 1 and 0 <= probe["accuracy_z"] <= 1 and 1 / 6 <= probe["chance"] <= 1
     assert metrics["epochs"] == history and metrics["tokens_per_sec"] > 0
     e = metrics["epochs"][-1]
     assert 1 < e["valid_ppl"] < 120 and 0 <= e["active_units"] <= 3 and 0 < e["beta"] <= 1
@@ -347,6 +352,7 @@ def test_a_text_file_corpus_trains(tmp_path):
                                    "--out", str(tmp_path / "out")] + TINY[4:])
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["data"]["carved_from_train"] == ["test"] and metrics["data"]["splits"]["valid"]["n_unk"] == 3
+    assert metrics["test"]["factor_accuracy"] is None and 0 <= metrics["test"]["recon_accuracy"] <= 1
     assert np.isfinite(history[0]["valid_ppl"])
 
 

@@ -1,0 +1,276 @@
+"""Posterior collapse, measured: the plain sentence VAE against every remedy, on the toy corpus.
+
+Trains scripts/train_text_vae.py once per method (its main(), so there is one training loop),
+with the same data, seeds, model and budget, and tabulates the test-set results:
+    DIR/collapse.json   {"rows": [one dict per method], "budget", "methods", ...}
+    DIR/collapse.md     the table in Markdown
+    DIR/collapse.png    KL, active units, mutual information, topic probes and NLL per method
+    DIR/<method>/       each run's metrics.json, train.log, samples, reconstructions, checkpoint
+
+    python scripts/collapse_study.py --out runs/collapse
+    python scripts/collapse_study.py --out runs/collapse-quick --quick
+
+The model is train_text_vae's default (embedding 64, GRU 128, latent 16, vocabulary 2,000,
+batch 32, Adam 1e-3, plain ELBO): an autoregressive GRU decoder strong enough that the plain VAE
+collapses (KL ~0, no active unit). Default budget: the script's defaults, 20,000 toy sentences
+(18,000 for training) for 10 epochs; --quick uses 3,000 sentences for 4 epochs (a demonstration,
+not the reference numbers). Any flag this script does not know is passed to every run (e.g.
+`--hidden 64 --latent 8`); do not pass remedy flags that way.
+
+Columns, all on the test split: NLL and KL in nats per sentence, PPL per token from -ELBO,
+active units (Var_x E[z_j|x] >= 0.01), mutual information I(x; z) (He et al.), factor_accuracy
+= how often a linear probe reads the TOPIC (6 values) from the posterior mean, factor_accuracy_z
+the same from one sample z ~ q(z|x) (what the decoder sees), next to the chance rate (majority
+class); sentiment and tense probes are in each row's "probes". The probe standardises its
+features, so it reads the means even when they barely vary: even a collapsed encoder's means
+name the topic well above chance, while its samples of z do not. recon_accuracy =
+fraction of test sentences whose greedy decoding from their posterior mean is exact; levenshtein
+= mean word edit distance of that decoding. verdict: "collapsed" if KL < 0.5 nat and no active
+unit, "uses z" if KL > 1 nat and at least one active unit, else "weak". seconds is each run's
+wall time; --jobs 2 (the default on a machine with 2+ cores) trains two runs at once.
+"""
+import os
+
+# One BLAS thread: these GEMMs are small (batch 32 x 128 units), and OpenBLAS's extra thread
+# only spins and competes with the Python thread, and with the other run under --jobs 2. On
+# this project's 2-core test machine, while another process was busy, an epoch of 2,700
+# sentences took 2.4 s with one thread and 48 s with two. It must be set before NumPy is first
+# imported; a value already in the environment is respected.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import multiprocessing  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from concurrent.futures import ProcessPoolExecutor  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)                       # train_text_vae.py sits next to this script
+sys.path.insert(0, os.path.join(HERE, ".."))   # run from a checkout
+
+import train_text_vae  # noqa: E402
+from minivae.fileio import atomic_writer, write_json  # noqa: E402
+
+# Each method is a set of train_text_vae flags; hyperparameters from the papers (or REFERENCE.md).
+METHODS = {
+    # The plain ELBO with beta = 1: the baseline that collapses.
+    "vanilla": [],
+    # KL annealing, monotonic: beta rises linearly 0 -> 1 over the first half of the run, then
+    # stays 1; Fu et al.'s monotonic baseline, i.e. their cyclical schedule with one cycle.
+    "monotonic": ["--beta-schedule", "cyclical", "--beta-params", "n_cycles=1,ratio=0.5"],
+    # Cyclical annealing, Fu et al. 2019 (arXiv:1903.10145): M = 4 cycles over the run, each
+    # rising linearly for R = 0.5 of the cycle, then beta = 1 for the rest.
+    "cyclical": ["--beta-schedule", "cyclical", "--beta-params", "n_cycles=4,ratio=0.5"],
+    # Free bits, Kingma et al. 2016 (arXiv:1606.04934): lambda = 0.25 nats per dimension, on the
+    # batch-mean KL of each dimension (4 nats per sentence for d = 16).
+    "free_bits": ["--free-bits", "0.25"],
+    # Soft free bits (Chen et al. 2017; Pelsmaeker & Aziz 2020's code): the KL weight adapts by
+    # 1% per step towards a KL of 5 nats per sentence, starting at 0.1 and capped at 1.
+    "soft_free_bits": ["--soft-free-bits", "5"],
+    # Minimum desired rate, Pelsmaeker & Aziz 2020 (arXiv:1904.08194): KL >= 5 nats per sentence
+    # by a Lagrange multiplier; its ascent step is 0.001 per nat of violation (their code moves
+    # the multiplier by RMSprop at the learning rate 1e-3, i.e. ~0.001 per step).
+    "mdr": ["--mdr", "5", "--mdr-lr", "0.001"],
+    # BN-VAE, Zhu et al. 2020 (arXiv:2004.12585): batch norm on mu with fixed scale gamma = 0.5,
+    # so E[KL] >= (d/2) * gamma^2 = 2 nats per sentence for d = 16.
+    "bn_vae": ["--bn-vae", "0.5"],
+    # Su's tau variant of BN-VAE, tau = 0.5 (his default): E[KL] >= (d/2) log 2 = 5.5 nats for d = 16.
+    "bn_vae_tau": ["--bn-vae-tau", "0.5"],
+    # Word dropout, Bowman et al. 2016 (arXiv:1511.06349): half of the decoder's input words
+    # become <unk> (their experiments span keep rates from 1 down to 0).
+    "word_dropout": ["--word-dropout", "0.5"],
+    # Contiguous (span) dropout: spans start at each word with probability 0.25 and cover
+    # Poisson(3) words, which drops about half of the toy corpus's input words (51% measured), as
+    # word dropout does; the difference is that whole phrases go missing.
+    "contiguous_dropout": ["--contiguous-dropout", "0.25", "--span-lambda", "3"],
+    # The inputless decoder of Bowman et al. 2016: word dropout 1, every input word is <unk>.
+    "historyless": ["--historyless"],
+    # Bag-of-words loss, Zhao et al. 2017 (arXiv:1703.10960): z must also predict the sentence's
+    # words in any order, weight 1 (their setting), through an MLP with 128 tanh units.
+    "bow": ["--bow", "1.0"],
+}
+
+QUICK = {"toy_sentences": 3000, "epochs": 4}
+FULL = {"toy_sentences": 20000, "epochs": 10}
+COLLAPSED_KL, USED_KL = 0.5, 1.0   # nats per sentence: the verdict thresholds
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--quick", action="store_true", help=f"small budget: {QUICK['toy_sentences']} sentences, "
+                   f"{QUICK['epochs']} epochs (unless --toy-sentences/--epochs say otherwise)")
+    p.add_argument("--epochs", type=int, help=f"epochs per run (default {FULL['epochs']})")
+    p.add_argument("--toy-sentences", type=int, help=f"toy corpus size (default {FULL['toy_sentences']})")
+    p.add_argument("--seed", type=int, default=1, help="model/noise seed, the same for every method")
+    p.add_argument("--data-seed", type=int, default=0, help="toy corpus and split seed")
+    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset, in this order")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="runs trained at the same time, in separate processes (1: one after another)")
+    args, extra = p.parse_known_args(argv)
+    budget = QUICK if args.quick else FULL
+    args.epochs = budget["epochs"] if args.epochs is None else args.epochs
+    args.toy_sentences = budget["toy_sentences"] if args.toy_sentences is None else args.toy_sentences
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown or not args.methods:
+        p.error(f"unknown --methods {unknown}; choose from {', '.join(METHODS)}")
+    if args.jobs < 1:
+        p.error("--jobs must be >= 1")
+    args.extra = extra
+    return args
+
+
+def run_argv(args, method):
+    """train_text_vae flags of one run: the shared budget, the passed-through flags, then the method's."""
+    common = ["--corpus", "toy", "--toy-sentences", str(args.toy_sentences), "--epochs", str(args.epochs),
+              "--seed", str(args.seed), "--data-seed", str(args.data_seed), "--no-progress", "--no-plots"]
+    return common + args.extra + METHODS[method] + ["--out", os.path.join(args.out, method)]
+
+
+def run_method(method, argv):
+    """Train one method through train_text_vae.main (its output goes to <run>/train.log); return its row."""
+    run_dir = argv[argv.index("--out") + 1]
+    t0 = time.perf_counter()
+    with atomic_writer(os.path.join(run_dir, "train.log"), "w") as log, contextlib.redirect_stdout(log):
+        train_text_vae.main(argv)
+    seconds = time.perf_counter() - t0
+    with open(os.path.join(run_dir, "metrics.json"), encoding="utf-8") as f:
+        metrics = json.load(f)
+    return table_row(method, metrics, seconds)
+
+
+def table_row(method, metrics, seconds):
+    """One row of the study from a run's metrics.json."""
+    test = metrics["test"]
+    probes = test.get("factor_accuracy") or {}
+    topic = probes.get("topic", {"accuracy": None, "accuracy_z": None, "chance": None})
+    kl, au = test["kl"], test["active_units"]
+    verdict = ("collapsed" if kl < COLLAPSED_KL and au == 0 else
+               "uses z" if kl > USED_KL and au >= 1 else "weak")
+    return {"method": method, "nll": test["nll"], "kl": kl, "active_units": au, "mi": test["mi"],
+            "ppl": test["ppl"], "factor_accuracy": topic["accuracy"], "factor_accuracy_z": topic["accuracy_z"],
+            "factor_chance": topic["chance"],
+            "recon_accuracy": test["recon_accuracy"], "levenshtein": test["levenshtein"],
+            "seconds": seconds, "verdict": verdict, "probes": probes,
+            "tokens_per_sec": metrics["tokens_per_sec"], "flags": " ".join(METHODS[method])}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    runs = {m: run_argv(args, m) for m in args.methods}
+    for argv_m in runs.values():  # refuse bad passed-through flags before anything trains
+        train_text_vae.parse_args(argv_m)
+    print(f"collapse study: {len(runs)} runs of {args.epochs} epochs on {args.toy_sentences} toy sentences, "
+          f"{args.jobs} at a time; logs in {args.out}/<method>/train.log", flush=True)
+
+    t0, rows = time.perf_counter(), {}
+    if args.jobs == 1:
+        for method, argv_m in runs.items():
+            rows[method] = run_method(method, argv_m)
+            print(summary_line(rows[method]), flush=True)
+    else:  # "spawn": fresh interpreters, which read OPENBLAS_NUM_THREADS from the environment
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {m: pool.submit(run_method, m, argv_m) for m, argv_m in runs.items()}
+            for method, future in futures.items():
+                rows[method] = future.result()
+                print(summary_line(rows[method]), flush=True)
+    wall = time.perf_counter() - t0
+
+    rows = [rows[m] for m in args.methods]
+    table = markdown_table(rows)
+    write_json(os.path.join(args.out, "collapse.json"), {
+        "rows": rows,
+        "budget": {"toy_sentences": args.toy_sentences, "epochs": args.epochs, "quick": args.quick,
+                   "seed": args.seed, "data_seed": args.data_seed, "extra_flags": args.extra,
+                   "jobs": args.jobs, "wall_seconds": wall},
+        "methods": {m: METHODS[m] for m in args.methods},
+        "train_argv": runs,
+        "notes": {"factor_accuracy": "accuracy of a linear probe (multinomial logistic regression on "
+                                     "standardised posterior means) predicting the TOPIC of test sentences; "
+                                     "factor_accuracy_z: the same probe on one sample z ~ q(z|x) per "
+                                     "sentence; factor_chance is the majority-class rate",
+                  "units": "nll, kl: nats per sentence; ppl: per token from -ELBO; mi: nats; seconds: wall "
+                           "time of the whole run (training, evaluation, outputs)",
+                  "verdict": f"collapsed: KL < {COLLAPSED_KL} and 0 active units; uses z: KL > {USED_KL} "
+                             "and >= 1 active unit; else weak"}})
+    with atomic_writer(os.path.join(args.out, "collapse.md"), "w") as f:
+        f.write(f"# Posterior collapse on the toy corpus\n\n{args.toy_sentences} sentences, {args.epochs} epochs "
+                f"per run, seed {args.seed}; test split. NLL and KL in nats per sentence.\n\n{table}\n")
+    figure(rows, os.path.join(args.out, "collapse.png"), f"{args.toy_sentences} toy sentences, {args.epochs} "
+           f"epoch{'s' * (args.epochs != 1)} per method (test split)")
+    print(f"\n{table}\n\n{len(rows)} runs in {wall / 60:.1f} min; wrote {args.out}/collapse.json, collapse.md, "
+          "collapse.png")
+    return rows
+
+
+def summary_line(row):
+    return (f"{row['method']:>18}: KL {row['kl']:6.2f}  AU {row['active_units']:2d}  MI {row['mi']:5.2f}  "
+            f"NLL {row['nll']:6.2f}  topic probe mu {_percent(row['factor_accuracy'])} "
+            f"z {_percent(row['factor_accuracy_z'])}  "
+            f"{row['verdict']}  ({row['seconds']:.0f} s)")
+
+
+def _percent(v):
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def markdown_table(rows):
+    """The study as a Markdown table, one line per method."""
+    head = ["method", "NLL", "KL", "AU", "MI", "PPL", "topic probe: mean / z (chance)", "recon exact",
+            "Levenshtein", "seconds", "verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in rows:
+        cells = [r["method"], f"{r['nll']:.2f}", f"{r['kl']:.2f}", str(r["active_units"]), f"{r['mi']:.2f}",
+                 f"{r['ppl']:.2f}", f"{_percent(r['factor_accuracy'])} / {_percent(r['factor_accuracy_z'])} "
+                 f"({_percent(r['factor_chance'])})",
+                 _percent(r["recon_accuracy"]), f"{r['levenshtein']:.2f}", f"{r['seconds']:.0f}", r["verdict"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def figure(rows, path, title):
+    """collapse.png: one horizontal bar panel per quantity, methods top to bottom as in the table."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        print(f"skipping {path}: {err}")
+        return
+    panels = [("kl", "KL (nats / sentence)", "{:.2f}"), ("active_units", "active units", "{:d}"),
+              ("mi", "MI I(x; z) (nats)", "{:.2f}"), ("factor_accuracy", "topic probe on posterior mean", "{:.0%}"),
+              ("factor_accuracy_z", "topic probe on z sample", "{:.0%}"), ("nll", "NLL (nats / sentence)", "{:.1f}")]
+    fig = Figure(figsize=(2.8 * len(panels), 1.2 + 0.32 * len(rows)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), sharey=True)
+    names = [r["method"] for r in rows]
+    colours = {"collapsed": "tab:red", "weak": "tab:orange", "uses z": "tab:blue"}
+    for ax, (key, label, fmt) in zip(axes, panels):
+        values = [r[key] if r[key] is not None else 0 for r in rows]
+        ax.barh(range(len(rows)), values, color=[colours[r["verdict"]] for r in rows])
+        for y, v in enumerate(values):
+            ax.annotate(fmt.format(v), (v, y), xytext=(2, 0), textcoords="offset points", va="center",
+                        fontsize="x-small")
+        ax.margins(x=0.2)
+        if key.startswith("factor_accuracy"):
+            ax.set_xlim(0, 1.15)
+            if rows[0]["factor_chance"] is not None:
+                ax.axvline(rows[0]["factor_chance"], color="black", linestyle="--", linewidth=1)
+                ax.annotate("chance", (rows[0]["factor_chance"], len(rows) - 0.5), xytext=(2, 0),
+                            textcoords="offset points", fontsize="small")
+        if key == "kl":
+            ax.axvline(USED_KL, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel(label)
+    axes[0].set_yticks(range(len(rows)), names)
+    axes[0].invert_yaxis()  # first method on top, as in the table
+    fig.suptitle(f"{title}; red: collapsed, orange: weak, blue: uses z")
+    with atomic_writer(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+
+
+if __name__ == "__main__":
+    main()

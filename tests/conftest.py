@@ -1,0 +1,65 @@
+"""Test configuration: the tests test THIS checkout's minivae, and can report per-test outcomes.
+
+1. The repository root goes first on sys.path, so `import minivae` finds the package next to the
+   tests even when another minivae is pip-installed. A student editing a copy made by
+   scripts/make_assignment.py is tested without reinstalling, and a grader can never grade the
+   installed reference by mistake.
+2. `pytest --outcomes FILE` writes {"outcomes": {test id: "passed" | "failed" | "skipped"},
+   "messages": {test id or test file: first line of its failure}} when the run ends, for
+   scripts/grade.py and scripts/make_assignment.py.
+"""
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+_spec = importlib.util.find_spec("minivae")  # finds the package without importing it
+if _spec is None or Path(_spec.origin).resolve().parent != ROOT / "minivae":
+    raise ImportError(f"the tests would import minivae from {_spec and _spec.origin}, not from "
+                      f"this checkout ({ROOT}); was minivae imported before pytest started?")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--outcomes", metavar="FILE",
+                     help="write each test's outcome to FILE as JSON (used by scripts/grade.py)")
+
+
+def pytest_configure(config):
+    if config.getoption("outcomes"):
+        config.pluginmanager.register(_OutcomeRecorder(config.getoption("outcomes")), "minivae_outcomes")
+
+
+class _OutcomeRecorder:
+    """Collects the outcome of every test (a failure in setup or teardown counts as failed)."""
+
+    def __init__(self, path):
+        self.path, self.outcomes, self.messages = os.path.abspath(path), {}, {}
+
+    def pytest_runtest_logreport(self, report):
+        previous = self.outcomes.get(report.nodeid)
+        if report.failed:
+            self.outcomes[report.nodeid] = "failed"
+            crash = getattr(report.longrepr, "reprcrash", None)
+            text = crash.message if crash is not None else str(report.longrepr)
+            self.messages.setdefault(report.nodeid, (text.strip().splitlines() or [""])[0][:300])
+        elif report.skipped and previous != "failed":
+            self.outcomes[report.nodeid] = "skipped"
+        elif report.when == "call" and previous is None:
+            self.outcomes[report.nodeid] = "passed"
+
+    def pytest_collectreport(self, report):
+        if report.failed:  # a test file that does not even import: none of its tests ran
+            self.messages[report.nodeid] = str(report.longrepr).strip().splitlines()[-1][:300]
+
+    def pytest_sessionfinish(self, session):
+        # Written with json + os.replace rather than minivae.fileio.write_json: a student's
+        # package that does not import must still get its report.
+        directory = os.path.dirname(self.path)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".outcomes.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump({"outcomes": self.outcomes, "messages": self.messages}, f, indent=1)
+        os.replace(tmp, self.path)

@@ -1,0 +1,176 @@
+"""The speed work of issue 6: the benchmark script, float32 all the way, and safe in-place gradients.
+
+The benchmark runs at a tiny size on synthetic data (a few seconds); with torch installed, the
+`slow` test runs all three frameworks (pytest -m slow).
+"""
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import minivae.engine as engine
+import minivae.ops as ops
+from minivae import Tensor
+from minivae.models import MLPVAE
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
+benchmark = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(benchmark)
+
+TINY = ["--synthetic", "--mlp-examples", "512", "--mlp-steps", "5", "--gru-steps", "5", "--sentences", "300",
+        "--check-steps", "3", "--warmup", "1", "--threads", "1"]
+
+
+def _check_report(report, frameworks, path):
+    assert json.loads(Path(path).read_text()) == json.loads(json.dumps(report))
+    machine = report["machine"]
+    assert machine["threads"] == 1 and machine["blas"] and machine["versions"]["numpy"] == np.__version__
+    for workload, speed in (("mlp", "sec_per_epoch"), ("gru", "tokens_per_sec")):
+        section = report[workload]
+        assert section[f"gemm_bound_{speed}"] > 0
+        for name in benchmark.FRAMEWORKS:
+            r = section[name]
+            if name not in frameworks:
+                assert r is None  # null in the JSON
+                continue
+            assert r[speed] > 0 and r["peak_rss_mb"] >= r["setup_rss_mb"] > 10, (workload, name)
+            assert r["timed_steps"] == 4 and len(r["losses"]) == 3
+            assert all(np.isfinite(r["losses"]))
+            if workload == "mlp":  # per image, so it falls as the model trains (gru's depends on lengths)
+                assert r["losses"][0] > r["losses"][-1]
+        # the agreement is computed from the losses each framework reported, step by step
+        ref = section["minivae"]["losses"]
+        for name in frameworks[1:]:
+            a = section["loss_agreement"][name]
+            expected = max(abs(x - y) / abs(x) for x, y in zip(ref, section[name]["losses"]))
+            assert a["steps"] == 3 and a["max_rel_diff"] == pytest.approx(expected, abs=1e-15)
+            assert a["agree"] and a["max_rel_diff"] < 1e-4  # same function, float32 arithmetic
+        assert set(section["loss_agreement"]) == set(frameworks[1:])
+    assert [t["name"] for t in report["targets"]] == [
+        t[0] for t in benchmark.TARGETS if t[2] in frameworks]
+
+
+def test_tiny_benchmark_run_writes_every_number(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    report = benchmark.main(TINY + ["--frameworks", "minivae", "autograd", "--out", str(out)])
+    _check_report(report, ["minivae", "autograd"], out)
+    printed = capsys.readouterr().out
+    assert "extrapolated to an epoch" in printed and "minivae vs autograd max relative difference" in printed
+
+
+@pytest.mark.slow
+def test_tiny_benchmark_run_with_torch(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "bench.json"
+    _check_report(benchmark.main(TINY + ["--out", str(out)]), list(benchmark.FRAMEWORKS), out)
+
+
+def test_loss_agreement_flags_a_disagreement_and_a_missing_loss():
+    ok = benchmark.loss_agreement({"minivae": [10.0, 9.0], "torch": [10.0, 9.0 * (1 + 1e-4)]}, rtol=2e-3)
+    assert ok["torch"]["agree"] and ok["torch"]["max_rel_diff"] == pytest.approx(1e-4)
+    bad = benchmark.loss_agreement({"minivae": [10.0, 9.0], "autograd": [10.0, 9.1], "torch": None}, rtol=2e-3)
+    assert not bad["autograd"]["agree"] and bad["autograd"]["max_rel_diff"] == pytest.approx(0.1 / 9)
+    assert "torch" not in bad
+    with pytest.raises(ValueError, match="autograd reported 1 losses, minivae 2"):
+        benchmark.loss_agreement({"minivae": [10.0, 9.0], "autograd": [10.0]}, rtol=2e-3)
+
+
+def test_benchmark_rejects_bad_arguments():
+    for bad in (["--threads", "0"], ["--warmup", "200", "--gru-steps", "100"], ["--check-steps", "50", "--quick"]):
+        with pytest.raises(SystemExit):
+            benchmark.parse_args(bad)
+
+
+def test_gemm_shapes_of_one_step_chain_together():
+    """Each product's inner sizes match, and the counts are what one training step needs."""
+    assert len(benchmark._mlp_gemms(128)) == 4 + 4 + 3  # forward, weight gradients, input gradients
+    T = 7
+    gru = benchmark._gru_gemms(32, T, 2000)
+    assert sum(s[:3] == (32, 128, 384) for s in gru) == T + (T + 1)   # one recurrent product per step
+    assert sum(s[:3] == (32, 384, 128) for s in gru) == T + (T + 1)   # and one back through each step
+    flops = sum(2 * m * k * n for m, k, n, _ in gru)
+    assert flops > 3 * 2 * 32 * (T + 1) * 128 * 2000  # the vocabulary products dominate
+
+
+# ------------------------------------------------------------------ float32 all the way
+@pytest.fixture
+def dtype_log(monkeypatch):
+    """Every primitive's output and every VJP's gradients, as (op, what, dtype) triples."""
+    log = []
+    for name, prim in engine.PRIMITIVES.items():
+        def forward(*args, _f=prim.forward, _name=name, **params):
+            out = _f(*args, **params)
+            log.append((_name, "output", np.asarray(out).dtype))
+            return out
+        monkeypatch.setattr(prim, "forward", forward)
+    vjp = engine.Primitive.vjp
+
+    def logged_vjp(self, *args):
+        grads = vjp(self, *args)
+        log.extend((self.name, "gradient", np.asarray(g).dtype) for g in grads if g is not None)
+        return grads
+    monkeypatch.setattr(engine.Primitive, "vjp", logged_vjp)
+    return log
+
+
+def _assert_float32(log, params):
+    floats = [(op, what, dt) for op, what, dt in log if dt.kind == "f"]
+    assert {what for _, what, _ in floats} == {"output", "gradient"} and len(floats) > 40
+    assert not [f for f in floats if f[2] != np.float32], "float32 path upcasts"
+    assert all(p.grad is not None and p.grad.dtype == np.float32 for p in params)
+
+
+def test_mlp_vae_training_step_stays_float32(dtype_log):
+    rng = np.random.default_rng(0)
+    model = MLPVAE(rng=rng)
+    x = rng.random((16, 784), dtype=np.float32)
+    eps = rng.standard_normal((16, 20)).astype(np.float32)
+    objective, _ = model.loss(x, eps, beta=0.5, free_bits=0.1)
+    objective.backward()
+    assert {op for op, _, _ in dtype_log} >= {"matmul", "relu", "softplus", "exp", "maximum"}
+    _assert_float32(dtype_log, model.parameters())
+
+
+def test_sentence_vae_training_step_stays_float32(dtype_log):
+    from minivae import text
+    n_steps = 2
+    job = {"n_steps": n_steps, "seed": 0, "sentences": 200}
+    n_vocab, steps, _ = benchmark.gru_workload(job)
+    model = benchmark.minivae_sentence_vae(n_vocab, 0)
+    assert text.PAD_ID in steps[0]["dec_target"] or steps[0]["mask"].all()
+    model.loss(steps[0]).backward()
+    assert {op for op, _, _ in dtype_log} >= {"gru_sequence", "logsumexp", "getitem", "tanh", "matmul"}
+    _assert_float32(dtype_log, model.parameters())
+
+
+# ------------------------------------------------------------------ in-place gradients stay separate
+def test_a_new_array_returned_for_two_inputs_is_not_shared_when_accumulating():
+    """The engine adds into arrays a VJP created, unless the VJP returned the same one twice."""
+    @engine.primitive
+    def plus(x, y):
+        return x + y
+    plus.defvjp_all(lambda g, ans, x, y: (lambda a: (a, a))(g * 1.0))
+    try:
+        x, y = Tensor(np.ones(3), requires_grad=True), Tensor(np.ones(3), requires_grad=True)
+        (plus(x, y) + x * 2.0).backward(np.array([1.0, 2.0, 3.0]))  # x gets a second gradient
+        np.testing.assert_array_equal(x.grad, [3.0, 6.0, 9.0])
+        np.testing.assert_array_equal(y.grad, [1.0, 2.0, 3.0])
+        x.grad *= 0  # a leaf's gradient is its own (gradient clipping scales it in place)
+        np.testing.assert_array_equal(y.grad, [1.0, 2.0, 3.0])
+    finally:
+        del engine.PRIMITIVES["plus"]
+
+
+def test_in_place_accumulation_leaves_inputs_and_seed_alone():
+    x = Tensor(np.array([1.0, -2.0, 3.0]), requires_grad=True)
+    w = Tensor(np.array([0.5, 0.5, 0.5]), requires_grad=True)
+    seed = np.array([1.0, 1.0, 1.0])
+    y = ops.exp(x) * w + x * w + ops.negative(x)  # x and w both fan out
+    y.backward(seed)
+    np.testing.assert_array_equal(seed, [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(x.grad, np.exp(x.data) * 0.5 + 0.5 - 1)
+    np.testing.assert_allclose(w.grad, np.exp(x.data) + x.data)
+    np.testing.assert_array_equal(w.data, [0.5, 0.5, 0.5])
