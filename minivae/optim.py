@@ -21,8 +21,8 @@ of a parameter whose gradient has become zero (a dead ReLU unit, a pixel that is
 blank) decay by beta each step into that range and then stay there, because beta * x rounds
 back to x for the smallest subnormals; a tiny gradient (1e-20) puts v there at once. So after
 every update the entries of m and v (and of SGD's momentum buffer) below tiny are set to
-exactly 0, and no moment is ever subnormal between steps. This costs five in-place passes, a
-third more time per Adam step on a 784-400-20 MLP; without it the Adam steps of that model ran
+exactly 0, and no moment is ever subnormal between steps. This costs five passes over the
+moments (two of them write only the flushed entries); without it the Adam steps of that model ran
 about 10x slower once 30% of its entries had been dead for a while. Zero, unlike a floor at
 tiny, stays put: beta * tiny would make a fresh subnormal every step. The effect on training is
 nil: an m below tiny moves a parameter by at most lr * tiny / ((1 - beta1) * eps) ~ lr * 1e-29
@@ -61,11 +61,15 @@ def _blocks(*arrays, size=1 << 16):
         yield [a[start:start + size] for a in flat]
 
 
-def _flush_subnormals(a, scratch, signed=True):
-    """Set the entries of a with |a| < tiny (subnormal numbers) to zero, in place."""
+def _flush_subnormals(a, scratch, below, signed=True):
+    """Set the entries of a with |a| < tiny (subnormal numbers) to zero, in place.
+
+    scratch is a float array and below a boolean array, both shaped like a. Writing zeros only
+    where `below` is true is a third faster than multiplying the whole array by a 0/1 mask.
+    """
     magnitude = np.abs(a, out=scratch) if signed else a
-    np.greater_equal(magnitude, np.finfo(a.dtype).tiny, out=scratch)   # 1.0 = keep, 0.0 = flush
-    np.multiply(a, scratch, out=a)
+    np.less(magnitude, np.finfo(a.dtype).tiny, out=below)
+    np.copyto(a, 0, where=below)
 
 
 class _Optimizer:
@@ -89,6 +93,7 @@ class _Optimizer:
                 got = f"dtype {data.dtype}" if isinstance(data, np.ndarray) else repr(type(data))
                 raise TypeError(f"params[{i}].data must be a float numpy array, got {got}")
         self._scratch = [np.empty_like(p.data) for p in self.params]
+        self._below = [np.empty(p.data.shape, dtype=bool) for p in self.params]  # subnormal masks
         self._decayed = [None] * len(self.params)   # allocated on first use of weight_decay
 
     def zero_grad(self):
@@ -173,14 +178,15 @@ class SGD(_Optimizer):
 
     def step(self):
         """Update every parameter whose grad is not None."""
-        for i, (p, buf, s) in enumerate(zip(self.params, self.momentum_buffer, self._scratch)):
+        for i, (p, buf, s, below) in enumerate(zip(self.params, self.momentum_buffer, self._scratch,
+                                                   self._below)):
             if p.grad is None:
                 continue
             d = self._gradient(i, p)
             if self.momentum:
                 np.multiply(buf, self.momentum, out=buf)
                 np.add(buf, d, out=buf)
-                _flush_subnormals(buf, s)
+                _flush_subnormals(buf, s, below)
                 d = buf
             np.multiply(d, self.lr, out=s)
             np.subtract(p.data, s, out=p.data)
@@ -226,7 +232,8 @@ class Adam(_Optimizer):
     def step(self):
         """Update every parameter whose grad is not None."""
         b1, b2 = self.beta1, self.beta2
-        for i, (p, m, v, s) in enumerate(zip(self.params, self.m, self.v, self._scratch)):
+        buffers = zip(self.params, self.m, self.v, self._scratch, self._below)
+        for i, (p, m, v, s, below) in enumerate(buffers):
             if p.grad is None:
                 continue
             g = self._gradient(i, p)
@@ -234,7 +241,7 @@ class Adam(_Optimizer):
             self.steps[i] += 1
             t = int(self.steps[i])
             c = math.sqrt(1 - b2 ** t)
-            for p_, g, m, v, s in _blocks(p.data, g, m, v, s):  # see "Blocks" in the module docstring
+            for p_, g, m, v, s, below in _blocks(p.data, g, m, v, s, below):  # see "Blocks" above
                 np.multiply(m, b1, out=m)
                 np.multiply(g, 1 - b1, out=s)
                 np.add(m, s, out=m)
@@ -242,8 +249,8 @@ class Adam(_Optimizer):
                 np.multiply(g, g, out=s)
                 np.multiply(s, 1 - b2, out=s)
                 np.add(v, s, out=v)
-                _flush_subnormals(m, s)            # see "Subnormal numbers" in the module docstring
-                _flush_subnormals(v, s, signed=False)
+                _flush_subnormals(m, s, below)     # see "Subnormal numbers" in the module docstring
+                _flush_subnormals(v, s, below, signed=False)
                 np.sqrt(v, out=s)
                 np.add(s, self.eps * c, out=s)
                 np.divide(m, s, out=s)

@@ -444,7 +444,8 @@ def run_job(job):
             cpu_times.append(time.process_time() - c0)
             if i < job["check_steps"]:
                 if np.asarray(loss).dtype != np.float32:
-                    raise TypeError(f"{job['framework']} computed a {np.asarray(loss).dtype} loss, not float32")
+                    raise TypeError(f"{job['framework']} computed a {np.asarray(loss).dtype} loss, "
+                                    "not float32")
                 losses.append(float(loss))
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     timed = slice(job["warmup"], None)
@@ -495,8 +496,10 @@ def machine_info(threads):
         blas = f"{blas.get('name')} {blas.get('version')}"
     except Exception:  # the layout of numpy's build information changes between versions
         blas = "unknown"
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+    cpu = platform.processor()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     return {"threads": threads, "blas": blas, "versions": versions, "cpu": cpu, "cpu_count": os.cpu_count(),
             "load_average_before": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
@@ -587,8 +590,10 @@ def print_report(report, args, steps_per_epoch):
     print(f"mlp data: {report['mlp']['data']}; gru data: {report['gru']['data']}")
     header = f"{'':28s}" + "".join(f"{n:>12s}" for n in names) + f"{'GEMMs only':>12s}"
     print(header)
-    rows = [("mlp  s/epoch", "mlp", "sec_per_epoch", "{:12.2f}"), ("mlp  peak RSS MB", "mlp", "peak_rss_mb", "{:12.0f}"),
-            ("gru  tokens/s", "gru", "tokens_per_sec", "{:12.0f}"), ("gru  peak RSS MB", "gru", "peak_rss_mb", "{:12.0f}")]
+    rows = [("mlp  s/epoch", "mlp", "sec_per_epoch", "{:12.2f}"),
+            ("mlp  peak RSS MB", "mlp", "peak_rss_mb", "{:12.0f}"),
+            ("gru  tokens/s", "gru", "tokens_per_sec", "{:12.0f}"),
+            ("gru  peak RSS MB", "gru", "peak_rss_mb", "{:12.0f}")]
     for label, workload, key, fmt in rows:
         line = f"{label:28s}"
         for n in names:

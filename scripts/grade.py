@@ -86,7 +86,7 @@ def main(argv=None):
     except FileNotFoundError as err:
         parser.error(str(err))
     start = time.perf_counter()
-    outcomes = make_assignment.run_tests(args.copy, timeout=args.timeout)
+    outcomes, messages = make_assignment.run_tests(args.copy, timeout=args.timeout, messages=True)
     rows = score(outcomes, needs)
     print(f"minivae assignment: {args.copy.resolve()}  ({len(outcomes)} tests ran in "
           f"{time.perf_counter() - start:.0f} s)")
@@ -95,7 +95,9 @@ def main(argv=None):
           "at least half of them need too -- do those first)")
     missing = sorted(set(needs) - set(outcomes))
     if missing:
-        print(f"{len(missing)} tests did not run (a test file that does not import?), e.g. {missing[0]}")
+        broken = sorted(f for f in messages if "::" not in f)  # test files that failed to import
+        why = f"{broken[0]} failed to import: {messages[broken[0]]}" if broken else f"e.g. {missing[0]}"
+        print(f"{len(missing)} tests did not run; {why}")
     if rows["(not in the topic map)"]["tests"]:
         print("Tests not in the topic map were added after it was measured: "
               "python scripts/make_assignment.py --update-map (on the reference) re-measures it.")

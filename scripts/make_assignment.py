@@ -139,19 +139,22 @@ def find_regions(lines, path):
         raise ValueError(f"{path}:{start + 1}: BEGIN SOLUTION is never closed by END SOLUTION")
     if not regions:
         return []
-    spans = _function_spans(ast.parse("".join(lines), filename=path))
+    try:
+        spans = _function_spans(ast.parse("".join(lines), filename=path))
+    except SyntaxError:  # a student's unfinished file: judge by indentation (grade.py must still run)
+        spans = None
     out = []
     for start, end, topic, hint, indent in regions:
         first = next((k for k in range(start + 1, end) if lines[k].strip()), start) + 1  # 1-based
-        inside = [name for lo, hi, name in spans if lo < first <= hi]
-        where = inside[-1] if inside else lines[first - 1].strip().split("(")[0]
-        out.append(Region(path, topic, hint, start, end, indent, where, bool(inside)))
+        inside = [name for lo, hi, name in spans if lo < first <= hi] if spans is not None else [indent]
+        where = inside[-1] if inside and spans is not None else lines[first - 1].strip().split("(")[0]
+        out.append(Region(path, topic, hint, start, end, indent, where, bool(inside and inside[-1])))
     return out
 
 
 def _atomic_writer(path, mode):
-    # Imported when needed, not at the top: grading a copy whose minivae does not import (a
-    # student's syntax error) must still work, and writes nothing with this.
+    # Imported only when a file is written, not at the top: grading writes nothing with it and
+    # must work on a copy whose minivae does not even import (a student's syntax error).
     from minivae.fileio import atomic_writer
     return atomic_writer(path, mode)
 

@@ -109,6 +109,16 @@ def test_stubs_raise_in_functions_and_are_comments_at_module_level():
     assert "defvjp" not in out and "y + 1" not in out
 
 
+def test_regions_are_found_in_a_file_with_a_syntax_error():
+    """grade.py must still count a student's regions when their file does not parse."""
+    text = ("def f(x):\n    # BEGIN SOLUTION engine: h\n    return (x\n    # END SOLUTION\n\n\n"
+            "# BEGIN SOLUTION ops: v\n# TODO(ops): v\n# END SOLUTION\n")
+    lines = text.splitlines(keepends=True)
+    regions = make_assignment.find_regions(lines, "m.py")
+    assert [(r.topic, r.in_function, make_assignment.is_stub(lines, r)) for r in regions] == [
+        ("engine", True, False), ("ops", False, True)]
+
+
 def test_copy_changes_only_the_regions_and_restore_gives_the_reference_back(tmp_path):
     blanked = make_assignment.make_assignment(tmp_path / "student")
     assert {(r.path, r.begin) for r in blanked} == {(r.path, r.begin) for r in REGIONS}
