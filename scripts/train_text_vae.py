@@ -36,7 +36,7 @@ from minivae.optim import Adam, clip_grad_norm  # noqa: E402
 ARCHITECTURE = ("corpus", "data_seed", "embedding", "hidden", "latent", "bidirectional", "z_to_every_step",
                 "bn_vae", "bn_vae_tau", "max_vocab", "dtype")
 MI_CHUNK = 500  # sentences per mutual-information estimate (its cost grows as the square)
-PROBE_TRAIN = 5000  # training sentences whose posterior means train the factor probe (toy corpus)
+PROBE_TRAIN = 5000  # training sentences on which the factor probes are trained (toy corpus)
 
 
 def parse_args(argv=None):
