@@ -7,8 +7,8 @@ batch 32, Adam 1e-3, gradient norm clipped at 5, plain ELBO (beta = 1, no remedy
 whose KL collapses. NLL and KL are in nats per sentence; perplexity is per token, counting <eos>
 and not <sos>, and computed from -ELBO (so it is an upper bound). The test block of metrics.json
 adds greedy reconstruction (exact-match rate, mean word edit distance) and, on the toy corpus, how
-well a linear probe reads each factor (topic, sentiment, tense) from the posterior means and from
-samples of z.
+well a linear probe reads each factor (topic, sentiment, tense) and the sentence length (quartile
+bins) from the posterior means and from samples of z.
 
     python scripts/train_text_vae.py --corpus toy --epochs 10 --out runs/text-vae
     python scripts/train_text_vae.py --corpus data/ptb.train.txt --valid-corpus data/ptb.valid.txt \\
@@ -329,8 +329,9 @@ def text_diagnostics(model, data, args):
     recon_accuracy: fraction of test sentences whose greedy decoding from their posterior mean
     is the sentence itself; levenshtein: mean word edit distance between the two.
     factor_accuracy: None for text files; for the toy corpus {factor: {"accuracy", "accuracy_z",
-    "chance"}} from linear probes (diagnostics.factor_probe) trained on the first PROBE_TRAIN
-    training sentences and scored on the test sentences. "accuracy" reads the posterior means;
+    "chance", "n"}}, factor = topic, sentiment, tense and length (quartile bins), from linear
+    probes (diagnostics.factor_probe) trained on the first PROBE_TRAIN training sentences and
+    scored on the n test sentences. "accuracy" reads the posterior means;
     "accuracy_z" reads one sample z ~ q(z|x) per sentence, i.e. what the decoder is given: the
     means of a collapsed encoder can still name the factor, its samples cannot.
     """
@@ -343,12 +344,22 @@ def text_diagnostics(model, data, args):
         for split, seqs in (("train", data.train[:PROBE_TRAIN]), ("test", data.test)):
             mu, logvar = diagnostics.encode_sentences(model, seqs, args.eval_batch_size)
             features[split] = (mu, mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape))
+        labels = {name: (data.factors["train"][name][:PROBE_TRAIN], data.factors["test"][name])
+                  for name in data.info["factor_names"]}
+        # Sentence length, a property of the text rather than a generator factor: the probing task
+        # "SentLen" of Conneau et al. 2018 (ACL, "What you can cram into a single vector"), here in
+        # four bins cut at the quartiles of the probe's training lengths. A z that tells the
+        # decoder when to stop saves it nats that no topic, sentiment or tense label would.
+        train_len = np.array([len(s) for s in data.train[:PROBE_TRAIN]])
+        edges = np.quantile(train_len, [0.25, 0.5, 0.75])
+        labels["length"] = tuple(np.searchsorted(edges, lengths, side="right")
+                                 for lengths in (train_len, np.array([len(s) for s in data.test])))
         probes = {}
-        for name in data.info["factor_names"]:
-            train_y, test_y = data.factors["train"][name][:PROBE_TRAIN], data.factors["test"][name]
+        for name, (train_y, test_y) in labels.items():
             on_mu, on_z = (diagnostics.factor_probe(features["train"][k], train_y, features["test"][k], test_y)
                            for k in (0, 1))
-            probes[name] = {"accuracy": on_mu["accuracy"], "accuracy_z": on_z["accuracy"], "chance": on_mu["chance"]}
+            probes[name] = {"accuracy": on_mu["accuracy"], "accuracy_z": on_z["accuracy"], "chance": on_mu["chance"],
+                            "n": len(test_y)}
     return {"recon_accuracy": recon_accuracy, "levenshtein": distance, "factor_accuracy": probes}
 
 

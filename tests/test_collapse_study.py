@@ -132,7 +132,8 @@ def test_tiny_study_writes_table_json_and_figure(tmp_path, capsys):
         assert np.isfinite(row["nll"]) and row["kl"] >= 0 and 0 <= row["active_units"] <= 3
         assert 0 <= row["factor_accuracy"] <= 1 and 0 <= row["factor_accuracy_z"] <= 1 and 0 < row["factor_chance"] <= 1
         assert 0 <= row["recon_accuracy"] <= 1 and row["levenshtein"] >= 0 and row["seconds"] > 0
-        assert set(row["probes"]) == {"topic", "sentiment", "tense"}
+        assert set(row["probes"]) == {"topic", "sentiment", "tense", "length"}
+        assert row["best_z_probe"] in row["probes"] and np.isfinite(row["best_z_probe_score"])
         assert row["verdict"] in ("collapsed", "weak", "uses z")
         run = out / row["method"]
         assert (run / "metrics.json").exists() and "epoch   1/1" in (run / "train.log").read_text()
@@ -145,6 +146,7 @@ def test_tiny_study_writes_table_json_and_figure(tmp_path, capsys):
 
     table = (out / "collapse.md").read_text()
     assert all(f"| {m} |" in table for m in METHOD_NAMES)
+    assert "## Linear probes" in table and "length (chance" in table
     assert (out / "collapse.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in out.rglob("*.tmp")]
 
@@ -156,3 +158,21 @@ def test_bad_arguments_are_refused_before_training(tmp_path, capsys):
     with pytest.raises(SystemExit):  # a passed-through flag train_text_vae does not know
         collapse_study.main(["--out", str(tmp_path), "--methods", "vanilla", "--no-such-flag"])
     assert not (tmp_path / "vanilla").exists()
+
+
+def test_probe_score_counts_binomial_standard_errors_and_picks_the_best_label():
+    # 60% on 100 sentences against a 50% majority class: 0.1 / sqrt(0.5 * 0.5 / 100) = 2 se.
+    assert collapse_study.probe_z_score({"accuracy_z": 0.6, "chance": 0.5, "n": 100}) == pytest.approx(2.0)
+    assert collapse_study.probe_z_score({"accuracy_z": 0.2, "chance": 0.2, "n": 1000}) == 0.0
+    # The best label is the one furthest above its own chance in standard errors, not the one
+    # with the highest accuracy on z: on 1,000 sentences topic 20% against 1/6 is 2.8 se, tense
+    # 55% against 50% is 3.2 se, length 40% against 30% is 6.9 se.
+    probes = {"topic": {"accuracy": 0.9, "accuracy_z": 0.2, "chance": 1 / 6, "n": 1000},
+              "tense": {"accuracy": 0.7, "accuracy_z": 0.55, "chance": 0.5, "n": 1000},
+              "length": {"accuracy": 0.5, "accuracy_z": 0.4, "chance": 0.3, "n": 1000}}
+    metrics = {"test": {"nll": 40.0, "kl": 3.0, "active_units": 2, "mi": 2.5, "ppl": 20.0, "recon_accuracy": 0.0,
+                        "levenshtein": 9.0, "factor_accuracy": probes}, "tokens_per_sec": 1e4}
+    row = collapse_study.table_row("free_bits", metrics, seconds=1.0)
+    assert row["best_z_probe"] == "length" and row["verdict"] == "uses z"
+    assert row["best_z_probe_score"] == pytest.approx(0.1 / (0.3 * 0.7 / 1000) ** 0.5)
+    assert row["factor_accuracy"] == 0.9 and row["factor_accuracy_z"] == 0.2  # the topic columns

@@ -261,7 +261,7 @@ def test_tiny_run_writes_every_output(tmp_path, capsys):
     assert {"nll", "kl", "ppl", "active_units", "mi"} <= set(metrics["test"])
     test = metrics["test"]  # greedy reconstruction of the 15 test sentences, and the factor probes
     assert test["recon_accuracy"] in [k / 15 for k in range(16)] and test["levenshtein"] >= 0
-    assert set(test["factor_accuracy"]) == {"topic", "sentiment", "tense"}
+    assert set(test["factor_accuracy"]) == {"topic", "sentiment", "tense", "length"}
     for probe in test["factor_accuracy"].values():
         assert 0 <= probe["accuracy"] <= 1 and 0 <= probe["accuracy_z"] <= 1 and 1 / 6 <= probe["chance"] <= 1
     assert metrics["epochs"] == history and metrics["tokens_per_sec"] > 0
