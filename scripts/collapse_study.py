@@ -4,7 +4,7 @@ Trains scripts/train_text_vae.py once per method (its main(), so there is one tr
 with the same data, seeds, model and budget, and tabulates the test-set results:
     DIR/collapse.json   {"rows": [one dict per method], "budget", "methods", ...}
     DIR/collapse.md     the table in Markdown
-    DIR/collapse.png    KL, active units, mutual information, topic probes and NLL per method
+    DIR/collapse.png    KL, active units, mutual information, probes on z and NLL per method
     DIR/<method>/       each run's metrics.json, train.log, samples, reconstructions, checkpoint
 
     python scripts/collapse_study.py --out runs/collapse
@@ -295,8 +295,9 @@ def figure(rows, path, title):
         print(f"skipping {path}: {err}")
         return
     panels = [("kl", "KL (nats / sentence)", "{:.2f}"), ("active_units", "active units", "{:d}"),
-              ("mi", "MI I(x; z) (nats)", "{:.2f}"), ("factor_accuracy", "topic probe on posterior mean", "{:.0%}"),
-              ("factor_accuracy_z", "topic probe on z sample", "{:.0%}"), ("nll", "NLL (nats / sentence)", "{:.1f}")]
+              ("mi", "MI I(x; z) (nats)", "{:.2f}"), ("factor_accuracy_z", "topic probe on z sample", "{:.0%}"),
+              ("best_z_probe_score", "best probe on z: std. errors above chance", "{:.1f}"),
+              ("nll", "NLL (nats / sentence)", "{:.1f}")]
     fig = Figure(figsize=(2.8 * len(panels), 1.2 + 0.32 * len(rows)), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(panels), sharey=True)
@@ -305,8 +306,9 @@ def figure(rows, path, title):
     for ax, (key, label, fmt) in zip(axes, panels):
         values = [r[key] if r[key] is not None else 0 for r in rows]
         ax.barh(range(len(rows)), values, color=[colours[r["verdict"]] for r in rows])
-        for y, v in enumerate(values):
-            ax.annotate(fmt.format(v), (v, y), xytext=(2, 0), textcoords="offset points", va="center",
+        for y, (v, r) in enumerate(zip(values, rows)):
+            text = fmt.format(v) + (f" {r['best_z_probe']}" if key == "best_z_probe_score" else "")
+            ax.annotate(text, (max(v, 0), y), xytext=(2, 0), textcoords="offset points", va="center",
                         fontsize="x-small")
         ax.margins(x=0.2)
         if key.startswith("factor_accuracy"):
@@ -317,6 +319,8 @@ def figure(rows, path, title):
                             textcoords="offset points", fontsize="small")
         if key == "kl":
             ax.axvline(USED_KL, color="grey", linestyle=":", linewidth=1)
+        if key == "best_z_probe_score":
+            ax.axvline(BEATS_CHANCE, color="grey", linestyle=":", linewidth=1)
         ax.set_xlabel(label)
     axes[0].set_yticks(range(len(rows)), names)
     axes[0].invert_yaxis()  # first method on top, as in the table
