@@ -92,6 +92,11 @@ class _Optimizer:
             if not (isinstance(data, np.ndarray) and data.dtype.kind == "f"):
                 got = f"dtype {data.dtype}" if isinstance(data, np.ndarray) else repr(type(data))
                 raise TypeError(f"params[{i}].data must be a float numpy array, got {got}")
+        first = {}
+        for i, p in enumerate(self.params):
+            if first.setdefault(id(p), i) != i:
+                raise ValueError(f"params[{i}] is params[{first[id(p)]}] again: each parameter must be "
+                                 "listed once (it would be updated twice per step)")
         self._scratch = [np.empty_like(p.data) for p in self.params]
         self._below = [np.empty(p.data.shape, dtype=bool) for p in self.params]  # subnormal masks
         self._decayed = [None] * len(self.params)   # allocated on first use of weight_decay

@@ -297,3 +297,10 @@ def test_clip_grad_norm_reports_non_finite_and_leaves_grads_alone(bad):
 def test_clip_grad_norm_rejects_bad_max_norm():
     with pytest.raises(ValueError, match="^max_norm must be"):
         clip_grad_norm([param(np.zeros(2), grad=[1.0, 1.0])], max_norm=0.0)
+
+
+def test_a_parameter_listed_twice_is_refused():
+    p = param([1.0, 2.0])
+    for opt in (Adam, lambda params: SGD(params, lr=0.1)):
+        with pytest.raises(ValueError, match=r"params\[2\] is params\[0\] again"):
+            opt([p, param([3.0]), p])
