@@ -13,8 +13,8 @@ with the same data, seeds, model and budget, and tabulates the test-set results:
 The model is train_text_vae's default (embedding 64, GRU 128, latent 16, vocabulary 2,000,
 batch 32, Adam 1e-3, plain ELBO): an autoregressive GRU decoder strong enough that the plain VAE
 collapses (KL ~0, no active unit). Default budget: the script's defaults, 20,000 toy sentences
-(18,000 for training) for 20 epochs; --quick uses 3,000 sentences for 4 epochs (a demonstration,
-not the reference numbers). Why 20: after 10 epochs the two annealing runs still sat at KL 0.53
+(18,000 for training) for 20 epochs; --quick uses 3,000 sentences for 4 epochs (a check of the
+whole pipeline in a minute or two; at that budget most remedies have not yet moved the KL). Why 20: after 10 epochs the two annealing runs still sat at KL 0.53
 and 0.27 nat, not yet recovered from beta reaching 1 (seed 1); every method gets the same
 budget. Any flag this script does not know is passed to every run (e.g. `--hidden 64
 --latent 8`); do not pass remedy flags that way.
