@@ -16,7 +16,7 @@ import math
 import numbers
 
 __all__ = ["constant", "linear_warmup", "linear", "logistic", "exponential", "cyclical",
-           "cyclical_zero_linear", "SCHEDULES", "make_schedule"]
+           "cyclical_zero_linear", "SCHEDULES", "make_schedule", "from_flags"]
 
 
 def _check_step(t):
@@ -219,6 +219,31 @@ def make_schedule(name, **params):
         return fn(t, **params)
     beta.__doc__ = f"beta(t) = {name}(t, " + ", ".join(f"{k}={v!r}" for k, v in params.items()) + ")"
     return beta
+
+
+def from_flags(name, params_text, total_steps):
+    """make_schedule from the scripts' --beta-schedule NAME --beta-params "key=value,key=value".
+
+    Values are numbers (shape=linear|cosine|... stays text); counts become integers; the
+    cyclical schedules get total_steps (the run's length) unless the text sets it. Errors are
+    ValueErrors that name the flag at fault.
+    """
+    params = {}
+    for item in filter(None, params_text.split(",")):
+        key, _, value = (part.strip() for part in item.partition("="))
+        try:
+            params[key] = value if key == "shape" else float(value)
+        except ValueError:
+            raise ValueError(f"--beta-params: {item!r} is not key=number") from None
+    for key in ("total_steps", "n_cycles", "warmup_steps"):  # integers where the schedule wants them
+        if key in params:
+            params[key] = int(params[key])
+    if name in ("cyclical", "cyclical_zero_linear"):
+        params.setdefault("total_steps", total_steps)
+    try:
+        return make_schedule(name, **params)
+    except ValueError as err:
+        raise ValueError(f"--beta-schedule: {err}") from None
 
 
 def _usage(name=None):

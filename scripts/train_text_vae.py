@@ -140,22 +140,10 @@ def parse_args(argv=None):
 
 def beta_schedule(args, total_steps):
     """beta(t) from --beta-schedule, --beta-params and --beta (scaling the schedule's 0..1 range)."""
-    params = {}
-    for item in filter(None, args.beta_params.split(",")):
-        key, _, value = item.partition("=")
-        try:
-            params[key.strip()] = value.strip() if key.strip() == "shape" else float(value)
-        except ValueError:
-            raise SystemExit(f"--beta-params: {item!r} is not key=number") from None
-    for key in ("total_steps", "n_cycles", "warmup_steps"):  # integers where the schedule wants them
-        if key in params:
-            params[key] = int(params[key])
-    if args.beta_schedule in ("cyclical", "cyclical_zero_linear"):
-        params.setdefault("total_steps", total_steps)
     try:
-        fn = schedules.make_schedule(args.beta_schedule, **params)
+        fn = schedules.from_flags(args.beta_schedule, args.beta_params, total_steps)
     except ValueError as err:
-        raise SystemExit(f"--beta-schedule: {err}") from None
+        raise SystemExit(str(err)) from None
     return lambda t: args.beta * fn(t)
 
 

@@ -233,3 +233,13 @@ def test_make_schedule_errors_list_names_and_parameters():
         make_schedule("linear_warmup", warmup=10)
     with pytest.raises(ValueError, match="beta schedule 'cyclical': ratio must be in"):
         make_schedule("cyclical", total_steps=40, ratio=2.0)    # values are checked up front
+
+
+def test_from_flags_reads_the_scripts_beta_params():
+    beta = schedules.from_flags("cyclical", "n_cycles=2, ratio=0.5", total_steps=100)
+    assert beta(0) == 0.0 and beta(25) == 1.0 and beta(50) == 0.0  # two cycles over the given 100 steps
+    assert schedules.from_flags("linear", "x0=20", total_steps=7)(10) == 0.5
+    with pytest.raises(ValueError, match=r"--beta-params: 'x0' is not key=number"):
+        schedules.from_flags("linear", "x0", total_steps=7)
+    with pytest.raises(ValueError, match=r"--beta-schedule: .*unknown parameter"):
+        schedules.from_flags("linear", "x0=2,bogus=1", total_steps=7)
