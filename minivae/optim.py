@@ -268,14 +268,24 @@ def clip_grad_norm(params, max_norm):
     """Scale all gradients in place so their global L2 norm is at most max_norm; return the norm before.
 
     norm = sqrt(sum over parameters of sum(grad**2)), skipping grads that are None. If norm >
-    max_norm every grad is multiplied by max_norm / norm. A NaN or infinite norm is returned
-    and nothing is scaled, so the caller can notice and skip the step. The sum of squares is
-    accumulated in the gradients' dtype: float32 gradients with a norm above ~1e19 give inf.
+    max_norm every grad is multiplied by max_norm / norm. A NaN or infinite norm (a gradient
+    entry that is NaN or inf) is returned and nothing is scaled, so the caller can notice and
+    skip the step. Finite float32 gradients whose squares overflow float32 (a norm above ~1e19)
+    still get their true norm: such an array's sum of squares is redone in float64.
     """
     _check("max_norm", max_norm, lambda v: v > 0, "a finite number > 0")
     grads = [p.grad for p in params if p.grad is not None]
-    norm = math.sqrt(sum(float(np.vdot(g, g)) for g in grads))
+    norm = math.sqrt(sum(_sum_of_squares(g) for g in grads))
     if math.isfinite(norm) and norm > max_norm:
         for g in grads:
             np.multiply(g, max_norm / norm, out=g)
     return norm
+
+
+def _sum_of_squares(g):
+    """sum(g**2) as a Python float: in g's dtype (fast), or in float64 if that overflows."""
+    total = float(np.vdot(g, g))
+    if math.isinf(total) and np.isfinite(g).all():  # float32 overflow, not an inf in g
+        g64 = g.astype(np.float64).ravel()
+        total = float(np.dot(g64, g64))
+    return total

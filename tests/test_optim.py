@@ -285,6 +285,17 @@ def test_clip_grad_norm_float32_lands_on_max_norm():
     assert all(p.grad.dtype == np.float32 for p in ps)
 
 
+def test_clip_grad_norm_of_huge_float32_gradients_is_finite_and_clips():
+    """Squares above float32's 3.4e38 (norm > ~1.8e19) are summed in float64, not reported as inf."""
+    a = param(np.zeros(3, np.float32), grad=np.array([3e20, 0.0, -4e20], np.float32))
+    b = param(np.zeros(2, np.float32), grad=np.array([1.0, 2.0], np.float32))
+    expected = math.sqrt(3e20 ** 2 + 4e20 ** 2 + 5.0)
+    assert np.isinf(np.vdot(a.grad, a.grad))               # what a float32 sum of squares gives
+    assert clip_grad_norm([a, b], max_norm=1.0) == pytest.approx(expected, rel=1e-6)
+    np.testing.assert_allclose(a.grad, [0.6, 0.0, -0.8], rtol=1e-6)
+    assert a.grad.dtype == np.float32 and abs(b.grad[1]) < 1e-19
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
 def test_clip_grad_norm_reports_non_finite_and_leaves_grads_alone(bad):
     a = param(np.zeros(3), grad=[1.0, bad, 2.0])
