@@ -3,6 +3,11 @@
     python scripts/benchmark.py --out runs/benchmark.json
     python scripts/benchmark.py --quick --threads 1 --frameworks minivae torch
 
+Besides the three frameworks, `numpy` is the same two models written by hand in plain NumPy:
+gradients derived on paper, no graph, no array the maths does not need, minivae's Adam. It is
+the floor for an autodiff engine on NumPy (minivae's time minus its time is the engine's
+overhead), and its Adam time is reported apart, so the floor without the optimiser is printed too.
+
 Workloads, identical in every framework: the same initial weights (minivae's, copied into the
 others), data order, noise (eps and word-dropout masks are drawn once and passed in), batch
 size, float32 arithmetic and thread count.
@@ -20,6 +25,7 @@ set before NumPy is imported (and torch.set_num_threads), so its peak memory is 
 ru_maxrss. The first --check-steps losses of every framework are compared (they must agree to
 float32 accuracy: the programs compute the same function). A GEMM-only lower bound times just
 the matrix products one training step needs, in NumPy float32, on the same shapes.
+`--frameworks` picks among minivae, numpy, autograd and torch (all by default).
 
 Timings leave out the first --warmup steps and are scaled to a full epoch (mlp) or reported
 per token (gru); --quick times fewer steps and says so. The machine's load average is
@@ -36,6 +42,7 @@ import resource
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np  # a worker's BLAS threads are set in its environment, before it starts
 
@@ -48,7 +55,7 @@ from minivae.fileio import write_json  # noqa: E402
 from minivae.models import MLPVAE  # noqa: E402
 from minivae.optim import Adam  # noqa: E402
 
-FRAMEWORKS = ("minivae", "autograd", "torch")
+FRAMEWORKS = ("minivae", "numpy", "autograd", "torch")
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                     "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 MLP = {"n_in": 784, "hidden": 400, "latent": 20, "batch_size": 128, "lr": 1e-3}
@@ -198,6 +205,150 @@ def train_minivae(workload, job):
         return objective.data
     assert all(p.dtype == np.float32 for p in model.parameters())
     return step
+
+
+def train_numpy(workload, job):
+    """(step function) for hand-written NumPy: each model's gradients derived by hand, no autodiff.
+
+    What a program with no graph, no per-op bookkeeping and no intermediate array it does not need
+    costs: a floor for any autodiff engine built on NumPy (minivae minus this is the engine's
+    overhead). It calls minivae's own NumPy kernels where they are plain functions (the GRU's
+    forward and backward through time) and updates with minivae's Adam, so the optimiser is the
+    same; the seconds spent in Adam are reported separately.
+    """
+    if workload == "mlp":
+        model = minivae_mlp(job["seed"])
+        forward_backward = _hand_mlp(job["x"], [p.data.copy() for p in model.parameters()])
+    else:
+        model = minivae_sentence_vae(job["n_vocab"], job["seed"])
+        forward_backward = _hand_sentence_vae({n: p.data.copy() for n, p in model.named_parameters()})
+    params, adam_seconds = None, []
+
+    def step(batch):
+        nonlocal params
+        loss, grads = forward_backward(batch)
+        if params is None:  # Adam only needs .data and .grad: the arrays updated in place
+            params = [SimpleNamespace(data=w, grad=None) for w, _ in grads]
+            step.optimizer = Adam(params, lr=job["lr"])
+        for p, (_, g) in zip(params, grads):
+            p.grad = g
+        t0 = time.perf_counter()
+        step.optimizer.step()
+        adam_seconds.append(time.perf_counter() - t0)
+        return loss
+    step.adam_seconds = adam_seconds
+    return step
+
+
+def _hand_mlp(x, weights):
+    """loss and [(weight, gradient)] of the MLP VAE for one (indices, eps) step, derived by hand."""
+    W1, b1, W2, b2, W3, b3, W4, b4 = weights
+    d = MLP["latent"]
+
+    def forward_backward(batch):
+        idx, eps = batch
+        xb, n = x[idx], len(idx)
+        h1 = xb @ W1
+        h1 += b1
+        np.maximum(h1, 0, out=h1)                                         # encoder ReLU
+        stats = h1 @ W2 + b2
+        mu, logvar = stats[:, :d], stats[:, d:]
+        std = np.exp(0.5 * logvar)
+        z = mu + std * eps
+        h2 = z @ W3
+        h2 += b3
+        np.maximum(h2, 0, out=h2)                                         # decoder ReLU
+        logits = h2 @ W4
+        logits += b4
+        e = np.exp(-np.abs(logits))                           # softplus and sigmoid both use it
+        softplus = np.log1p(e)
+        softplus += np.maximum(logits, 0)
+        rec = softplus.sum() - np.vdot(xb, logits)            # -sum log p(x|z) (Bernoulli)
+        kl = 0.5 * np.sum(mu * mu + std * std - logvar - 1)
+        loss = (rec + kl) / np.float32(n)
+        # backward: d loss / d logits = (sigmoid(logits) - x) / n, and so on down the layers
+        g = np.where(logits >= 0, np.float32(1), e)
+        g /= 1 + e
+        g -= xb
+        g /= n
+        g_h2 = g @ W4.T
+        g_h2 *= h2 > 0
+        g_z = g_h2 @ W3.T
+        g_stats = np.concatenate([g_z + mu / n, g_z * eps * (0.5 * std) + (0.5 / n) * (std * std - 1)], axis=1)
+        g_h1 = g_stats @ W2.T
+        g_h1 *= h1 > 0
+        grads = [xb.T @ g_h1, g_h1.sum(axis=0), h1.T @ g_stats, g_stats.sum(axis=0),
+                 z.T @ g_h2, g_h2.sum(axis=0), h2.T @ g, g.sum(axis=0)]
+        return loss, list(zip(weights, grads))
+    return forward_backward
+
+
+def _hand_sentence_vae(w):
+    """loss and [(weight, gradient)] of the sentence VAE for one batch, derived by hand."""
+    gru_forward, gru_backward = ops.gru_sequence.forward, ops._gru_sequence_vjp
+    H, d = GRU["hidden"], GRU["latent"]
+    emb = w["embedding.W"]
+
+    def projection(name, tokens):  # the embeddings of `tokens` and their GRU input projection
+        x = emb[tokens].reshape(tokens.size, -1)
+        return x, (x @ w[f"{name}.cell.W_x"] + w[f"{name}.cell.b_x"]).reshape(*tokens.shape, 3 * H)
+
+    def forward_backward(b):
+        B, T1 = b["dec_in"].shape
+        lengths, rows = b["lengths"], np.arange(B)
+        enc_mask = np.arange(T1 - 1) < lengths[:, None]
+        dec_mask = np.arange(T1) < lengths[:, None] + 1
+        x_enc, proj_enc = projection("encoder", b["enc_in"])
+        h0_enc = np.zeros((B, H), np.float32)
+        out_enc = gru_forward(proj_enc, h0_enc, w["encoder.cell.W_h"], w["encoder.cell.b_h"], mask=enc_mask)
+        h = out_enc[rows, lengths - 1]
+        stats = h @ w["to_latent.W"] + w["to_latent.b"]
+        mu, logvar = stats[:, :d], stats[:, d:]
+        std = np.exp(0.5 * logvar)
+        z = mu + std * b["eps"]
+        h0 = np.tanh(z @ w["to_state.W"] + w["to_state.b"])
+        x_dec, proj_dec = projection("decoder", b["dec_in"])
+        out_dec = gru_forward(proj_dec, h0, w["decoder.cell.W_h"], w["decoder.cell.b_h"], mask=dec_mask)
+        out = out_dec.reshape(B * T1, H)
+        p = out @ w["to_vocab.W"]                    # logits, turned in place into softmax below
+        p += w["to_vocab.b"]
+        target = b["dec_target"].reshape(-1)
+        target_logit = p[np.arange(B * T1), target]
+        m = p.max(axis=1, keepdims=True)
+        p -= m
+        np.exp(p, out=p)
+        total = p.sum(axis=1, keepdims=True)
+        nll = np.log(total[:, 0]) + m[:, 0] - target_logit                   # -log softmax at target
+        kl = 0.5 * np.sum(mu * mu + std * std - logvar - 1, axis=1)
+        weight = b["mask"].reshape(-1, 1) / np.float32(B)
+        loss = np.sum(nll * weight[:, 0]) + kl.mean()
+        # backward: d loss / d logits = weight * (softmax - onehot(target)), from the kept exp
+        p *= weight / total
+        p[np.arange(B * T1), target] -= weight[:, 0]
+        g = {"to_vocab.W": out.T @ p, "to_vocab.b": p.sum(axis=0)}
+        g_proj, g_h0, g["decoder.cell.W_h"], g["decoder.cell.b_h"] = gru_backward(
+            (p @ w["to_vocab.W"].T).reshape(B, T1, H), out_dec, proj_dec, h0, w["decoder.cell.W_h"],
+            w["decoder.cell.b_h"], dec_mask, False)
+        g_proj = g_proj.reshape(B * T1, 3 * H)
+        g["decoder.cell.W_x"], g["decoder.cell.b_x"] = x_dec.T @ g_proj, g_proj.sum(axis=0)
+        g_x_dec = g_proj @ w["decoder.cell.W_x"].T
+        g_a = g_h0 * (1 - h0 * h0)                                            # through tanh
+        g["to_state.W"], g["to_state.b"] = z.T @ g_a, g_a.sum(axis=0)
+        g_z = g_a @ w["to_state.W"].T
+        g_stats = np.concatenate([g_z + mu / B, g_z * b["eps"] * (0.5 * std) + (0.5 / B) * (std * std - 1)], axis=1)
+        g["to_latent.W"], g["to_latent.b"] = h.T @ g_stats, g_stats.sum(axis=0)
+        g_out_enc = np.zeros_like(out_enc)
+        g_out_enc[rows, lengths - 1] = g_stats @ w["to_latent.W"].T
+        g_proj, _, g["encoder.cell.W_h"], g["encoder.cell.b_h"] = gru_backward(
+            g_out_enc, out_enc, proj_enc, h0_enc, w["encoder.cell.W_h"], w["encoder.cell.b_h"], enc_mask, False)
+        g_proj = g_proj.reshape(-1, 3 * H)
+        g["encoder.cell.W_x"], g["encoder.cell.b_x"] = x_enc.T @ g_proj, g_proj.sum(axis=0)
+        g_emb = np.zeros_like(emb)
+        np.add.at(g_emb, b["enc_in"].reshape(-1), g_proj @ w["encoder.cell.W_x"].T)
+        np.add.at(g_emb, b["dec_in"].reshape(-1), g_x_dec)
+        g["embedding.W"] = g_emb
+        return loss, [(w[name], g[name]) for name in w]
+    return forward_backward
 
 
 def _numpy_adam(params, lr, b1=0.9, b2=0.999, eps=1e-8):
@@ -433,7 +584,7 @@ def run_job(job):
         times, cpu_times = gemm_bound(workload, job)
         losses = []
     else:
-        make = {"minivae": train_minivae, "autograd": train_autograd, "torch": train_torch}[job["framework"]]
+        make = {"minivae": train_minivae, "numpy": train_numpy, "autograd": train_autograd, "torch": train_torch}[job["framework"]]
         step = make(workload, job)
         result["setup_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         times, cpu_times, losses = [], [], []
@@ -451,6 +602,8 @@ def run_job(job):
     timed = slice(job["warmup"], None)
     result.update(seconds=sum(times[timed]), cpu_seconds=sum(cpu_times[timed]), timed_steps=len(times[timed]),
                   losses=losses)
+    if job["framework"] == "numpy":  # how much of it is the optimiser (the same Adam as minivae's)
+        result["optimizer_seconds"] = sum(step.adam_seconds[timed])
     if workload == "gru":
         result["tokens"] = int(sum(b["mask"].sum() for b in job["steps"][timed]))
     return result
@@ -467,7 +620,7 @@ def spawn(job, threads):
 
 
 def available(framework):
-    return framework in ("minivae", "gemm") or importlib.util.find_spec(framework) is not None
+    return framework in ("minivae", "numpy", "gemm") or importlib.util.find_spec(framework) is not None
 
 
 def loss_agreement(losses, rtol):
@@ -538,7 +691,9 @@ def main(argv=None):
             section[framework] = r
             print(f"{workload:4s} {framework:9s} {per_step * 1e3:8.2f} ms/step over {r['timed_steps']} steps "
                   f"(CPU time {r['cpu_seconds'] / r['timed_steps'] * 1e3:.2f} ms/step)"
-                  + (f", peak RSS {r['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in r else ""), flush=True)
+                  + (f", peak RSS {r['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in r else "")
+                  + (f", Adam {r['optimizer_seconds'] / r['timed_steps'] * 1e3:.2f} ms/step of it"
+                     if "optimizer_seconds" in r else ""), flush=True)
         gemm = section.pop("gemm")
         key = "sec_per_epoch" if workload == "mlp" else "tokens_per_sec"
         section[f"gemm_bound_{key}"] = gemm[key]
@@ -607,6 +762,13 @@ def print_report(report, args, steps_per_epoch):
                 r = report[workload][n]
                 ratios += f"{report[workload]['minivae'][key] / r[key]:12.2f}" if r else f"{'-':>12s}"
             print(ratios)
+    for workload, key in (("mlp", "sec_per_epoch"), ("gru", "tokens_per_sec")):
+        r = report[workload]["numpy"]
+        if r:  # the hand-written floor with its optimiser taken out: what the rest of a step costs
+            rest = (r["seconds"] - r["optimizer_seconds"]) / r["seconds"]
+            value = r[key] * rest if key == "sec_per_epoch" else r[key] / rest
+            print(f"{workload} hand-written NumPy without its Adam: {value:.2f} {key.replace('_per_', '/')}"
+                  .replace("sec/epoch", "s/epoch").replace("tokens/sec", "tokens/s"))
     for workload in ("mlp", "gru"):
         for n, a in report[workload]["loss_agreement"].items():
             print(f"{workload} losses, first {a['steps']} steps: minivae vs {n} max relative difference "

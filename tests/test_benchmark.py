@@ -55,10 +55,46 @@ def _check_report(report, frameworks, path):
 
 def test_tiny_benchmark_run_writes_every_number(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    report = benchmark.main(TINY + ["--frameworks", "minivae", "autograd", "--out", str(out)])
-    _check_report(report, ["minivae", "autograd"], out)
+    report = benchmark.main(TINY + ["--frameworks", "minivae", "numpy", "autograd", "--out", str(out)])
+    _check_report(report, ["minivae", "numpy", "autograd"], out)
+    for workload in ("mlp", "gru"):  # the hand-written floor also says how long its optimiser took
+        r = report[workload]["numpy"]
+        assert 0 < r["optimizer_seconds"] < r["seconds"]
     printed = capsys.readouterr().out
     assert "extrapolated to an epoch" in printed and "minivae vs autograd max relative difference" in printed
+    assert "gru hand-written NumPy without its Adam:" in printed and "tokens/s" in printed
+
+
+def _gradients_by_minivae_and_by_hand(workload, batch, job):
+    """(loss, gradients) of one step of a benchmark model from minivae's engine and from the hand code."""
+    if workload == "mlp":
+        model = benchmark.minivae_mlp(0)
+        objective = model.loss(job["x"][batch[0]], batch[1])[0]
+        by_hand = benchmark._hand_mlp(job["x"], [p.data for p in model.parameters()])
+    else:
+        model = benchmark.minivae_sentence_vae(job["n_vocab"], 0)
+        objective = model.loss(batch)
+        by_hand = benchmark._hand_sentence_vae({n: p.data for n, p in model.named_parameters()})
+    objective.backward()
+    loss, grads = by_hand(batch)
+    assert [w for w, _ in grads] == [p.data for p in model.parameters()]  # the same arrays, in order
+    return (objective.data, [p.grad for p in model.parameters()]), (loss, [g for _, g in grads])
+
+
+@pytest.mark.parametrize("workload", ["mlp", "gru"])
+def test_hand_written_numpy_gradients_equal_minivae_engine(workload):
+    """The benchmark's hand-derived floor computes the same loss and gradients as the engine."""
+    job = {"n_steps": 2, "seed": 0, "sentences": 200, "mlp_examples": 300, "data_dir": None}
+    if workload == "mlp":
+        job["x"], steps, _ = benchmark.mlp_workload(job)
+    else:
+        job["n_vocab"], steps, _ = benchmark.gru_workload(job)
+    (loss, grads), (hand_loss, hand_grads) = _gradients_by_minivae_and_by_hand(workload, steps[0], job)
+    assert hand_loss.dtype == np.float32 and hand_loss == pytest.approx(float(loss), rel=1e-5)
+    for g, h in zip(grads, hand_grads):
+        assert h.dtype == np.float32 and h.shape == g.shape
+        scale = np.abs(g).max()
+        assert scale > 0 and np.abs(h - g).max() <= 1e-4 * scale
 
 
 @pytest.mark.slow
