@@ -51,6 +51,7 @@ sys.path.insert(0, REPO)  # run from a checkout
 
 from minivae import data, layers, ops, text  # noqa: E402
 from minivae.distributions import kl_standard_normal, sample_gaussian  # noqa: E402
+from minivae.engine import reuse_freed_memory  # noqa: E402
 from minivae.fileio import write_json  # noqa: E402
 from minivae.models import MLPVAE  # noqa: E402
 from minivae.optim import Adam  # noqa: E402
@@ -90,6 +91,9 @@ def parse_args(argv=None):
                    "nn.GRU sees a padded batch: as is (faster here; the same function, since padding "
                    "follows each sentence and the encoder state is taken at its last token), or "
                    "through pack_padded_sequence")
+    p.add_argument("--default-malloc", action="store_true", help="leave glibc's allocator settings as they "
+                   "are; by default every framework's worker calls minivae.engine.reuse_freed_memory() first, "
+                   "as the training scripts do (it saves large temporaries from page faults)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write the results as JSON to this file")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one job in this process
@@ -580,6 +584,8 @@ def run_job(job):
         job["n_vocab"], job["steps"], source = gru_workload(job)
         job["lr"] = GRU["lr"]
     result = {"data": source}
+    if job["reuse_freed_memory"]:  # every framework alike: the allocator is the process's, not minivae's
+        result["reuse_freed_memory"] = reuse_freed_memory()
     if job["framework"] == "gemm":
         times, cpu_times = gemm_bound(workload, job)
         losses = []
@@ -668,7 +674,7 @@ def main(argv=None):
               "settings": {"quick": args.quick, "mlp_steps": args.mlp_steps, "gru_steps": args.gru_steps,
                            "warmup": args.warmup, "check_steps": args.check_steps, "rtol": args.rtol,
                            "mlp_examples": args.mlp_examples, "sentences": args.sentences, "seed": args.seed,
-                           "torch_gru": args.torch_gru,
+                           "torch_gru": args.torch_gru, "reuse_freed_memory": not args.default_malloc,
                            "mlp": MLP, "gru": GRU}}
     print(f"threads {args.threads}, {report['machine']['blas']}, load average "
           f"{report['machine']['load_average_before']}", flush=True)
@@ -676,7 +682,8 @@ def main(argv=None):
     for workload, n_steps in (("mlp", args.mlp_steps), ("gru", args.gru_steps)):
         job = {"workload": workload, "n_steps": n_steps, "warmup": args.warmup, "check_steps": args.check_steps,
                "seed": args.seed, "threads": args.threads, "data_dir": data_dir,
-               "mlp_examples": args.mlp_examples, "sentences": args.sentences, "torch_gru": args.torch_gru}
+               "mlp_examples": args.mlp_examples, "sentences": args.sentences, "torch_gru": args.torch_gru,
+               "reuse_freed_memory": not args.default_malloc}
         section = {name: None for name in FRAMEWORKS}  # null: not requested or not installed
         for framework in [*args.frameworks, "gemm"]:
             if not available(framework):

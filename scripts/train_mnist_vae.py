@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from minivae import data, diagnostics, schedules  # noqa: E402
 from minivae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
 from minivae.elbo import FREE_BITS_MODES, NonFiniteLossError, check_finite  # noqa: E402
-from minivae.engine import Tensor, no_grad  # noqa: E402
+from minivae.engine import Tensor, no_grad, reuse_freed_memory  # noqa: E402
 from minivae.fileio import write_json  # noqa: E402
 from minivae.models import MLPVAE  # noqa: E402
 from minivae.optim import Adam, clip_grad_norm  # noqa: E402
@@ -107,6 +107,7 @@ def load_data(args, dtype):
 
 def main(argv=None):
     args = parse_args(argv)
+    reuse_freed_memory()  # large temporaries without page faults (see its docstring)
     dtype = np.dtype(args.dtype)
     os.makedirs(args.out, exist_ok=True)
     x_train, _, x_test, y_test, data_info = load_data(args, dtype)

@@ -27,7 +27,7 @@ from minivae import diagnostics, schedules, text  # noqa: E402
 from minivae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
 from minivae.collapse import MDR, SoftFreeBits  # noqa: E402
 from minivae.elbo import FREE_BITS_MODES, NonFiniteLossError, check_finite  # noqa: E402
-from minivae.engine import no_grad  # noqa: E402
+from minivae.engine import no_grad, reuse_freed_memory  # noqa: E402
 from minivae.fileio import atomic_writer, write_json  # noqa: E402
 from minivae.layers import dropout_mask  # noqa: E402
 from minivae.models import SentenceVAE  # noqa: E402
@@ -163,6 +163,7 @@ def load_data(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    reuse_freed_memory()  # large temporaries without page faults (see its docstring)
     dtype = np.dtype(args.dtype)
     os.makedirs(args.out, exist_ok=True)
     data = load_data(args)
