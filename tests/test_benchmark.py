@@ -60,6 +60,11 @@ def test_tiny_benchmark_run_writes_every_number(tmp_path, capsys):
     for workload in ("mlp", "gru"):  # the hand-written floor also says how long its optimiser took
         r = report[workload]["numpy"]
         assert 0 < r["optimizer_seconds"] < r["seconds"]
+        # every framework's worker ran with the same allocator setting
+        assert {report[workload][f]["reuse_freed_memory"] for f in ("minivae", "numpy", "autograd")} == {
+            engine.reuse_freed_memory()}
+    assert report["settings"]["reuse_freed_memory"] is True
+    assert benchmark.parse_args(["--default-malloc"]).default_malloc
     printed = capsys.readouterr().out
     assert "extrapolated to an epoch" in printed and "minivae vs autograd max relative difference" in printed
     assert "gru hand-written NumPy without its Adam:" in printed and "tokens/s" in printed

@@ -293,6 +293,20 @@ def test_stable_ops_at_extreme_inputs(dtype):
         assert t.dtype == dtype
 
 
+def test_softplus_gradient_has_no_subnormal_numbers():
+    """sigmoid(-95) = 5.5e-42 is subnormal in float32: its gradient is 0, not a slow subnormal."""
+    tiny = np.finfo(np.float32).tiny
+    x = Tensor(np.array([-95.0, -85.0, -80.0, 0.0], dtype=np.float32), requires_grad=True)
+    ops.softplus(x).backward(np.array([1.0, 1e-3, 1.0, 1.0], dtype=np.float32))
+    assert x.grad[0] == 0.0                                   # sigmoid(-95) * 1 < tiny
+    assert x.grad[1] == 0.0                                   # normal sigmoid(-85), but * 1e-3 < tiny
+    assert x.grad[2] == pytest.approx(np.exp(-80.0), rel=1e-5) and x.grad[2] > tiny   # kept
+    assert x.grad[3] == pytest.approx(0.5)
+    y = Tensor(np.array([-95.0, -80.0]), requires_grad=True)  # float64: the whole tail is normal
+    ops.softplus(y).sum().backward()
+    np.testing.assert_allclose(y.grad, np.exp([-95.0, -80.0]), rtol=1e-12)
+
+
 def test_logsumexp_of_all_minus_inf_is_minus_inf():
     out = ops.logsumexp(np.array([[-np.inf, -np.inf], [0.0, -np.inf]]), axis=1)
     np.testing.assert_array_equal(out.data, [-np.inf, 0.0])
