@@ -148,10 +148,11 @@ def softplus(x):
     """log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)), finite for any x.
 
     VJP: g*sigmoid(x), computed as g*exp(x - ans): log(sigmoid(x)) = x - softplus(x) exactly, and
-    x - ans <= 0, so this never overflows and costs one exp. Gradient entries below the smallest
-    normal number are set to 0 (see _normal_or_zero): they are slow, not informative.
+    x - ans <= 0, so this never overflows and costs one exp. exp(-|x|) and the gradient have
+    their entries below the smallest normal number set to 0 (see _normal_or_zero): they are
+    slow, not informative (log1p alone took 15x longer on an array with 3% of them).
     """
-    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+    return np.maximum(x, 0) + np.log1p(_normal_or_zero(np.exp(-np.abs(x))))
 softplus.defvjp(lambda g, ans, x: _normal_or_zero(g * np.exp(x - ans)))
 
 

@@ -293,11 +293,13 @@ def test_stable_ops_at_extreme_inputs(dtype):
         assert t.dtype == dtype
 
 
-def test_softplus_gradient_has_no_subnormal_numbers():
-    """sigmoid(-95) = 5.5e-42 is subnormal in float32: its gradient is 0, not a slow subnormal."""
+def test_softplus_and_its_gradient_have_no_subnormal_numbers():
+    """softplus(-95) ~ sigmoid(-95) = 5.5e-42 is subnormal in float32: both are 0, not slow subnormals."""
     tiny = np.finfo(np.float32).tiny
     x = Tensor(np.array([-95.0, -85.0, -80.0, 0.0], dtype=np.float32), requires_grad=True)
-    ops.softplus(x).backward(np.array([1.0, 1e-3, 1.0, 1.0], dtype=np.float32))
+    y = ops.softplus(x)
+    assert y.data[0] == 0.0 and y.data[2] == pytest.approx(np.exp(-80.0), rel=1e-5) and y.data[2] > tiny
+    y.backward(np.array([1.0, 1e-3, 1.0, 1.0], dtype=np.float32))
     assert x.grad[0] == 0.0                                   # sigmoid(-95) * 1 < tiny
     assert x.grad[1] == 0.0                                   # normal sigmoid(-85), but * 1e-3 < tiny
     assert x.grad[2] == pytest.approx(np.exp(-80.0), rel=1e-5) and x.grad[2] > tiny   # kept
