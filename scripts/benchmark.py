@@ -91,9 +91,10 @@ def parse_args(argv=None):
                    "nn.GRU sees a padded batch: as is (faster here; the same function, since padding "
                    "follows each sentence and the encoder state is taken at its last token), or "
                    "through pack_padded_sequence")
-    p.add_argument("--default-malloc", action="store_true", help="leave glibc's allocator settings as they "
-                   "are; by default every framework's worker calls minivae.engine.reuse_freed_memory() first, "
-                   "as the training scripts do (it saves large temporaries from page faults)")
+    p.add_argument("--default-malloc", action="store_true", help="leave glibc's allocator settings as "
+                   "they are; by default every framework's worker calls "
+                   "minivae.engine.reuse_freed_memory() first, as the training scripts do (it saves "
+                   "large temporaries from page faults)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write the results as JSON to this file")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one job in this process
@@ -278,7 +279,8 @@ def _hand_mlp(x, weights):
         g_h2 = g @ W4.T
         g_h2 *= h2 > 0
         g_z = g_h2 @ W3.T
-        g_stats = np.concatenate([g_z + mu / n, g_z * eps * (0.5 * std) + (0.5 / n) * (std * std - 1)], axis=1)
+        g_mu, g_logvar = g_z + mu / n, g_z * eps * (0.5 * std) + (0.5 / n) * (std * std - 1)  # z, KL
+        g_stats = np.concatenate([g_mu, g_logvar], axis=1)
         g_h1 = g_stats @ W2.T
         g_h1 *= h1 > 0
         grads = [xb.T @ g_h1, g_h1.sum(axis=0), h1.T @ g_stats, g_stats.sum(axis=0),
@@ -339,12 +341,14 @@ def _hand_sentence_vae(w):
         g_a = g_h0 * (1 - h0 * h0)                                            # through tanh
         g["to_state.W"], g["to_state.b"] = z.T @ g_a, g_a.sum(axis=0)
         g_z = g_a @ w["to_state.W"].T
-        g_stats = np.concatenate([g_z + mu / B, g_z * b["eps"] * (0.5 * std) + (0.5 / B) * (std * std - 1)], axis=1)
+        g_mu, g_logvar = g_z + mu / B, g_z * b["eps"] * (0.5 * std) + (0.5 / B) * (std * std - 1)
+        g_stats = np.concatenate([g_mu, g_logvar], axis=1)
         g["to_latent.W"], g["to_latent.b"] = h.T @ g_stats, g_stats.sum(axis=0)
         g_out_enc = np.zeros_like(out_enc)
         g_out_enc[rows, lengths - 1] = g_stats @ w["to_latent.W"].T
         g_proj, _, g["encoder.cell.W_h"], g["encoder.cell.b_h"] = gru_backward(
-            g_out_enc, out_enc, proj_enc, h0_enc, w["encoder.cell.W_h"], w["encoder.cell.b_h"], enc_mask, False)
+            g_out_enc, out_enc, proj_enc, h0_enc, w["encoder.cell.W_h"], w["encoder.cell.b_h"], enc_mask,
+            False)
         g_proj = g_proj.reshape(-1, 3 * H)
         g["encoder.cell.W_x"], g["encoder.cell.b_x"] = x_enc.T @ g_proj, g_proj.sum(axis=0)
         g_emb = np.zeros_like(emb)
