@@ -39,6 +39,8 @@ import numbers
 
 import numpy as np
 
+from .ops import flush_subnormals
+
 __all__ = ["SGD", "Adam", "clip_grad_norm"]
 
 
@@ -59,17 +61,6 @@ def _blocks(*arrays, size=1 << 16):
     flat = [a.reshape(-1) for a in arrays]
     for start in range(0, flat[0].size, size):
         yield [a[start:start + size] for a in flat]
-
-
-def _flush_subnormals(a, scratch, below, signed=True):
-    """Set the entries of a with |a| < tiny (subnormal numbers) to zero, in place.
-
-    scratch is a float array and below a boolean array, both shaped like a. Writing zeros only
-    where `below` is true is a third faster than multiplying the whole array by a 0/1 mask.
-    """
-    magnitude = np.abs(a, out=scratch) if signed else a
-    np.less(magnitude, np.finfo(a.dtype).tiny, out=below)
-    np.copyto(a, 0, where=below)
 
 
 class _Optimizer:
@@ -191,7 +182,7 @@ class SGD(_Optimizer):
             if self.momentum:
                 np.multiply(buf, self.momentum, out=buf)
                 np.add(buf, d, out=buf)
-                _flush_subnormals(buf, s, below)
+                flush_subnormals(buf, s, below)
                 d = buf
             np.multiply(d, self.lr, out=s)
             np.subtract(p.data, s, out=p.data)
@@ -254,8 +245,8 @@ class Adam(_Optimizer):
                 np.multiply(g, g, out=s)
                 np.multiply(s, 1 - b2, out=s)
                 np.add(v, s, out=v)
-                _flush_subnormals(m, s, below)     # see "Subnormal numbers" in the module docstring
-                _flush_subnormals(v, s, below, signed=False)
+                flush_subnormals(m, s, below)     # see "Subnormal numbers" in the module docstring
+                flush_subnormals(v, s, below, signed=False)
                 np.sqrt(v, out=s)
                 np.add(s, self.eps * c, out=s)
                 np.divide(m, s, out=s)
