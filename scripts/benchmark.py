@@ -245,6 +245,13 @@ def train_numpy(workload, job):
     return step
 
 
+def _latent_gradient(g_z, mu, std, eps, n):
+    """d loss / d [mu, logvar] (B, 2d) by hand: through z = mu + std * eps, plus KL's own, KL averaged over n."""
+    g_mu = g_z + mu / n
+    g_logvar = g_z * eps * (0.5 * std) + (0.5 / n) * (std * std - 1)
+    return np.concatenate([g_mu, g_logvar], axis=1)
+
+
 def _hand_mlp(x, weights):
     """loss and [(weight, gradient)] of the MLP VAE for one (indices, eps) step, derived by hand."""
     W1, b1, W2, b2, W3, b3, W4, b4 = weights
@@ -279,8 +286,7 @@ def _hand_mlp(x, weights):
         g_h2 = g @ W4.T
         g_h2 *= h2 > 0
         g_z = g_h2 @ W3.T
-        g_mu, g_logvar = g_z + mu / n, g_z * eps * (0.5 * std) + (0.5 / n) * (std * std - 1)  # z, KL
-        g_stats = np.concatenate([g_mu, g_logvar], axis=1)
+        g_stats = _latent_gradient(g_z, mu, std, eps, n)
         g_h1 = g_stats @ W2.T
         g_h1 *= h1 > 0
         grads = [xb.T @ g_h1, g_h1.sum(axis=0), h1.T @ g_stats, g_stats.sum(axis=0),
@@ -341,8 +347,7 @@ def _hand_sentence_vae(w):
         g_a = g_h0 * (1 - h0 * h0)                                            # through tanh
         g["to_state.W"], g["to_state.b"] = z.T @ g_a, g_a.sum(axis=0)
         g_z = g_a @ w["to_state.W"].T
-        g_mu, g_logvar = g_z + mu / B, g_z * b["eps"] * (0.5 * std) + (0.5 / B) * (std * std - 1)
-        g_stats = np.concatenate([g_mu, g_logvar], axis=1)
+        g_stats = _latent_gradient(g_z, mu, std, b["eps"], B)
         g["to_latent.W"], g["to_latent.b"] = h.T @ g_stats, g_stats.sum(axis=0)
         g_out_enc = np.zeros_like(out_enc)
         g_out_enc[rows, lengths - 1] = g_stats @ w["to_latent.W"].T
