@@ -51,7 +51,7 @@ sys.path.insert(0, REPO)  # run from a checkout
 
 from minivae import data, layers, ops, text  # noqa: E402
 from minivae.distributions import kl_standard_normal, sample_gaussian  # noqa: E402
-from minivae.engine import reuse_freed_memory  # noqa: E402
+from minivae.train import reuse_freed_memory  # noqa: E402
 from minivae.fileio import write_json  # noqa: E402
 from minivae.models import MLPVAE  # noqa: E402
 from minivae.optim import Adam  # noqa: E402
@@ -93,7 +93,7 @@ def parse_args(argv=None):
                    "through pack_padded_sequence")
     p.add_argument("--default-malloc", action="store_true", help="leave glibc's allocator settings as "
                    "they are; by default every framework's worker calls "
-                   "minivae.engine.reuse_freed_memory() first, as the training scripts do (it saves "
+                   "minivae.train.reuse_freed_memory() first, as the training scripts do (it saves "
                    "large temporaries from page faults)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write the results as JSON to this file")

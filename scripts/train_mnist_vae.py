@@ -22,7 +22,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from minivae import data, diagnostics, schedules  # noqa: E402
 from minivae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
 from minivae.elbo import FREE_BITS_MODES, NonFiniteLossError, check_finite  # noqa: E402
-from minivae.engine import Tensor, no_grad, reuse_freed_memory  # noqa: E402
+from minivae.engine import Tensor, no_grad  # noqa: E402
+from minivae.train import reuse_freed_memory  # noqa: E402
 from minivae.fileio import write_json  # noqa: E402
 from minivae.models import MLPVAE  # noqa: E402
 from minivae.optim import Adam, clip_grad_norm  # noqa: E402

@@ -27,7 +27,8 @@ from minivae import diagnostics, schedules, text  # noqa: E402
 from minivae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
 from minivae.collapse import MDR, SoftFreeBits  # noqa: E402
 from minivae.elbo import FREE_BITS_MODES, NonFiniteLossError, check_finite  # noqa: E402
-from minivae.engine import no_grad, reuse_freed_memory  # noqa: E402
+from minivae.engine import no_grad  # noqa: E402
+from minivae.train import reuse_freed_memory  # noqa: E402
 from minivae.fileio import atomic_writer, write_json  # noqa: E402
 from minivae.layers import dropout_mask  # noqa: E402
 from minivae.models import SentenceVAE  # noqa: E402

@@ -12,6 +12,7 @@ import pytest
 
 import minivae.engine as engine
 import minivae.ops as ops
+import minivae.train as train
 from minivae import Tensor
 from minivae.models import MLPVAE
 
@@ -62,7 +63,7 @@ def test_tiny_benchmark_run_writes_every_number(tmp_path, capsys):
         assert 0 < r["optimizer_seconds"] < r["seconds"]
         # every framework's worker ran with the same allocator setting
         assert {report[workload][f]["reuse_freed_memory"] for f in ("minivae", "numpy", "autograd")} == {
-            engine.reuse_freed_memory()}
+            train.reuse_freed_memory()}
     assert report["settings"]["reuse_freed_memory"] is True
     assert benchmark.parse_args(["--default-malloc"]).default_malloc
     printed = capsys.readouterr().out

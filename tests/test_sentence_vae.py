@@ -1,29 +1,18 @@
-"""The sentence VAE (models.SentenceVAE) and its training script, scripts/train_text_vae.py.
-
-The model: a gradient check of the whole objective with every remedy on at once, the masks,
-generation (greedy, sampling, beam search; the step-by-step decoder must reproduce the
-teacher-forced logits) and its state. The script: a tiny toy run writing every output, exact
-resumption, and clear errors for bad corpora and flags.
+"""The sentence VAE (models.SentenceVAE): a gradient check of the whole objective with every
+remedy on at once, the masks, generation (greedy, sampling, beam search; the step-by-step decoder
+must reproduce the teacher-forced logits) and its state. The training script is tested in
+tests/test_train_text.py.
 """
-import importlib.util
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from minivae import Tensor
-from minivae.checkpoint import load_checkpoint
 from minivae.distributions import sample_gaussian
 from minivae.gradcheck import GradientCheckError, check_grads
 from minivae.layers import dropout_mask
 from minivae.models import SentenceVAE
 from minivae.text import EOS_ID, PAD_ID, SOS_ID, UNK_ID, pad_batch, word_dropout
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_text_vae.py"
-spec = importlib.util.spec_from_file_location("train_text_vae", SCRIPT)
-train_text_vae = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(train_text_vae)
 
 V = 12
 SENTENCES = [[4, 5, 6, 7], [8, 9, 4], [10, 11, 5, 6, 9], [7, 4]]  # lengths 4, 3, 5, 2: padding everywhere
@@ -239,141 +228,3 @@ def test_sampling_follows_the_temperature_and_reconstruct_interpolate_shapes():
         model.generate(z, "sample")
     with pytest.raises(ValueError, match="method must be"):
         model.generate(z, "nucleus")
-
-
-# ------------------------------------------------------------------ the training script
-TINY = ["--toy-sentences", "300", "--max-vocab", "120", "--embedding", "8", "--hidden", "10", "--latent", "3",
-        "--batch-size", "16", "--no-progress", "--n-samples", "3", "--max-gen-len", "8", "--eval-batch-size", "50"]
-
-
-def test_tiny_run_writes_every_output(tmp_path, capsys):
-    out = tmp_path / "run"
-    history = train_text_vae.main(TINY + ["--epochs", "2", "--out", str(out), "--word-dropout", "0.3",
-                                          "--beta-schedule", "linear", "--beta-params", "x0=20"])
-    printed = capsys.readouterr().out
-    assert "epoch   2/2" in printed and "tokens/s" in printed and "AU" in printed
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) >= {"config", "data", "epochs", "test", "tokens_per_sec"}
-    assert metrics["data"]["source"] == "toy" and metrics["data"]["vocab_size"] == 120
-    keys = {"epoch", "train_nll", "train_kl", "valid_nll", "valid_kl", "valid_ppl", "active_units", "mi",
-            "beta", "seconds"}
-    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2] and all(keys <= set(e) for e in metrics["epochs"])
-    assert {"nll", "kl", "ppl", "active_units", "mi"} <= set(metrics["test"])
-    test = metrics["test"]  # greedy reconstruction of the 15 test sentences, and the factor probes
-    assert test["recon_accuracy"] in [k / 15 for k in range(16)] and test["levenshtein"] >= 0
-    assert set(test["factor_accuracy"]) == {"topic", "sentiment", "tense", "length"}
-    for probe in test["factor_accuracy"].values():
-        assert 0 <= probe["accuracy"] <= 1 and 0 <= probe["accuracy_z"] <= 1 and 1 / 6 <= probe["chance"] <= 1
-    assert metrics["epochs"] == history and metrics["tokens_per_sec"] > 0
-    e = metrics["epochs"][-1]
-    assert 1 < e["valid_ppl"] < 120 and 0 <= e["active_units"] <= 3 and 0 < e["beta"] <= 1
-    valid = metrics["data"]["splits"]["valid"]
-    n_predicted = valid["n_tokens"] + valid["n_sentences"]  # every word and each <eos>, never <sos>
-    assert e["valid_ppl"] == pytest.approx(
-        np.exp((e["valid_nll"] + e["valid_kl"]) * valid["n_sentences"] / n_predicted), rel=1e-9)
-    for name in ("samples.txt", "reconstructions.txt", "interpolations.txt"):
-        assert (out / name).read_text().strip(), name
-    assert "input:" in (out / "reconstructions.txt").read_text()
-    for png in ("curves", "kl_per_dim", "beta_schedule", "latent"):
-        assert (out / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
-    state = load_checkpoint(out / "checkpoint.npz")
-    assert state["epoch"] == 2 and state["step"] == 2 * 17  # 270 training sentences / 16 per batch
-    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
-
-
-def test_every_remedy_runs_through_the_script(tmp_path):
-    common = TINY + ["--epochs", "1", "--no-plots"]
-    for flags in (["--bn-vae", "0.5", "--bidirectional", "--z-to-every-step", "--free-bits", "0.1",
-                   "--bow", "1.0", "--embedding-dropout", "0.2", "--contiguous-dropout", "0.2"],
-                  ["--bn-vae-tau", "0.5", "--ha-bits", "0.1", "--historyless", "--mdr", "2.0"],
-                  ["--soft-free-bits", "2.0", "--free-bits", "0.2", "--free-bits-mode", "total"]):
-        out = tmp_path / flags[0].strip("-")
-        history = train_text_vae.main(common + flags + ["--out", str(out)])
-        assert np.isfinite(history[-1]["valid_nll"]) and np.isfinite(history[-1]["valid_kl"])
-    # BN-VAE's floor on the training KL: (d/2) * gamma^2 = 0.375 nats (plus the learned shifts' share).
-    # (Evaluation uses running statistics, which after 17 steps still remember their start values.)
-    assert json.loads((tmp_path / "bn-vae" / "metrics.json").read_text())["epochs"][0]["train_kl"] >= 0.375 * 0.999
-
-
-def test_resume_is_exactly_a_continued_run(tmp_path):
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    flags = TINY + ["--no-plots", "--word-dropout", "0.2", "--mdr", "3.0", "--bn-vae", "0.5"]
-    train_text_vae.main(flags + ["--epochs", "2", "--out", str(straight)])
-    train_text_vae.main(flags + ["--epochs", "1", "--out", str(split)])
-    history = train_text_vae.main(flags + ["--epochs", "2", "--out", str(split),
-                                           "--resume", str(split / "checkpoint.npz")])
-    a, b = load_checkpoint(straight / "checkpoint.npz"), load_checkpoint(split / "checkpoint.npz")
-    assert a["step"] == b["step"] and a["mdr"] == b["mdr"]
-    for name in a["params"]:
-        np.testing.assert_array_equal(a["params"][name], b["params"][name], err_msg=name)
-    drop_time = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
-    assert drop_time(a["history"]) == drop_time(b["history"]) == drop_time(history)
-    with pytest.raises(SystemExit, match=r"different latent \(3 there, 4 here\)"):
-        train_text_vae.main(flags + ["--latent", "4", "--epochs", "3", "--out", str(split),
-                                     "--resume", str(split / "checkpoint.npz")])
-
-
-def test_nan_stops_training_naming_step_and_term_and_keeps_last_checkpoint(tmp_path, monkeypatch):
-    run = tmp_path / "run"
-    real_loss = train_text_vae.SentenceVAE.loss
-    calls = {"n": 0}
-
-    def loss_that_goes_nan(self, *args, **kwargs):
-        objective, stats = real_loss(self, *args, **kwargs)
-        if kwargs.get("training"):
-            calls["n"] += 1
-            if calls["n"] == 21:  # step 20, in epoch 2 (17 steps per epoch)
-                stats = {**stats, "rec": float("nan")}
-        return objective, stats
-    monkeypatch.setattr(train_text_vae.SentenceVAE, "loss", loss_that_goes_nan)
-    with pytest.raises(SystemExit, match="step 20: the rec term is nan"):
-        train_text_vae.main(TINY + ["--epochs", "3", "--out", str(run), "--no-plots"])
-    assert load_checkpoint(run / "checkpoint.npz")["epoch"] == 1  # the last good one survives
-
-
-@pytest.mark.parametrize("content, message", [(b"", "contains no sentences"),
-                                              (b"  \n\n \t\n", "contains no sentences"),
-                                              (b"a good line\nbad \xff\xfe bytes\n", "line 2 is not valid UTF-8")])
-def test_bad_corpus_file_is_refused_clearly(tmp_path, content, message):
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_bytes(content)
-    with pytest.raises(SystemExit, match=message):
-        train_text_vae.main(["--corpus", str(corpus), "--out", str(tmp_path / "out"), "--no-progress"])
-    with pytest.raises(SystemExit, match="does not exist"):
-        train_text_vae.main(["--corpus", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "out")])
-
-
-def test_a_text_file_corpus_trains(tmp_path):
-    lines = [" ".join(f"w{(i * 7 + k) % 23}" for k in range(3 + i % 5)) for i in range(120)]
-    (tmp_path / "train.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (tmp_path / "valid.txt").write_text("\n".join(lines[:20]) + "\nan unseen line\n", encoding="utf-8")
-    history = train_text_vae.main(["--corpus", str(tmp_path / "train.txt"), "--valid-corpus",
-                                   str(tmp_path / "valid.txt"), "--epochs", "1", "--no-plots",
-                                   "--out", str(tmp_path / "out")] + TINY[4:])
-    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert metrics["data"]["carved_from_train"] == ["test"] and metrics["data"]["splits"]["valid"]["n_unk"] == 3
-    assert metrics["test"]["factor_accuracy"] is None and 0 <= metrics["test"]["recon_accuracy"] <= 1
-    assert np.isfinite(history[0]["valid_ppl"])
-
-
-@pytest.mark.parametrize("bad", [
-    ["--epochs", "0"], ["--word-dropout", "1.5"], ["--max-vocab", "3"],
-    ["--free-bits", "0.1", "--ha-bits", "0.1"], ["--bn-vae", "0.5", "--bn-vae-tau", "0.5"],
-    ["--historyless", "--word-dropout", "0.2"], ["--soft-free-bits", "3", "--beta-schedule", "logistic"],
-    ["--beta-schedule", "cyclical", "--beta-params", "ratio=2"]])
-def test_bad_flags_are_refused_clearly(bad, tmp_path, capsys):
-    with pytest.raises(SystemExit) as err:
-        train_text_vae.main(TINY + bad + ["--out", str(tmp_path)])
-    message = str(err.value) + capsys.readouterr().err
-    assert err.value.code != 0 and ("must be" in message or "cannot be combined" in message or "beta" in message)
-
-
-@pytest.mark.slow
-def test_learning_on_the_toy_corpus_with_remedies_uses_z(tmp_path):
-    """A real run: the decoder must beat a unigram model, and with word dropout + free bits the KL
-    must stay well above 0 (no collapse) and several units be active."""
-    history = train_text_vae.main(["--toy-sentences", "4000", "--epochs", "3", "--no-progress", "--no-plots",
-                                   "--word-dropout", "0.3", "--free-bits", "0.25", "--out", str(tmp_path)])
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["test"]["kl"] > 2 and metrics["test"]["active_units"] >= 4
-    assert history[-1]["valid_ppl"] < history[0]["valid_ppl"] < 2000
