@@ -18,11 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # make_assignment.py sits next to this script
-
-import make_assignment  # noqa: E402
-from make_assignment import TOPICS  # noqa: E402
+import make_assignment  # a sibling script: Python puts this folder on sys.path
+from make_assignment import TOPICS
 
 
 def score(outcomes, needs):
@@ -72,7 +69,7 @@ def report(rows, written=None):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--copy", type=Path, default=HERE.parent,
+    parser.add_argument("--copy", type=Path, default=Path(__file__).resolve().parents[1],
                         help="the repository to grade (default: the one this script is in)")
     parser.add_argument("--json", type=Path, help="also write the scores and each test's outcome here")
     parser.add_argument("--timeout", type=float, default=1800,

@@ -23,7 +23,7 @@ between them becomes one line:
                                                    differentiating it raises the engine's
                                                    "primitive 'exp' has no VJP".
 Every other byte of the repository is copied unchanged (runs/, .git and caches are left out), so
-the copy installs and runs like the original: `pip install ".[test]" && pytest`. Its
+the copy installs and runs like the original: `pip install -e ".[test]" && pytest`. Its
 tests/conftest.py puts the copy's root first on sys.path, so its tests import the copy's
 minivae even when the reference is pip-installed.
 
@@ -47,7 +47,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout
 
 TOPICS = {  # name -> what the student writes; in the order to do them (later ones need earlier ones)
     "engine": "the backward pass: topological order, unbroadcasting, gradient accumulation (engine.py)",
@@ -122,8 +121,7 @@ def find_regions(lines, path):
             if begin["topic"] not in TOPICS:
                 raise ValueError(f"{path}:{i + 1}: unknown topic {begin['topic']!r}; "
                                  f"topics are {list(TOPICS)}")
-            open_at = begin
-            start = i
+            open_at, start = begin, i
         elif end:
             if open_at is None:
                 raise ValueError(f"{path}:{i + 1}: END SOLUTION without a BEGIN SOLUTION")
@@ -137,8 +135,6 @@ def find_regions(lines, path):
                              "'# BEGIN SOLUTION <topic>: <hint>' or '# END SOLUTION'")
     if open_at is not None:
         raise ValueError(f"{path}:{start + 1}: BEGIN SOLUTION is never closed by END SOLUTION")
-    if not regions:
-        return []
     try:
         spans = _function_spans(ast.parse("".join(lines), filename=path))
     except SyntaxError:  # a student's unfinished file: judge by indentation (grade.py must still run)
@@ -153,8 +149,8 @@ def find_regions(lines, path):
 
 
 def _atomic_writer(path, mode):
-    # Imported only when a file is written, not at the top: grading writes nothing with it and
-    # must work on a copy whose minivae does not even import (a student's syntax error).
+    # Imported only when a file is written: grading must work on a copy whose minivae does not
+    # even import (a student's syntax error).
     from minivae.fileio import atomic_writer
     return atomic_writer(path, mode)
 
@@ -220,11 +216,9 @@ def make_assignment(out, topics=None, root=ROOT, select=None):
     """
     root, out = Path(root).resolve(), Path(out).resolve()
     topics = list(TOPICS) if topics is None else list(topics)
-    unknown = [t for t in topics if t not in TOPICS]
-    if unknown:
-        raise ValueError(f"unknown topic(s) {unknown}; choose from {list(TOPICS)}")
-    if select is None:
-        select = lambda region: region.topic in topics  # noqa: E731
+    if [t for t in topics if t not in TOPICS]:
+        raise ValueError(f"unknown topic(s) {[t for t in topics if t not in TOPICS]}; choose from {list(TOPICS)}")
+    select = select or (lambda region: region.topic in topics)
     if out == root or (root in out.parents and not _excluded(out.relative_to(root).parts[0])):
         raise ValueError(f"--out {out} is inside the repository being copied; choose a folder "
                          f"outside {root} (or under its runs/)")
@@ -269,8 +263,7 @@ def restore(copy, topics=None, root=ROOT):
         target = Path(copy) / f
         if not target.is_file():
             raise FileNotFoundError(f"{target} is missing: is {copy} a copy made by make_assignment.py?")
-        lines = _read_lines(target)
-        mine = find_regions(lines, f)
+        mine = find_regions(lines := _read_lines(target), f)
         if [(r.topic, r.hint) for r in mine] != [(r.topic, r.hint) for r in ref]:
             raise ValueError(f"{target}: its solution regions differ from the reference's "
                              f"({len(mine)} regions, the reference has {len(ref)}); were markers edited?")
@@ -400,14 +393,12 @@ def main(argv=None):
 
     if args.list:
         for topic, about in TOPICS.items():
-            regions = [r for r in all_regions() if r.topic == topic]
             print(f"{topic}: {about}")
-            for r in regions:
+            for r in [r for r in all_regions() if r.topic == topic]:
                 print(f"    {r.path}:{r.begin + 1}  {r.where}  -- {r.hint}")
         return 0
     if args.update_map:
-        needs = measure_topic_map()
-        write_topic_map(needs)
+        write_topic_map(needs := measure_topic_map())
         print(f"wrote {TOPIC_MAP}: {len(needs)} tests, {sum(not t for t in needs.values())} in no topic")
         return 0
     try:
@@ -423,12 +414,11 @@ def main(argv=None):
         files = sorted({r.path for r in blanked if r.topic == topic})
         print(f"{topic:14s}{sum(r.topic == topic for r in blanked):3d} regions in {', '.join(files)}")
     collected = collect_tests(ROOT)
-    mapped = load_topic_map(ROOT) if (ROOT / TOPIC_MAP).is_file() else {}
-    stale = set(collected or ()) ^ set(mapped)
+    stale = set(collected or ()) ^ set(load_topic_map(ROOT) if (ROOT / TOPIC_MAP).is_file() else {})
     if collected is not None and stale:
         print(f"warning: {TOPIC_MAP} is out of date ({len(stale)} tests added or removed since it "
               "was measured); grading will list them apart. Run --update-map to re-measure.")
-    print(f"wrote the student copy to {args.out}\n  cd {args.out} && pip install '.[test]' && "
+    print(f"wrote the student copy to {args.out}\n  cd {args.out} && pip install -e '.[test]' && "
           "python scripts/grade.py")
     return 0
 

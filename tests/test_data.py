@@ -9,6 +9,7 @@ import hashlib
 import http.server
 import io
 import json
+import os
 import socket
 import struct
 import threading
@@ -21,7 +22,9 @@ import pytest
 
 from minivae import data
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+# A folder holding full copies of the data sets (mnist/, fashion-mnist/) in their original IDX
+# files, for the tests of real data; they skip without it.
+FULL_DATA = Path(os.environ.get("MINIVAE_TEST_DATA", "/nonexistent"))
 PUBLISHED_MNIST_TEST_MD5 = {"t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
                             "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"}
 
@@ -385,20 +388,20 @@ def test_no_fallback_when_disabled_or_not_mnist(tmp_path):
 
 # ---------------------------------------------------------------- real data (skipped when absent)
 
-@pytest.mark.skipif(not (SHARED / "mnist").is_dir(), reason="shared MNIST copy not present")
+@pytest.mark.skipif(not (FULL_DATA / "mnist").is_dir(), reason="set MINIVAE_TEST_DATA to a folder with mnist/ to run")
 def test_full_mnist_from_local_folder():
-    x_train, y_train, x_test, y_test, info = data.load_train_test(data_dir=SHARED / "mnist", download=False)
+    x_train, y_train, x_test, y_test, info = data.load_train_test(data_dir=FULL_DATA / "mnist", download=False)
     assert (x_train.shape, x_test.shape) == ((60000, 784), (10000, 784))
-    assert info["fallback"] is False and info["source_dir"] == str(SHARED / "mnist")
+    assert info["fallback"] is False and info["source_dir"] == str(FULL_DATA / "mnist")
     np.testing.assert_array_equal(y_train[:5], [5, 0, 4, 1, 9])
     np.testing.assert_array_equal(np.bincount(y_test), [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009])
 
 
-@pytest.mark.skipif(not (SHARED / "fashion-mnist").is_dir(), reason="shared Fashion-MNIST copy not present")
+@pytest.mark.skipif(not (FULL_DATA / "fashion-mnist").is_dir(), reason="set MINIVAE_TEST_DATA to a folder with fashion-mnist/ to run")
 def test_fashion_mnist_repacked_gz_passes_by_content_md5():
-    blob = (SHARED / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").read_bytes()
+    blob = (FULL_DATA / "fashion-mnist" / "t10k-labels-idx1-ubyte.gz").read_bytes()
     assert md5(blob) != data.DATASETS["fashion-mnist"]["files"]["test_labels"][1]  # really the repacked copy
-    x, y = data.load_dataset("fashion-mnist", "train", data_dir=SHARED / "fashion-mnist", download=False)
+    x, y = data.load_dataset("fashion-mnist", "train", data_dir=FULL_DATA / "fashion-mnist", download=False)
     assert x.shape == (60000, 784) and np.bincount(y).tolist() == [6000] * 10
 
 
