@@ -2,7 +2,7 @@
 
 scripts/make_assignment.py blanks solution regions; tests/assignment_topics.json says which tests
 need which topic; scripts/grade.py scores a copy by topic. The default run checks the regions
-are where issue 7 puts them, that a copy differs from the reference only inside them and
+are where the assignment puts them, that a copy differs from the reference only inside them and
 restores byte for byte, and -- in copies with one topic blanked at a time -- that a sample of
 that topic's tests fails and a sample of the other tests passes. `pytest -m slow` runs the whole
 suite per topic: (a) the reference passes everything, (b) blanking a topic fails exactly its
@@ -37,7 +37,7 @@ pytestmark = [
     pytest.mark.skipif(IS_COPY, reason="a student copy: these tests need the reference solutions"),
 ]
 
-# The pieces issue 7 asks for, by topic: where each region must be (enclosing function, or the
+# The pieces a student writes, by topic: where each region must be (enclosing function, or the
 # module-level VJP registration). A marker lost in an edit fails here.
 EXPECTED = {
     "engine": {"Tensor.backward", "_topological_order", "unbroadcast"},

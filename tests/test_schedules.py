@@ -1,4 +1,5 @@
-"""KL-weight schedules: check values from REFERENCE.md, the reference cyclical code, safety, errors."""
+"""KL-weight schedules: published check values (Bowman et al. 2016 arXiv:1511.06349; Fu et al. 2019
+arXiv:1903.10145), the reference cyclical code, safety past the end, errors."""
 import math
 
 import numpy as np
