@@ -11,28 +11,21 @@ well a linear probe reads each factor (topic, sentiment, tense) and the sentence
 bins) from the posterior means and from samples of z.
 
     python scripts/train_text_vae.py --corpus toy --epochs 10 --out runs/text-vae
-    python scripts/train_text_vae.py --corpus data/ptb.train.txt --valid-corpus data/ptb.valid.txt \\
+    python scripts/train_text_vae.py --corpus path/to/train.txt --valid-corpus path/to/valid.txt \\
         --beta-schedule logistic --word-dropout 0.25 --free-bits 0.25 --bn-vae 0.5 --out runs/ptb
 """
 import argparse
-import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # run from a checkout
-
-from minivae import diagnostics, schedules, text  # noqa: E402
-from minivae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
-from minivae.collapse import MDR, SoftFreeBits  # noqa: E402
-from minivae.elbo import FREE_BITS_MODES, NonFiniteLossError, check_finite  # noqa: E402
-from minivae.engine import no_grad  # noqa: E402
-from minivae.train import reuse_freed_memory  # noqa: E402
-from minivae.fileio import atomic_writer, write_json  # noqa: E402
-from minivae.layers import dropout_mask  # noqa: E402
-from minivae.models import SentenceVAE  # noqa: E402
-from minivae.optim import Adam, clip_grad_norm  # noqa: E402
+from minivae import diagnostics, text, train
+from minivae.collapse import MDR, SoftFreeBits
+from minivae.engine import no_grad
+from minivae.fileio import atomic_writer, write_json
+from minivae.layers import dropout_mask
+from minivae.models import SentenceVAE
+from minivae.optim import Adam, clip_grad_norm
 
 ARCHITECTURE = ("corpus", "data_seed", "embedding", "hidden", "latent", "bidirectional", "z_to_every_step",
                 "bn_vae", "bn_vae_tau", "max_vocab", "dtype")
@@ -68,14 +61,7 @@ def parse_args(argv=None):
     t.add_argument("--bucket", type=int, default=50, help="sort by length within pools of this many "
                    "batches to cut padding (0: plain shuffling)")
     r = p.add_argument_group("posterior-collapse remedies (all off by default)")
-    r.add_argument("--beta", type=float, default=1.0, help="KL weight (the schedule's final value)")
-    r.add_argument("--beta-schedule", choices=sorted(schedules.SCHEDULES), default="constant",
-                   help="KL annealing as a function of the global step")
-    r.add_argument("--beta-params", default="", help="schedule parameters as k=v,k=v (steps count "
-                   "minibatches; total_steps defaults to the whole run). Schedules: "
-                   + schedules._usage().replace("%", "%%"))
-    r.add_argument("--free-bits", type=float, default=0.0, help="free bits lambda, nats per dimension")
-    r.add_argument("--free-bits-mode", choices=FREE_BITS_MODES, default="batch_dim")
+    train.add_kl_flags(r)
     r.add_argument("--ha-bits", type=float, default=0.0, help="HA bits lambda: floor on the KL averaged "
                    "over batch and dimensions, nats per dimension")
     r.add_argument("--soft-free-bits", type=float, default=0.0, metavar="TARGET", help="soft free bits: "
@@ -98,32 +84,20 @@ def parse_args(argv=None):
     r.add_argument("--bow", type=float, default=0.0, metavar="WEIGHT", help="weight of the bag-of-words loss")
     r.add_argument("--bow-hidden", type=int, default=128, help="hidden size of the bag-of-words MLP")
     o = p.add_argument_group("output")
-    o.add_argument("--seed", type=int, default=1)
-    o.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     o.add_argument("--eval-batch-size", type=int, default=200)
     o.add_argument("--n-samples", type=int, default=10, help="sentences in samples.txt etc.")
     o.add_argument("--max-gen-len", type=int, default=40, help="longest generated sentence (tokens)")
-    o.add_argument("--out", default="runs/text-vae", help="output folder")
-    o.add_argument("--resume", help="checkpoint to continue from (same architecture and data)")
-    o.add_argument("--no-progress", action="store_true", help="no progress bar")
-    o.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    train.add_run_flags(o, out="runs/text-vae")
     args = p.parse_args(argv)
-
-    for name in ("epochs", "batch_size", "latent", "embedding", "hidden", "toy_sentences", "eval_batch_size",
-                 "max_gen_len", "bow_hidden", "n_samples"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.lr <= 0 or min(args.beta, args.free_bits, args.ha_bits, args.clip, args.soft_free_bits, args.mdr,
-                            args.bn_vae, args.bow, args.span_lambda, args.max_len, args.bucket) < 0:
-        p.error("--lr must be > 0 and --beta, --free-bits, --ha-bits, --clip, --soft-free-bits, --mdr, "
-                "--bn-vae, --bow, --span-lambda, --max-len, --bucket >= 0")
+    train.check_flags(p, args, positive=("lr",), in_0_1=("word_dropout", "contiguous_dropout"),
+                      at_least_1=("epochs", "batch_size", "latent", "embedding", "hidden", "toy_sentences",
+                                  "eval_batch_size", "max_gen_len", "bow_hidden", "n_samples"),
+                      at_least_0=("beta", "free_bits", "ha_bits", "clip", "soft_free_bits", "mdr", "bn_vae",
+                                  "bow", "span_lambda", "max_len", "bucket"))
     if args.soft_free_bits and args.beta <= 0:
         p.error("--soft-free-bits needs --beta > 0 (the largest KL weight it may reach)")
     if args.max_vocab and args.max_vocab <= len(text.SPECIALS):
         p.error(f"--max-vocab must be 0 (no cap) or > {len(text.SPECIALS)} (it counts the special tokens)")
-    for name in ("word_dropout", "contiguous_dropout"):
-        if not 0 <= getattr(args, name) <= 1:
-            p.error(f"--{name.replace('_', '-')} must be in [0, 1]")
     if not 0 <= args.embedding_dropout < 1:
         p.error("--embedding-dropout must be in [0, 1)")
     if args.bn_vae_tau is not None and not 0 <= args.bn_vae_tau < 1:
@@ -137,15 +111,6 @@ def parse_args(argv=None):
         if a_on and b_on:
             p.error(f"{a} and {b} cannot be combined (choose one)")
     return args
-
-
-def beta_schedule(args, total_steps):
-    """beta(t) from --beta-schedule, --beta-params and --beta (scaling the schedule's 0..1 range)."""
-    try:
-        fn = schedules.from_flags(args.beta_schedule, args.beta_params, total_steps)
-    except ValueError as err:
-        raise SystemExit(str(err)) from None
-    return lambda t: args.beta * fn(t)
 
 
 def load_data(args):
@@ -164,9 +129,9 @@ def load_data(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    reuse_freed_memory()  # large temporaries without page faults (see its docstring)
+    train.reuse_freed_memory()  # large temporaries without page faults (see its docstring)
     dtype = np.dtype(args.dtype)
-    os.makedirs(args.out, exist_ok=True)
+    out = train.output_folder(args.out)  # out(name) is the path of an output file
     data = load_data(args)
     vocab = data.vocab
     print(f"corpus {args.corpus}: {len(data.train)} train / {len(data.valid)} valid / {len(data.test)} test "
@@ -176,7 +141,7 @@ def main(argv=None):
     n_train_batches = len(data.train) // args.batch_size if uses_bn else -(-len(data.train) // args.batch_size)
     if n_train_batches < 1:
         raise SystemExit(f"--batch-size {args.batch_size} is larger than the {len(data.train)} training sentences")
-    beta_fn = beta_schedule(args, args.epochs * n_train_batches)
+    beta_fn = train.beta_schedule(args, args.epochs * n_train_batches)
     word_p = 1.0 if args.historyless else args.word_dropout
 
     rng = np.random.default_rng(args.seed)
@@ -189,17 +154,19 @@ def main(argv=None):
     sfb = SoftFreeBits(args.soft_free_bits, args.sfb_rate, weight=0.1 * args.beta,
                        max_weight=args.beta) if args.soft_free_bits else None
     mdr = MDR(args.mdr, args.mdr_lr) if args.mdr else None
-    config = {k: v for k, v in vars(args).items() if k not in ("resume", "no_progress")}
+    config, ckpt_path = train.run_config(args), out("checkpoint.npz")
     history, step, start_epoch, train_tokens, train_seconds = [], 0, 0, 0.0, 0.0
-    ckpt_path = os.path.join(args.out, "checkpoint.npz")
     if args.resume:
-        history, step, start_epoch, train_tokens, train_seconds = resume(args, model, optimizer, rng, vocab, sfb, mdr)
+        state = train.resume(args.resume, args, ARCHITECTURE, model, optimizer, rng, same={"vocab": vocab.to_dict()},
+                             soft_free_bits=sfb, mdr=mdr)
+        history, step, start_epoch = state["history"], state["step"], state["epoch"]
+        train_tokens, train_seconds = state["train_tokens"], state["train_seconds"]
     print(f"SentenceVAE with {model.num_parameters():,} parameters")
 
     for epoch in range(start_epoch, args.epochs):
         t0, totals, n_sent = time.perf_counter(), {"rec": 0.0, "kl": 0.0}, 0
         batches = text.text_batches(data.train, args.batch_size, rng, bucket=args.bucket, drop_last=uses_bn)
-        bar = progress(batches, n_train_batches, epoch, args)
+        bar = train.progress(batches, n_train_batches, f"epoch {epoch + 1}", enabled=not args.no_progress)
         for batch in bar:
             B, T1 = batch["dec_in"].shape                           # T1 = longest sentence + 1
             eps = rng.standard_normal((B, args.latent)).astype(dtype)   # reparameterisation noise
@@ -212,10 +179,7 @@ def main(argv=None):
                 batch, eps, beta, args.free_bits, args.free_bits_mode, args.ha_bits,
                 mdr_rate=args.mdr, mdr_multiplier=mdr.multiplier if mdr else 0.0, bow_weight=args.bow,
                 dec_in=dec_in, emb_mask=emb_mask, training=True)
-            try:
-                check_finite(stats, step)
-            except NonFiniteLossError as err:
-                raise SystemExit(f"{err} Last good checkpoint: {ckpt_path}") from None
+            train.stop_if_not_finite(stats, step, ckpt_path)  # before the update: keep the last good state
             optimizer.zero_grad()
             objective.backward()
             if args.clip:
@@ -230,9 +194,7 @@ def main(argv=None):
             totals["rec"] += stats["rec"] * B
             totals["kl"] += stats["kl"] * B
             n_sent += B
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(nll=f"{totals['rec'] / n_sent:.2f}", kl=f"{totals['kl'] / n_sent:.2f}",
-                                beta=f"{beta:.3f}")
+            bar.set_postfix(nll=f"{totals['rec'] / n_sent:.2f}", kl=f"{totals['kl'] / n_sent:.2f}", beta=f"{beta:.3f}")
         seconds = time.perf_counter() - t0
         train_seconds += seconds
 
@@ -248,10 +210,9 @@ def main(argv=None):
               f"  |  valid NLL {valid['nll']:7.2f} KL {valid['kl']:6.2f} PPL {valid['ppl']:8.2f} "
               f"AU {valid['active_units']:2d} MI {valid['mi']:5.2f}  beta {record['beta']:.3f}  "
               f"{seconds:5.1f} s", flush=True)
-        save_checkpoint(ckpt_path, params=model.state_dict(), optimizer=optimizer.state_dict(),
-                        config=config, step=step, epoch=epoch + 1, history=history, vocab=vocab.to_dict(),
-                        rng=rng.bit_generator.state, train_tokens=train_tokens, train_seconds=train_seconds,
-                        soft_free_bits=sfb.state_dict() if sfb else None, mdr=mdr.state_dict() if mdr else None)
+        train.save_state(ckpt_path, model, optimizer, rng, config=config, step=step, epoch=epoch + 1,
+                         history=history, vocab=vocab.to_dict(), train_tokens=train_tokens, train_seconds=train_seconds,
+                         soft_free_bits=sfb.state_dict() if sfb else None, mdr=mdr.state_dict() if mdr else None)
 
     test = evaluate(model, data.test, args, np.random.default_rng([args.seed, 2]))
     test.update(text_diagnostics(model, data, args))
@@ -263,16 +224,14 @@ def main(argv=None):
               f"  |  {name} probe {100 * r['accuracy']:.1f}% on mu, {100 * r['accuracy_z']:.1f}% on z "
               f"(chance {100 * r['chance']:.1f}%)"
               for name, r in (test["factor_accuracy"] or {}).items()))
-    write_json(os.path.join(args.out, "metrics.json"), {
+    write_json(out("metrics.json"), {
         "config": config, "data": data.info, "epochs": history,
-        "test": {"nll": test["nll"], "kl": test["kl"], "ppl": test["ppl"], "neg_elbo": test["neg_elbo"],
-                 "active_units": test["active_units"], "mi": test["mi"],
-                 "recon_accuracy": test["recon_accuracy"], "levenshtein": test["levenshtein"],
-                 "factor_accuracy": test["factor_accuracy"]},
+        "test": {k: test[k] for k in ("nll", "kl", "ppl", "neg_elbo", "active_units", "mi", "recon_accuracy",
+                                      "levenshtein", "factor_accuracy")},
         "kl_per_dim": [float(v) for v in test["kl_per_dim"]], "tokens_per_sec": tokens_per_sec})
-    write_text_outputs(args, model, data)
+    write_text_outputs(args, out, model, data)
     if not args.no_plots:
-        make_figures(args, model, data, history, test, beta_fn, n_train_batches)
+        make_figures(args, out, data, history, test, beta_fn, n_train_batches)
     print(f"wrote {args.out}/metrics.json, samples.txt, reconstructions.txt, interpolations.txt, checkpoint.npz"
           + ("" if args.no_plots else " and figures"))
     return history
@@ -353,48 +312,13 @@ def text_diagnostics(model, data, args):
     return {"recon_accuracy": recon_accuracy, "levenshtein": distance, "factor_accuracy": probes}
 
 
-def resume(args, model, optimizer, rng, vocab, sfb, mdr):
-    """Load a checkpoint into model, optimizer, rng and controllers; return the loop's counters."""
-    try:
-        state = load_checkpoint(args.resume)
-        saved = state["config"]
-        changed = [k for k in ARCHITECTURE if saved.get(k) != vars(args).get(k)]
-        if changed:
-            raise CheckpointError(f"{args.resume} was trained with a different " + ", ".join(
-                f"{k} ({saved.get(k)} there, {vars(args).get(k)} here)" for k in changed))
-        if text.Vocab.from_dict(state["vocab"]) != vocab:
-            raise CheckpointError(f"{args.resume} was trained with a different vocabulary (other data?)")
-        model.load_state_dict(state["params"])
-        optimizer.load_state_dict(state["optimizer"])
-        rng.bit_generator.state = state["rng"]
-        for controller, key in ((sfb, "soft_free_bits"), (mdr, "mdr")):
-            if controller is not None:
-                if state.get(key) is None:
-                    raise CheckpointError(f"{args.resume} has no --{key.replace('_', '-')} state to resume")
-                controller.load_state_dict(state[key])
-    except (CheckpointError, KeyError, ValueError) as err:
-        raise SystemExit(f"--resume: {err}") from None
-    print(f"resumed from {args.resume} after epoch {state['epoch']} (step {state['step']})")
-    return state["history"], state["step"], state["epoch"], state["train_tokens"], state["train_seconds"]
-
-
-def progress(iterable, total, epoch, args):
-    if args.no_progress:
-        return iterable
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return iterable
-    return tqdm(iterable, total=total, desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True)
-
-
-def write_text_outputs(args, model, data):
+def write_text_outputs(args, out, model, data):
     """samples.txt, reconstructions.txt and interpolations.txt, decoded from the trained model."""
     rng = np.random.default_rng([args.seed, 4])
     show = lambda ids: " ".join(data.vocab.decode(ids)) or "(empty)"  # noqa: E731
     n, max_len = args.n_samples, args.max_gen_len
     z = rng.standard_normal((n, args.latent))
-    with atomic_writer(os.path.join(args.out, "samples.txt"), "w") as f:
+    with atomic_writer(out("samples.txt"), "w") as f:
         for method, kwargs in (("greedy", {}), ("sample, temperature 1", {"method": "sample", "rng": rng}),
                                ("beam search, width 5", {"method": "beam", "beam_width": 5})):
             f.write(f"# z ~ N(0, I), {method} decoding\n")
@@ -403,11 +327,11 @@ def write_text_outputs(args, model, data):
     seqs = data.test[:n]
     greedy = model.reconstruct(seqs, max_len=max_len)
     beam = model.reconstruct(seqs, method="beam", beam_width=5, max_len=max_len)
-    with atomic_writer(os.path.join(args.out, "reconstructions.txt"), "w") as f:
+    with atomic_writer(out("reconstructions.txt"), "w") as f:
         f.write("# test sentence / greedy decoding of its posterior mean / beam search (width 5)\n\n")
         for s, g, b in zip(seqs, greedy, beam):
             f.write(f"input:  {show(s)}\ngreedy: {show(g)}\nbeam:   {show(b)}\n\n")
-    with atomic_writer(os.path.join(args.out, "interpolations.txt"), "w") as f:
+    with atomic_writer(out("interpolations.txt"), "w") as f:
         f.write("# greedy decodings along the line between the posterior means of two test sentences\n\n")
         for i in range(min(3, len(data.test) // 2)):
             a, b = data.test[2 * i], data.test[2 * i + 1]
@@ -417,14 +341,11 @@ def write_text_outputs(args, model, data):
             f.write(f"to:   {show(b)}\n\n")
 
 
-def make_figures(args, model, data, history, test, beta_fn, steps_per_epoch):
+def make_figures(args, out, data, history, test, beta_fn, steps_per_epoch):
     """The PNGs: curves, KL per dimension, beta schedule, and (toy corpus) the latent space by topic."""
-    try:
-        from minivae import plot
-    except ImportError as err:
-        print(f"skipping figures: {err}")
+    plot = train.plot_module()
+    if plot is None:
         return
-    out = lambda name: os.path.join(args.out, name)  # noqa: E731
     plot.text_curves(history, out("curves.png"))
     plot.kl_per_dim(test["kl_per_dim"], out("kl_per_dim.png"), threshold=args.free_bits or args.ha_bits or None,
                     threshold_label="free bits" if args.free_bits else "HA bits")
