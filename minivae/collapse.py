@@ -1,15 +1,16 @@
-"""Remedies for posterior collapse that change the encoder or the objective (the rest live elsewhere).
+"""Remedies for posterior collapse that change the encoder, the objective or the decoder's input.
 
 Posterior collapse: q(z|x) = p(z) for every x, the KL term is 0 and a strong autoregressive decoder
 models the data without looking at z. Where each remedy lives:
-  elbo.py       beta (KL weight) and free bits (floors on the KL, three modes)
+  elbo.py       beta (KL weight) and the KL floors: free bits (three modes) and HA bits
   schedules.py  KL annealing: beta as a function of the step
-  text.py       decoder weakening: word dropout, historyless decoding, contiguous dropout
-  collapse.py   (this file) batch-normalised posteriors (BN-VAE and Su's tau variant), HA bits, soft
-                free bits, minimum desired rate (MDR) and the bag-of-words loss
+  collapse.py   (this file) batch-normalised posteriors (BN-VAE and Su's tau variant), soft free
+                bits, minimum desired rate (MDR), the bag-of-words loss, and the decoder-input
+                corruptions: word dropout (p = 1: historyless decoding) and contiguous dropout
 
-Reading order: RunningStats and batch_normalize, BNVAEMean, TauBatchNorm, ha_bits_kl,
-soft_free_bits_update / SoftFreeBits, mdr_update / MDR, bag_of_words_nll.
+Reading order: RunningStats and batch_normalize, BNVAEMean, TauBatchNorm,
+soft_free_bits_update / SoftFreeBits, mdr_update / MDR, bag_of_words_nll, word_dropout,
+contiguous_dropout.
 
 State. Layers in minivae keep no state between calls, with ONE exception here: batch norm. In
 training it normalises with the statistics of the current batch, but at evaluation a single
@@ -24,6 +25,7 @@ import numpy as np
 from . import ops
 from .engine import Tensor
 from .layers import Module, parameter
+from .text import EOS_ID, PAD_ID, SOS_ID, UNK_ID
 
 BN_EPS = 1e-5       # added to the batch variance before the square root, as torch.nn.BatchNorm1d
 BN_MOMENTUM = 0.1   # running = (1 - momentum) * running + momentum * batch, as torch.nn.BatchNorm1d
@@ -160,21 +162,6 @@ class TauBatchNorm(Module):
 
 # ----------------------------------------------------------------------------- objectives
 
-def ha_bits_kl(kl_per_dim, ha_bits):
-    """HA bits: max(lambda, mean over batch AND dimensions of KL_ij), in nats per dimension.
-
-    Free bits for the whole layer at once: the floor applies to the average over every example
-    and every latent dimension, so below lambda the KL gets exactly zero gradient, and above it
-    this is the plain average KL. The objective is rec + beta * this (kastnerkyle's code); its
-    unit is nats per dimension, so SentenceVAE.loss multiplies it by d to put it on the same
-    per-sentence scale as the reconstruction term (above the floor that is the plain ELBO).
-    Reference: kastnerkyle/pytorch-text-vae (clamp of KLD.mean() at habits_lambda).
-    """
-    if ha_bits < 0:
-        raise ValueError(f"ha_bits must be >= 0 nats per dimension, got {ha_bits}")
-    return ops.maximum(ops.mean(kl_per_dim), ha_bits)
-
-
 def soft_free_bits_update(weight, kl, target, rate=0.01, tolerance=0.05, min_weight=1e-4, max_weight=1.0):
     """One step of the soft-free-bits KL-weight controller; returns the new weight.
 
@@ -277,6 +264,52 @@ def bag_of_words_nll(bow_logits, counts):
     return -ops.sum(ops.log_softmax(bow_logits, axis=-1) * counts.astype(bow_logits.dtype), axis=-1)
 
 
-__all__ = ["RunningStats", "batch_normalize", "BNVAEMean", "TauBatchNorm", "ha_bits_kl",
-           "soft_free_bits_update", "SoftFreeBits", "mdr_update", "MDR", "bag_of_words_nll",
+# ----------------------------------------------------------------------------- decoder corruption
+
+def word_dropout(dec_in, p, rng, unk_id=UNK_ID, protect=(PAD_ID, SOS_ID, EOS_ID)):
+    """Replace each decoder input token by <unk> with probability p; ids in `protect` are never replaced.
+
+    Only the decoder input is corrupted; targets and encoder input stay intact, so the decoder
+    must get the dropped words from z. p=1 is the historyless ("inputless") decoder. Returns a new
+    array; with p=0 it is a copy and rng is not used (may be None).
+    Reference: Bowman et al. 2016, arXiv:1511.06349, Sec. 3.1 "Word dropout and historyless decoding".
+    """
+    if not 0 <= p <= 1:
+        raise ValueError(f"word dropout probability p must be in [0, 1], got {p}")
+    dec_in = np.asarray(dec_in)
+    if p == 0:
+        return dec_in.copy()
+    drop = (rng.random(dec_in.shape) < p) & ~np.isin(dec_in, protect)
+    return np.where(drop, unk_id, dec_in).astype(dec_in.dtype)
+
+
+def contiguous_dropout(dec_in, p, span_lambda, rng, unk_id=UNK_ID, protect=(PAD_ID, SOS_ID, EOS_ID)):
+    """Replace spans of decoder input tokens by <unk>: spans start at each droppable position with
+    probability p and cover Poisson(span_lambda) tokens (possibly 0), rightwards.
+
+    A span stops at the first protected token (the sentence end: <pad>/<eos>); overlapping spans
+    merge. So position j (1 = first word) is dropped with probability
+    1 - prod_{k=0}^{j-1} (1 - p * P(L > k)), L ~ Poisson(span_lambda); the expected fraction
+    dropped is about p * span_lambda for small p. Returns a new array; with p=0 or span_lambda=0
+    it is a copy and rng is not used (may be None).
+    """
+    if not 0 <= p <= 1 or not span_lambda >= 0:
+        raise ValueError(f"need p in [0, 1] and span_lambda >= 0, got p={p}, span_lambda={span_lambda}")
+    dec_in = np.asarray(dec_in)
+    if p == 0 or span_lambda == 0:
+        return dec_in.copy()
+    droppable = ~np.isin(dec_in, protect)
+    starts = (rng.random(dec_in.shape) < p) & droppable
+    span = np.where(starts, rng.poisson(span_lambda, dec_in.shape), 0)
+    drop = np.zeros(dec_in.shape, dtype=bool)
+    left = np.zeros(dec_in.shape[:-1], dtype=span.dtype)  # tokens still to drop in the current span
+    for t in range(dec_in.shape[-1]):
+        left = np.maximum(left, span[..., t])
+        drop[..., t] = droppable[..., t] & (left > 0)
+        left = np.where(droppable[..., t], np.maximum(left - 1, 0), 0)
+    return np.where(drop, unk_id, dec_in).astype(dec_in.dtype)
+
+
+__all__ = ["RunningStats", "batch_normalize", "BNVAEMean", "TauBatchNorm", "soft_free_bits_update",
+           "SoftFreeBits", "mdr_update", "MDR", "bag_of_words_nll", "word_dropout", "contiguous_dropout",
            "BN_EPS", "BN_MOMENTUM"]

@@ -1,11 +1,29 @@
-"""The evidence lower bound (ELBO) and the training objectives built from it.
+"""The evidence lower bound (ELBO) and the training objective built from it, for both VAEs.
 
     elbo = E_q[log p(x|z)] - KL(q(z|x) || p(z))        (the bound: higher is better)
     rec  = -log p(x|z) for one z ~ q(z|x)              (reconstruction term, nats per example)
-    objective = rec + beta * KL_term                    (what training minimises)
+    objective = rec + beta * kl_term                    (what training minimises)
 
-With beta = 1 and no free bits, objective = -elbo. A beta- or free-bits-modified objective is
-never called the ELBO: `stats["elbo"]` always reports the true bound next to it.
+With beta = 1 and no KL floor, kl_term = KL and objective = -elbo. A beta- or floor-modified
+objective is never called the ELBO: `stats["elbo"]` always reports the true bound next to it.
+Models add their own extra terms (a sentence VAE's MDR and bag-of-words losses) on top of
+`vae_objective`, visibly, in their `loss`.
+
+KL floors. Each lets the encoder spend some information for free: below the floor the KL term
+is constant, so it gets exactly zero gradient, and the posterior is not pulled back to the prior.
+KL_ij is the KL of latent dimension j of example i (nats); lambda is in nats per dimension.
+  free bits, batch_dim    sum_j max(lambda, mean_i KL_ij): each dimension's batch-mean KL is
+                          floored. Reference: Kingma et al. 2016, arXiv:1606.04934, Sec. 2.2
+                          (eq. 6) and their code openai/iaf.
+  free bits, example_dim  mean_i sum_j KL_ij * [KL_ij > lambda]: each example's dimension is
+                          dropped from the objective while it is below lambda ("fb 2" of Li et
+                          al. 2019, arXiv:1909.00868, whose total target is lambda * d).
+  free bits, total        mean_i max(lambda * d, sum_j KL_ij): the whole per-example KL is floored.
+  HA bits                 d * max(lambda, mean_ij KL_ij): one floor for the average over every
+                          example and every dimension; above it, the plain KL. The factor d puts
+                          it on the per-example scale of rec. Reference: kastnerkyle/pytorch-text-vae
+                          (its clamp of KLD.mean() at habits_lambda).
+With lambda = 0 every floor is the plain KL, mean_i sum_j KL_ij.
 """
 import numpy as np
 
@@ -16,18 +34,10 @@ FREE_BITS_MODES = ("batch_dim", "example_dim", "total")
 
 
 def free_bits_kl(kl_per_dim, free_bits, mode="batch_dim"):
-    """The KL term of the objective, floored by free bits (nats per example).
+    """The KL term floored by free bits, nats per example; the three modes are in the module docstring.
 
     kl_per_dim: (B, d) Tensor of KL_ij. free_bits = lambda, in nats per latent dimension.
-      batch_dim   sum_j max(lambda, mean_i KL_ij): each dimension's batch-mean KL is floored, so a
-                  dimension using fewer than lambda nats gets exactly zero KL gradient and the
-                  encoder may spend that much information for free.
-                  Reference: Kingma et al. 2016, arXiv:1606.04934, Sec. 2.2 (eq. 6) and openai/iaf.
-      example_dim mean_i sum_j KL_ij * [KL_ij > lambda]: each example's dimension is dropped from
-                  the objective while it is below lambda ("fb 2" of Li et al. 2019,
-                  arXiv:1909.00868, whose total target is lambda * d).
-      total       mean_i max(lambda * d, sum_j KL_ij): the whole per-example KL is floored.
-    With free_bits = 0 every mode is the plain mean_i sum_j KL_ij.
+    mode: "batch_dim" (Kingma et al. 2016), "example_dim" (Li et al. 2019) or "total".
     """
     if mode not in FREE_BITS_MODES:
         raise ValueError(f"unknown free-bits mode '{mode}'; choose from {FREE_BITS_MODES}")
@@ -45,25 +55,47 @@ def free_bits_kl(kl_per_dim, free_bits, mode="batch_dim"):
     # END SOLUTION
 
 
-def vae_objective(log_px_z, mu, logvar, beta=1.0, free_bits=0.0, free_bits_mode="batch_dim"):
+def ha_bits_kl(kl_per_dim, ha_bits):
+    """HA bits: max(lambda, mean over batch AND dimensions of KL_ij), in nats per DIMENSION.
+
+    Free bits for the whole layer at once (see the module docstring); `kl_term` multiplies it
+    by d to give nats per example. Reference: kastnerkyle/pytorch-text-vae.
+    """
+    if ha_bits < 0:
+        raise ValueError(f"ha_bits must be >= 0 nats per dimension, got {ha_bits}")
+    return ops.maximum(ops.mean(kl_per_dim), ha_bits)
+
+
+def kl_term(kl_per_dim, free_bits=0.0, free_bits_mode="batch_dim", ha_bits=0.0):
+    """The KL term of the objective (nats per example): floored by free bits or by HA bits, not both."""
+    if free_bits and ha_bits:
+        raise ValueError("use free bits or HA bits, not both (both floor the KL term)")
+    if ha_bits:
+        return kl_per_dim.shape[-1] * ha_bits_kl(kl_per_dim, ha_bits)
+    return free_bits_kl(kl_per_dim, free_bits, free_bits_mode)
+
+
+def vae_objective(log_px_z, mu, logvar, beta=1.0, free_bits=0.0, free_bits_mode="batch_dim", ha_bits=0.0):
     """Training objective (minimised) and statistics of a batch, all in nats per example.
 
     log_px_z: (B,) Tensor, log p(x|z) for one reparameterised z per example.
     mu, logvar: (B, d) Tensors, the Gaussian posterior q(z|x); the prior is N(0, I).
+    free_bits, free_bits_mode, ha_bits: the KL floor (`kl_term`; all 0: none).
     Returns (objective Tensor, stats dict of floats: objective, elbo, neg_elbo, rec, kl,
     kl_term, beta, and the array kl_per_dim = batch-mean KL of each latent dimension).
     Reference: Kingma & Welling 2014, arXiv:1312.6114, eq. 10; beta: Higgins et al. 2017.
     """
-    beta, free_bits = float(beta), float(free_bits)  # numbers adopt the tensors' dtype; numpy scalars would not
+    # numbers adopt the tensors' dtype; numpy scalars would not
+    beta, free_bits, ha_bits = float(beta), float(free_bits), float(ha_bits)
     kl_per_dim = kl_standard_normal_per_dim(mu, logvar)  # (B, d)
     rec = -ops.mean(log_px_z)
-    kl_term = free_bits_kl(kl_per_dim, free_bits, free_bits_mode)
-    objective = rec + beta * kl_term
+    floored = kl_term(kl_per_dim, free_bits, free_bits_mode, ha_bits)
+    objective = rec + beta * floored
     kl_dims = kl_per_dim.data.mean(axis=0)
     kl = float(kl_dims.sum())
     stats = {"objective": float(objective.data), "rec": float(rec.data), "kl": kl,
              "elbo": -float(rec.data) - kl, "neg_elbo": float(rec.data) + kl,
-             "kl_term": float(kl_term.data), "beta": float(beta), "kl_per_dim": kl_dims}
+             "kl_term": float(floored.data), "beta": float(beta), "kl_per_dim": kl_dims}
     return objective, stats
 
 

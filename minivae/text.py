@@ -1,192 +1,28 @@
-"""Text for sentence VAEs: a toy corpus with known factors, vocabulary, batching, decoder corruption.
+"""Text for sentence VAEs: vocabulary, corpora, splits and batches.
 
-Reading order: `toy_corpus` (a synthetic language whose sentences carry known latent factors),
-`Vocab` (tokens <-> ids), `read_corpus` / `load_text_data` / `load_toy_data` (what a script
-calls), `pad_batch` / `text_batches` (what the training loop calls every step), then the
-decoder-input corruptions `word_dropout` / `contiguous_dropout` (remedies for posterior
-collapse) and the evaluation helpers `bag_of_words`, `perplexity`, `levenshtein`.
+Reading order: `Vocab` (tokens <-> ids), `read_corpus` / `load_text_data` / `load_toy_data`
+(what a script calls; the toy language itself is minivae.toy_language), `pad_batch` /
+`text_batches` (what the training loop calls every step), then the evaluation helpers
+`bag_of_words` and `perplexity`. Decoder-input corruption (word dropout, contiguous dropout)
+is a posterior-collapse remedy and lives in minivae.collapse.
 
 A sentence is a list of whitespace tokens, encoded as a list of ids WITHOUT <sos>/<eos>;
 `pad_batch` adds those. Special ids are fixed: <pad>=0, <sos>=1, <eos>=2, <unk>=3.
 """
-import functools
-import itertools
 import math
 import operator
 import os
 import random
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
+
+from .toy_language import toy_corpus
 
 PAD, SOS, EOS, UNK = "<pad>", "<sos>", "<eos>", "<unk>"
 SPECIALS = (PAD, SOS, EOS, UNK)
 PAD_ID, SOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
-
-# ----------------------------------------------------------------------------- toy corpus
-
-# Function words are English so samples read like sentences; content words are synthetic.
-_DET_SG = ["the", "a", "this", "that", "every", "one", "my", "our"]
-_DET_PL = ["the", "some", "these", "those", "many", "two", "few", "our"]
-_PREPS = ["in", "on", "near", "under", "with", "behind", "beyond", "without", "across", "from"]
-_CONJS = ["and", "but", "while", "because", "so", "although"]
-_CODAS = [["and", "it", "BE"], ["which", "FEEL"], ["and", "everyone", "SAY", "it", "BE"]]
-_TENSED = {"BE": ("is", "was"), "FEEL": ("feels", "felt"), "SAY": ("says", "said")}
-_FUNCTION_WORDS = set(_DET_SG + _DET_PL + _PREPS + _CONJS + ["an", "it", "which", "everyone", ",", "."]
-                      + [w for forms in _TENSED.values() for w in forms])
-_ONSETS = "b d f g k l m n p r s t v z br kr tr st pl gl sh ch".split()
-_VOWELS = "a e i o u ai ou".split()
-_ENDS = ["", "", "n", "r", "l", "k", "m", "t"]
-
-
-def _plural(stem):
-    return stem + ("es" if stem.endswith(("s", "sh", "ch")) else "s")
-
-
-@functools.lru_cache(maxsize=None)
-def _toy_lexicon(n_topics):
-    """The toy language's word lists: fixed (seed-independent), topic k's words never depend on n_topics."""
-    rng, taken = random.Random(20160101), set(_FUNCTION_WORDS)
-
-    def words(n, n_syllables, make_forms):
-        out = []
-        while len(out) < n:
-            stem = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(n_syllables))
-            forms = make_forms(stem + rng.choice(_ENDS))
-            if len(set(forms)) == len(forms) and not taken.intersection(forms):
-                taken.update(forms)
-                out.append(forms)
-        return tuple(out)
-
-    noun = lambda s: (s, _plural(s))                                              # (singular, plural)
-    verb = lambda s: (s, _plural(s), s + ("d" if s.endswith("e") else "ed"))      # (base, 3rd sg, past)
-    adj = lambda s: (s + rng.choice(["ic", "ous", "al", "ive", "ish"]),)
-    adv = lambda s: (s + rng.choice(["ously", "ically", "fully"]),)
-    lex = {"shared_nouns": words(60, 2, noun), "shared_verbs": words(30, 2, verb),
-           "adjs": (words(40, 2, adj), words(40, 2, adj)), "advs": (words(15, 2, adv), words(15, 2, adv))}
-    lex["topics"] = tuple({"nouns": words(250, 2, noun), "verbs": words(100, 2, verb),
-                           "adjs": words(60, 2, adj)} for _ in range(n_topics))
-    return lex
-
-
-def _zipf_pick(rng, pool):
-    """Draw pool[r] with probability proportional to 1/(r+1) (Zipf's law with exponent 1)."""
-    cum = _zipf_cum_weights(len(pool))
-    return pool[rng.choices(range(len(pool)), cum_weights=cum)[0]]
-
-
-@functools.lru_cache(maxsize=None)
-def _zipf_cum_weights(n):
-    # 1/(r+1) is one correctly rounded IEEE division, so the weights are bit-identical everywhere.
-    return list(itertools.accumulate(1.0 / (r + 1) for r in range(n)))
-
-
-def _toy_sentence(rng, lex, topic, positive, past):
-    """One sentence of the toy grammar (see `toy_corpus`); retried by the caller if too short/long."""
-    tpc = lex["topics"][topic]
-    n_sentiment = 0
-
-    def pick_noun():
-        u = rng.random()
-        pool = (tpc["nouns"] if u < 0.8 else lex["shared_nouns"] if u < 0.95
-                else lex["topics"][rng.randrange(len(lex["topics"]))]["nouns"])
-        return _zipf_pick(rng, pool)
-
-    def noun_phrase():
-        nonlocal n_sentiment
-        plural = rng.random() < 0.35
-        words = [rng.choice(_DET_PL if plural else _DET_SG)]
-        if rng.random() < 0.4:
-            sentiment_adj = rng.random() < 0.5
-            n_sentiment += sentiment_adj
-            words.append(_zipf_pick(rng, lex["adjs"][positive] if sentiment_adj else tpc["adjs"])[0])
-        words.append(pick_noun()[plural])
-        if words[0] == "a" and words[1][0] in "aeiou":
-            words[0] = "an"
-        return words, plural
-
-    words = []
-    for c in range(rng.choices((1, 2, 3), cum_weights=(0.45, 0.85, 1.0))[0]):
-        if c > 0:
-            words.append(rng.choice(_CONJS))
-        subject, plural = noun_phrase()
-        words += subject
-        if rng.random() < 0.25:
-            words += [rng.choice(_PREPS)] + noun_phrase()[0]
-        verb = _zipf_pick(rng, tpc["verbs"] if rng.random() < 0.9 else lex["shared_verbs"])
-        words.append(verb[2] if past else verb[0] if plural else verb[1])
-        if rng.random() < 0.6:
-            words += noun_phrase()[0]
-        if rng.random() < 0.3:
-            words.append(_zipf_pick(rng, lex["advs"][positive])[0])
-            n_sentiment += 1
-        if rng.random() < 0.3:
-            words += [rng.choice(_PREPS)] + noun_phrase()[0]
-    # Every sentence shows its sentiment at least once, so the factor is a property of the text.
-    if n_sentiment == 0 or rng.random() < 0.4:
-        coda = [_TENSED[w][past] if w in _TENSED else w for w in rng.choice(_CODAS)]
-        words += [","] + coda + [_zipf_pick(rng, lex["adjs"][positive])[0]]
-    return words + ["."]
-
-
-@dataclass
-class ToyCorpus:
-    """Sentences (token lists) with their factor labels: factors[name][i] belongs to sentences[i]."""
-    sentences: list
-    factors: dict
-    factor_names: tuple = ("topic", "sentiment", "tense")
-    factor_levels: dict = field(default_factory=dict)
-
-
-def toy_corpus(n_sentences, seed=0, n_topics=6, length_range=(5, 25)):
-    """Generate a synthetic corpus whose sentences carry known sentence-level factors.
-
-    Generative process, per sentence (all randomness from random.Random(seed), so the corpus is
-    identical on every machine and Python >= 3.9; the word lists are fixed and seed-independent):
-      1. factors: topic ~ Uniform{0..n_topics-1}, sentiment ~ Uniform{0=negative, 1=positive},
-         tense ~ Uniform{0=present, 1=past}.
-      2. 1, 2 or 3 clauses (prob. 0.45/0.40/0.15) joined by conjunctions ("and", "but", ...).
-         clause = subject-NP [PP] verb [object-NP] [adverb] [PP];  NP = det [adj] noun;
-         PP = preposition NP. Subjects are plural with prob. 0.35: the determiner ("a"/"an"/"this"
-         vs "some"/"these") and, in the present tense, the verb ("-s" or not) agree with it.
-      3. Words: nouns come from the topic's 250 nouns (prob. 0.8), 60 shared nouns (0.15) or a
-         random topic's nouns (0.05); verbs from the topic's 100 verbs (0.9) or 30 shared ones;
-         adjectives (prob. 0.4 per NP) are half topic adjectives, half sentiment adjectives
-         (40 positive or 40 negative); adverbs (prob. 0.3) are sentiment adverbs. Within every
-         pool the word of rank r is drawn with probability proportional to 1/(r+1) (Zipf).
-      4. Tense sets every verb form (base / 3rd-person "-s" / past "-ed") and the coda; with
-         prob. 0.4, or always when no sentiment word was drawn, a coda such as
-         ", and it was <sentiment adj>" is added; the sentence ends with ".".
-      5. Sentences outside length_range (tokens, inclusive) are redrawn with the same factors.
-    Content words are synthetic but pronounceable, with English-like morphology: seed 0 starts
-    with "my maloul routrired some bremouks , and it was kridatish ." (topic 3, negative, past).
-    With 6 topics the language has 5,522 word types; 20k sentences use about 5,400 of them, most
-    of those rarely (Zipf).
-    Local syntax is learnable by an autoregressive decoder without any latent code; topic,
-    sentiment and tense are sentence-level, shared by all words of the sentence.
-    Returns a ToyCorpus(sentences, factors={"topic": [...], "sentiment": [...], "tense": [...]}).
-    """
-    lo, hi = length_range
-    if not 4 <= lo <= hi <= 40:
-        raise ValueError(f"length_range={length_range!r}: the toy grammar makes sentences of 4 to 40 "
-                         "tokens; need 4 <= low <= high <= 40")
-    if not 2 <= n_topics <= 10 or int(n_sentences) != n_sentences or n_sentences < 1:
-        raise ValueError(f"need n_sentences >= 1 and 2 <= n_topics <= 10, got {n_sentences}, {n_topics}")
-    rng, lex = random.Random(operator.index(seed)), _toy_lexicon(n_topics)
-    sentences, labels = [], []
-    for _ in range(int(n_sentences)):
-        topic, positive, past = rng.randrange(n_topics), int(rng.random() < 0.5), int(rng.random() < 0.5)
-        words = _toy_sentence(rng, lex, topic, positive, past)
-        while not lo <= len(words) <= hi:
-            words = _toy_sentence(rng, lex, topic, positive, past)
-        sentences.append(words)
-        labels.append((topic, positive, past))
-    names = ("topic", "sentiment", "tense")
-    levels = {"topic": [f"topic{k}" for k in range(n_topics)], "sentiment": ["negative", "positive"],
-              "tense": ["present", "past"]}
-    return ToyCorpus(sentences, {name: list(column) for name, column in zip(names, zip(*labels))}, names, levels)
-
 
 # ----------------------------------------------------------------------------- vocabulary
 
@@ -451,52 +287,6 @@ def text_batches(data, batch_size, rng=None, bucket=0, drop_last=False):
         yield {**pad_batch([data[i] for i in index]), "index": index}
 
 
-# ----------------------------------------------------------------------------- decoder corruption
-
-def word_dropout(dec_in, p, rng, unk_id=UNK_ID, protect=(PAD_ID, SOS_ID, EOS_ID)):
-    """Replace each decoder input token by <unk> with probability p; ids in `protect` are never replaced.
-
-    Only the decoder input is corrupted; targets and encoder input stay intact, so the decoder
-    must get the dropped words from z. p=1 is the historyless ("inputless") decoder. Returns a new
-    array; with p=0 it is a copy and rng is not used (may be None).
-    Reference: Bowman et al. 2016, arXiv:1511.06349, Sec. 3.1 "Word dropout and historyless decoding".
-    """
-    if not 0 <= p <= 1:
-        raise ValueError(f"word dropout probability p must be in [0, 1], got {p}")
-    dec_in = np.asarray(dec_in)
-    if p == 0:
-        return dec_in.copy()
-    drop = (rng.random(dec_in.shape) < p) & ~np.isin(dec_in, protect)
-    return np.where(drop, unk_id, dec_in).astype(dec_in.dtype)
-
-
-def contiguous_dropout(dec_in, p, span_lambda, rng, unk_id=UNK_ID, protect=(PAD_ID, SOS_ID, EOS_ID)):
-    """Replace spans of decoder input tokens by <unk>: spans start at each droppable position with
-    probability p and cover Poisson(span_lambda) tokens (possibly 0), rightwards.
-
-    A span stops at the first protected token (the sentence end: <pad>/<eos>); overlapping spans
-    merge. So position j (1 = first word) is dropped with probability
-    1 - prod_{k=0}^{j-1} (1 - p * P(L > k)), L ~ Poisson(span_lambda); the expected fraction
-    dropped is about p * span_lambda for small p. Returns a new array; with p=0 or span_lambda=0
-    it is a copy and rng is not used (may be None).
-    """
-    if not 0 <= p <= 1 or not span_lambda >= 0:
-        raise ValueError(f"need p in [0, 1] and span_lambda >= 0, got p={p}, span_lambda={span_lambda}")
-    dec_in = np.asarray(dec_in)
-    if p == 0 or span_lambda == 0:
-        return dec_in.copy()
-    droppable = ~np.isin(dec_in, protect)
-    starts = (rng.random(dec_in.shape) < p) & droppable
-    span = np.where(starts, rng.poisson(span_lambda, dec_in.shape), 0)
-    drop = np.zeros(dec_in.shape, dtype=bool)
-    left = np.zeros(dec_in.shape[:-1], dtype=span.dtype)  # tokens still to drop in the current span
-    for t in range(dec_in.shape[-1]):
-        left = np.maximum(left, span[..., t])
-        drop[..., t] = droppable[..., t] & (left > 0)
-        left = np.where(droppable[..., t], np.maximum(left - 1, 0), 0)
-    return np.where(drop, unk_id, dec_in).astype(dec_in.dtype)
-
-
 # ----------------------------------------------------------------------------- evaluation helpers
 
 def bag_of_words(dec_target, mask, vocab_size):
@@ -526,17 +316,3 @@ def perplexity(total_nll, total_tokens):
         raise ValueError(f"total_nll={total_nll} < 0: pass the negative log-likelihood (a loss), not log p")
     rate = total_nll / total_tokens
     return math.exp(rate) if rate < 700 else math.inf
-
-
-def levenshtein(a, b):
-    """Edit distance between sequences a and b: the fewest insertions, deletions and substitutions.
-
-    Dynamic programming over a (len a + 1) x (len b + 1) table, kept one row at a time.
-    """
-    prev = list(range(len(b) + 1))  # distance from a[:0] to each prefix of b
-    for i, x in enumerate(a, 1):
-        cur = [i]
-        for j, y in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
-        prev = cur
-    return prev[-1]

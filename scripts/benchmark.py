@@ -49,7 +49,7 @@ import numpy as np  # a worker's BLAS threads are set in its environment, before
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, REPO)  # run from a checkout
 
-from minivae import data, layers, ops, text  # noqa: E402
+from minivae import collapse, data, layers, ops, text  # noqa: E402
 from minivae.distributions import kl_standard_normal, sample_gaussian  # noqa: E402
 from minivae.train import reuse_freed_memory  # noqa: E402
 from minivae.fileio import write_json  # noqa: E402
@@ -145,7 +145,7 @@ def gru_workload(job):
     steps = []
     while len(steps) < job["n_steps"]:
         for b in text.text_batches(corpus.train, GRU["batch_size"], rng, bucket=GRU["bucket"]):
-            b["dec_in"] = text.word_dropout(b["dec_in"], GRU["word_dropout"], rng)
+            b["dec_in"] = collapse.word_dropout(b["dec_in"], GRU["word_dropout"], rng)
             b["eps"] = rng.standard_normal((len(b["lengths"]), GRU["latent"])).astype(np.float32)
             steps.append(b)
     return len(corpus.vocab), steps[:job["n_steps"]], f"toy corpus, {len(corpus.train)} training sentences"

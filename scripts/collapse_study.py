@@ -13,11 +13,12 @@ with the same data, seeds, model and budget, and tabulates the test-set results:
 The model is train_text_vae's default (embedding 64, GRU 128, latent 16, vocabulary 2,000,
 batch 32, Adam 1e-3, plain ELBO): an autoregressive GRU decoder strong enough that the plain VAE
 collapses (KL ~0, no active unit). Default budget: the script's defaults, 20,000 toy sentences
-(18,000 for training) for 20 epochs; --quick uses 3,000 sentences for 4 epochs (a check of the
-whole pipeline in a minute or two; at that budget most remedies have not yet moved the KL). Why 20: after 10 epochs the two annealing runs still sat at KL 0.53
-and 0.27 nat, not yet recovered from beta reaching 1 (seed 1); every method gets the same
-budget. Any flag this script does not know is passed to every run (e.g. `--hidden 64
---latent 8`); do not pass remedy flags that way.
+(18,000 for training) for 20 epochs, long enough for the annealing runs to recover from beta
+reaching 1; every method gets the same budget. --quick uses 3,000 sentences for 4 epochs (a
+check of the whole pipeline in a minute or two; at that budget most remedies have not yet moved
+the KL). train_text_vae.py is imported as a sibling script (Python puts this script's folder
+on sys.path); minivae must be installed (`pip install -e .`). Any flag this script does not
+know is passed to every run (e.g. `--hidden 64 --latent 8`); do not pass remedy flags that way.
 
 Columns, all on the test split: NLL and KL in nats per sentence, PPL per token from -ELBO,
 active units (Var_x E[z_j|x] >= 0.01), mutual information I(x; z) (He et al.), factor_accuracy
@@ -36,29 +37,22 @@ wall time; --jobs 2 (the default on a machine with 2+ cores) trains two runs at 
 """
 import os
 
-# One BLAS thread: these GEMMs are small (batch 32 x 128 units), and OpenBLAS's extra thread
-# only spins and competes with the Python thread, and with the other run under --jobs 2. On
-# this project's 2-core test machine, while another process was busy, an epoch of 2,700
-# sentences took 2.4 s with one thread and 48 s with two. It must be set before NumPy is first
-# imported; a value already in the environment is respected.
+# One BLAS thread: these GEMMs are small (batch 32 x 128 units), and a second OpenBLAS thread
+# only spins and competes with the Python thread and with the other run under --jobs 2. It must
+# be set before NumPy is first imported; a value already in the environment is respected.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402
 import multiprocessing  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)                       # train_text_vae.py sits next to this script
-sys.path.insert(0, os.path.join(HERE, ".."))   # run from a checkout
-
-import train_text_vae  # noqa: E402
+import train_text_vae  # noqa: E402  (the sibling script)
 from minivae.fileio import atomic_writer, write_json  # noqa: E402
 
-# Each method is a set of train_text_vae flags; hyperparameters from the papers (or REFERENCE.md).
+# Each method is a set of train_text_vae flags, with the hyperparameters of its paper.
 METHODS = {
     # The plain ELBO with beta = 1: the baseline that collapses.
     "vanilla": [],
@@ -87,8 +81,8 @@ METHODS = {
     # become <unk> (their experiments span keep rates from 1 down to 0).
     "word_dropout": ["--word-dropout", "0.5"],
     # Contiguous (span) dropout: spans start at each word with probability 0.25 and cover
-    # Poisson(3) words, which drops about half of the toy corpus's input words (51% measured), as
-    # word dropout does; the difference is that whole phrases go missing.
+    # Poisson(3) words, which drops about half of the toy corpus's input words, as word dropout
+    # does; the difference is that whole phrases go missing.
     "contiguous_dropout": ["--contiguous-dropout", "0.25", "--span-lambda", "3"],
     # The inputless decoder of Bowman et al. 2016: word dropout 1, every input word is <unk>.
     "historyless": ["--historyless"],

@@ -1,7 +1,7 @@
 """Train a sentence VAE (Bowman et al. 2016) with minivae, with every posterior-collapse remedy as a flag.
 
 The corpus is the built-in toy language (sentences whose topic, sentiment and tense are known,
-see minivae.text.toy_corpus) or a UTF-8 text file with one sentence per line. Defaults: 20,000
+see minivae.toy_language.toy_corpus) or a UTF-8 text file with one sentence per line. Defaults: 20,000
 toy sentences split 90/5/5, vocabulary capped at 2,000 ids, embedding 64, GRU 128, latent 16,
 batch 32, Adam 1e-3, gradient norm clipped at 5, plain ELBO (beta = 1, no remedy): the baseline
 whose KL collapses. NLL and KL are in nats per sentence; perplexity is per token, counting <eos>
@@ -19,13 +19,16 @@ import time
 
 import numpy as np
 
-from minivae import diagnostics, text, train
-from minivae.collapse import MDR, SoftFreeBits
+from minivae import decoding, diagnostics, text, train
+from minivae.collapse import MDR, SoftFreeBits, contiguous_dropout, word_dropout
+from minivae.distributions import sample_gaussian
 from minivae.engine import no_grad
 from minivae.fileio import atomic_writer, write_json
 from minivae.layers import dropout_mask
-from minivae.models import SentenceVAE
 from minivae.optim import Adam, clip_grad_norm
+from minivae.sentence_vae import SentenceVAE
+from minivae.text_diagnostics import (encode_sentences, factor_probe, greedy_reconstructions,
+                                      reconstruction_scores)
 
 ARCHITECTURE = ("corpus", "data_seed", "embedding", "hidden", "latent", "bidirectional", "z_to_every_step",
                 "bn_vae", "bn_vae_tau", "max_vocab", "dtype")
@@ -170,8 +173,8 @@ def main(argv=None):
         for batch in bar:
             B, T1 = batch["dec_in"].shape                           # T1 = longest sentence + 1
             eps = rng.standard_normal((B, args.latent)).astype(dtype)   # reparameterisation noise
-            dec_in = text.word_dropout(batch["dec_in"], word_p, rng)      # decoder-side corruption only
-            dec_in = text.contiguous_dropout(dec_in, args.contiguous_dropout, args.span_lambda, rng)
+            dec_in = word_dropout(batch["dec_in"], word_p, rng)      # decoder-side corruption only
+            dec_in = contiguous_dropout(dec_in, args.contiguous_dropout, args.span_lambda, rng)
             emb_mask = (dropout_mask((B, T1, args.embedding), args.embedding_dropout, rng, dtype)
                         if args.embedding_dropout else None)
             beta = sfb.weight if sfb else beta_fn(step)
@@ -261,7 +264,7 @@ def evaluate(model, seqs, args, rng):
             mu, logvar = model.encode(batch["enc_in"], batch["lengths"], training=False)
             mus.append(mu.data)
             logvars.append(logvar.data)
-            zs.append(mu.data + np.exp(0.5 * logvar.data) * rng.standard_normal(mu.shape).astype(dtype))
+            zs.append(sample_gaussian(mu.data, logvar.data, rng.standard_normal(mu.shape).astype(dtype)).data)
     mu, logvar, z = np.concatenate(mus), np.concatenate(logvars), np.concatenate(zs)
     n_active, _ = diagnostics.active_units(mu)
     chunks = range(0, len(mu), MI_CHUNK)
@@ -279,20 +282,20 @@ def text_diagnostics(model, data, args):
     is the sentence itself; levenshtein: mean word edit distance between the two.
     factor_accuracy: None for text files; for the toy corpus {factor: {"accuracy", "accuracy_z",
     "chance", "n"}}, factor = topic, sentiment, tense and length (quartile bins), from linear
-    probes (diagnostics.factor_probe) trained on the first PROBE_TRAIN training sentences and
+    probes (text_diagnostics.factor_probe) trained on the first PROBE_TRAIN training sentences and
     scored on the n test sentences. "accuracy" reads the posterior means;
     "accuracy_z" reads one sample z ~ q(z|x) per sentence, i.e. what the decoder is given: the
     means of a collapsed encoder can still name the factor, its samples cannot.
     """
-    recon = diagnostics.greedy_reconstructions(model, data.test, args.eval_batch_size)
-    recon_accuracy, distance = diagnostics.reconstruction_scores(data.test, recon)
+    recon = greedy_reconstructions(model, data.test, args.eval_batch_size)
+    recon_accuracy, distance = reconstruction_scores(data.test, recon)
     probes = None
     if data.factors is not None:
         rng = np.random.default_rng([args.seed, 5])
         features = {}
         for split, seqs in (("train", data.train[:PROBE_TRAIN]), ("test", data.test)):
-            mu, logvar = diagnostics.encode_sentences(model, seqs, args.eval_batch_size)
-            features[split] = (mu, mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape))
+            mu, logvar = encode_sentences(model, seqs, args.eval_batch_size)
+            features[split] = (mu, sample_gaussian(mu, logvar, rng.standard_normal(mu.shape).astype(mu.dtype)).data)
         labels = {name: (data.factors["train"][name][:PROBE_TRAIN], data.factors["test"][name])
                   for name in data.info["factor_names"]}
         # Sentence length, a property of the text rather than a generator factor: the probing task
@@ -305,7 +308,7 @@ def text_diagnostics(model, data, args):
                                  for lengths in (train_len, np.array([len(s) for s in data.test])))
         probes = {}
         for name, (train_y, test_y) in labels.items():
-            on_mu, on_z = (diagnostics.factor_probe(features["train"][k], train_y, features["test"][k], test_y)
+            on_mu, on_z = (factor_probe(features["train"][k], train_y, features["test"][k], test_y)
                            for k in (0, 1))
             probes[name] = {"accuracy": on_mu["accuracy"], "accuracy_z": on_z["accuracy"], "chance": on_mu["chance"],
                             "n": len(test_y)}
@@ -322,11 +325,11 @@ def write_text_outputs(args, out, model, data):
         for method, kwargs in (("greedy", {}), ("sample, temperature 1", {"method": "sample", "rng": rng}),
                                ("beam search, width 5", {"method": "beam", "beam_width": 5})):
             f.write(f"# z ~ N(0, I), {method} decoding\n")
-            f.writelines(show(ids) + "\n" for ids in model.generate(z, max_len=max_len, **kwargs))
+            f.writelines(show(ids) + "\n" for ids in decoding.generate(model, z, max_len=max_len, **kwargs))
             f.write("\n")
     seqs = data.test[:n]
-    greedy = model.reconstruct(seqs, max_len=max_len)
-    beam = model.reconstruct(seqs, method="beam", beam_width=5, max_len=max_len)
+    greedy = decoding.reconstruct(model, seqs, max_len=max_len)
+    beam = decoding.reconstruct(model, seqs, method="beam", beam_width=5, max_len=max_len)
     with atomic_writer(out("reconstructions.txt"), "w") as f:
         f.write("# test sentence / greedy decoding of its posterior mean / beam search (width 5)\n\n")
         for s, g, b in zip(seqs, greedy, beam):
@@ -337,7 +340,7 @@ def write_text_outputs(args, out, model, data):
             a, b = data.test[2 * i], data.test[2 * i + 1]
             f.write(f"from: {show(a)}\n")
             f.writelines(f"  {k}: {show(ids)}\n" for k, ids in
-                         enumerate(model.interpolate(a, b, n_steps=6, max_len=max_len)))
+                         enumerate(decoding.interpolate(model, a, b, n_steps=6, max_len=max_len)))
             f.write(f"to:   {show(b)}\n\n")
 
 

@@ -1,5 +1,8 @@
 """The posterior-collapse toolkit: each remedy's defining property, and its gradients.
 
+The decoder-input corruptions (word dropout, contiguous dropout) are checked against their exact
+drop probabilities. HA bits, a KL floor, is tested with the other floors in tests/test_vae_math.py.
+
 Batch norm (BN-VAE and the tau variant) is checked in both modes: training normalises with the
 batch's own statistics (which gives the KL floor), evaluation with running statistics that
 follow torch.nn.BatchNorm1d's update rule.
@@ -11,10 +14,10 @@ import pytest
 
 from minivae import Tensor, ops
 from minivae.collapse import (BN_EPS, MDR, BNVAEMean, RunningStats, SoftFreeBits, TauBatchNorm, bag_of_words_nll,
-                              batch_normalize, ha_bits_kl, mdr_update, soft_free_bits_update)
+                              batch_normalize, contiguous_dropout, mdr_update, soft_free_bits_update, word_dropout)
 from minivae.distributions import kl_standard_normal_per_dim
 from minivae.gradcheck import check_grads
-from minivae.text import bag_of_words, pad_batch
+from minivae.text import EOS_ID, PAD_ID, SOS_ID, UNK_ID, bag_of_words, pad_batch
 
 
 def skewed_batch(rng, B=64, d=5):
@@ -166,19 +169,6 @@ def test_tau_variant_uses_running_statistics_at_evaluation():
     assert set(tau.buffers()) == {"running_mu_mean", "running_mu_var", "running_std_mean", "running_std_var"}
 
 
-# ------------------------------------------------------------------ HA bits
-def test_ha_bits_value_and_zero_gradient_below_the_floor():
-    kl = np.array([[0.1, 0.3, 0.0], [0.2, 0.1, 0.5]])  # mean 0.2
-    for lam, value, grad in ((0.5, 0.5, 0.0), (0.1, 0.2, 1 / 6), (0.0, 0.2, 1 / 6)):
-        t = Tensor(kl, requires_grad=True)
-        out = ha_bits_kl(t, lam)
-        assert out.item() == pytest.approx(value)
-        out.backward()
-        np.testing.assert_allclose(t.grad, grad)  # below the floor: no KL gradient at all
-    with pytest.raises(ValueError, match="ha_bits must be >= 0"):
-        ha_bits_kl(Tensor(kl), -1)
-
-
 # ------------------------------------------------------------------ soft free bits
 def test_soft_free_bits_controller_moves_the_weight_the_right_way():
     target, a, tol = 5.0, 0.1, 0.05
@@ -231,3 +221,106 @@ def test_bag_of_words_is_order_free_and_n_log_v_for_uniform_logits():
     # the loss is -sum log softmax at each target, counted with multiplicity
     log_p = logits.data - np.log(np.exp(logits.data).sum(axis=1, keepdims=True))
     assert loss[1] == pytest.approx(-(2 * log_p[1, 8] + log_p[1, 9] + log_p[1, 2]))
+
+
+# ------------------------------------------------------------------ decoder corruption
+
+def decoder_inputs(rng, B=4000, T=30):
+    """dec_in-like ids: <sos>, random word ids >= 4 (no <unk>), then <pad>; one <eos> planted per row."""
+    lengths = rng.integers(1, T, size=B)
+    dec_in = np.where(np.arange(T + 1) <= lengths[:, None], rng.integers(4, 500, size=(B, T + 1)), PAD_ID)
+    dec_in[:, 0] = SOS_ID
+    dec_in[np.arange(B), lengths] = EOS_ID
+    return dec_in
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_word_dropout_rate_and_specials(p):
+    rng = np.random.default_rng(0)
+    dec_in = decoder_inputs(rng)
+    before = dec_in.copy()
+    out = word_dropout(dec_in, p, rng)
+    np.testing.assert_array_equal(dec_in, before)                      # input untouched
+    words = dec_in >= 4
+    np.testing.assert_array_equal(out[~words], dec_in[~words])         # <sos>, <eos>, <pad> kept
+    dropped = out[words] == UNK_ID
+    assert np.all(out[words][~dropped] == dec_in[words][~dropped])
+    n = words.sum()
+    assert abs(dropped.mean() - p) < 4 * math.sqrt(p * (1 - p) / n)
+
+
+def test_word_dropout_edge_cases():
+    rng = np.random.default_rng(1)
+    dec_in = decoder_inputs(rng, B=50)
+    out = word_dropout(dec_in, 0.0, None)
+    np.testing.assert_array_equal(out, dec_in)
+    assert out is not dec_in
+    historyless = word_dropout(dec_in, 1.0, rng)
+    np.testing.assert_array_equal(historyless, np.where(dec_in >= 4, UNK_ID, dec_in))
+    assert historyless.dtype == dec_in.dtype
+    for p in (-0.1, 1.1, float("nan")):
+        with pytest.raises(ValueError, match="probability"):
+            word_dropout(dec_in, p, rng)
+
+
+def poisson_tail(lam, k):
+    """P(L > k) for L ~ Poisson(lam)."""
+    return 1 - sum(math.exp(-lam) * lam ** i / math.factorial(i) for i in range(k + 1))
+
+
+@pytest.mark.parametrize("p, lam", [(0.1, 2.0), (0.3, 0.7)])
+def test_contiguous_dropout_marginals_match_the_exact_formula(p, lam):
+    # Position j (1 = first word) is dropped iff some start at j-k (1 <= j-k) has span L > k:
+    # P = 1 - prod_{k=0}^{j-1} (1 - p * P(L > k)). Exact, including merged spans.
+    # A protected token (here an <eos> at column 6) cuts every span, so the count restarts after it.
+    rng = np.random.default_rng(2)
+    B, T = 20000, 12
+    dec_in = np.concatenate([np.full((B, 1), SOS_ID), rng.integers(4, 500, size=(B, T))], axis=1)
+    dec_in[:, 6] = EOS_ID
+    out = contiguous_dropout(dec_in, p, lam, rng)
+    assert np.all(out[:, [0, 6]] == [SOS_ID, EOS_ID])
+    rate = (out[:, 1:] == UNK_ID).mean(axis=0)
+    marginal = lambda j: 1 - math.prod(1 - p * poisson_tail(lam, k) for k in range(j))
+    expected = [marginal(j) if j < 6 else 0.0 if j == 6 else marginal(j - 6) for j in range(1, T + 1)]
+    se = np.sqrt(np.array(expected) * (1 - np.array(expected)) / B)
+    assert np.all(np.abs(rate - expected) <= 4 * se), (rate, expected)
+
+
+def test_contiguous_dropout_span_lengths():
+    # Rare starts on very long rows, so spans almost never merge (expected bias ~0.02 tokens, far
+    # below the tolerance) and few reach the row end (those are excluded). A span of length 0 leaves
+    # no trace, so the visible runs have the zero-truncated Poisson mean lam / (1 - exp(-lam)).
+    rng = np.random.default_rng(3)
+    lam, B, T = 3.0, 1000, 1000
+    dec_in = np.concatenate([np.full((B, 1), SOS_ID), rng.integers(4, 500, size=(B, T)), np.full((B, 1), PAD_ID)], axis=1)
+    out = contiguous_dropout(dec_in, 0.0005, lam, rng)
+    dropped = (out == UNK_ID).astype(np.int8)
+    edges = np.diff(dropped, axis=1)
+    starts, ends = np.nonzero(edges == 1), np.nonzero(edges == -1)
+    assert np.all(out[:, [0, -1]] == [SOS_ID, PAD_ID])
+    runs = ends[1] - starts[1]                                          # the pad column is never dropped
+    assert len(runs) > 300
+    mean, se = lam / (1 - math.exp(-lam)), math.sqrt(lam) / math.sqrt(len(runs))
+    assert abs(runs.mean() - mean) < 4 * se, (runs.mean(), mean)
+    assert runs.max() >= 7 and runs.min() == 1
+
+
+def test_contiguous_dropout_protects_specials_and_validates():
+    rng = np.random.default_rng(4)
+    dec_in = decoder_inputs(rng, B=500)
+    before = dec_in.copy()
+    out = contiguous_dropout(dec_in, 0.5, 5.0, rng)
+    np.testing.assert_array_equal(dec_in, before)
+    np.testing.assert_array_equal(out[dec_in < 4], dec_in[dec_in < 4])
+    assert (out[dec_in >= 4] == UNK_ID).mean() > 0.5
+    np.testing.assert_array_equal(contiguous_dropout(dec_in, 0.0, 3.0, None), dec_in)
+    np.testing.assert_array_equal(contiguous_dropout(dec_in, 0.5, 0.0, None), dec_in)
+    # A span never crosses a protected token: everything after a mid-row <eos> survives.
+    row = np.array([[SOS_ID, 7, 8, EOS_ID, 9, 10]])
+    out = contiguous_dropout(row, 1.0, 50.0, np.random.default_rng(0), protect=(SOS_ID, EOS_ID))
+    np.testing.assert_array_equal(out, [[SOS_ID, UNK_ID, UNK_ID, EOS_ID, UNK_ID, UNK_ID]])
+    out = contiguous_dropout(row, 1.0, 50.0, np.random.default_rng(0), protect=(SOS_ID, EOS_ID, 9))
+    np.testing.assert_array_equal(out, [[SOS_ID, UNK_ID, UNK_ID, EOS_ID, 9, UNK_ID]])
+    for p, lam in ((1.5, 1.0), (0.5, -1.0)):
+        with pytest.raises(ValueError):
+            contiguous_dropout(dec_in, p, lam, rng)

@@ -1,21 +1,13 @@
-"""Tests for minivae.text: toy corpus, vocabulary, file corpora, batching, decoder corruption."""
-import functools
-import hashlib
+"""Tests for minivae.text: vocabulary, file corpora, the toy data's splits, batching, evaluation helpers."""
 import json
 import math
 
 import numpy as np
 import pytest
 
-from minivae.text import (EOS_ID, PAD_ID, SOS_ID, UNK_ID, SPECIALS, Vocab, bag_of_words,
-                          contiguous_dropout, levenshtein, load_text_data, load_toy_data, pad_batch,
-                          perplexity, read_corpus, text_batches, toy_corpus, word_dropout)
-from minivae.text import _toy_lexicon
-
-
-@pytest.fixture(scope="module")
-def toy20k():
-    return toy_corpus(20000, seed=0)
+from minivae.text import (EOS_ID, PAD_ID, SOS_ID, UNK_ID, SPECIALS, Vocab, bag_of_words, load_text_data,
+                          load_toy_data, pad_batch, perplexity, read_corpus, text_batches)
+from minivae.toy_language import toy_corpus
 
 
 @pytest.fixture(scope="module")
@@ -29,75 +21,7 @@ def write(tmp_path, name, text):
     return path
 
 
-# ----------------------------------------------------------------------------- toy corpus
-
-def test_toy_corpus_is_deterministic_and_seeded():
-    a, b, c = toy_corpus(300, seed=0), toy_corpus(300, seed=0), toy_corpus(300, seed=1)
-    assert a.sentences == b.sentences and a.factors == b.factors
-    assert a.sentences != c.sentences and a.factors != c.factors
-
-
-def test_toy_corpus_fingerprint_is_pinned():
-    # The corpus must be bit-identical on every machine and Python >= 3.9 (random.Random only).
-    # Change this value only together with a deliberate change of the toy language.
-    c = toy_corpus(200, seed=0)
-    blob = json.dumps([c.sentences, c.factors], sort_keys=True).encode()
-    assert hashlib.sha256(blob).hexdigest() == "e7916ff336c01c9ee0ced423eb28bad9afabb0012b763392f86c4499184bcfff"
-
-
-def test_toy_corpus_statistics(toy20k):
-    counts = {}
-    for s in toy20k.sentences:
-        assert 5 <= len(s) <= 25 and s[-1] == "."
-        for tok in s:
-            counts[tok] = counts.get(tok, 0) + 1
-    assert 2000 <= len(counts) <= 10000
-    freqs = sorted(counts.values(), reverse=True)
-    assert freqs[10] > 20 * freqs[2000]                                  # heavy-tailed (Zipf-like)
-    assert sum(f == 1 for f in freqs) < 0.2 * len(freqs)                 # ...but a learnable vocabulary
-    assert set(toy20k.factor_names) == set(toy20k.factors)
-    for name in toy20k.factor_names:
-        labels = np.array(toy20k.factors[name])
-        assert len(labels) == 20000
-        n_levels = len(toy20k.factor_levels[name])
-        shares = np.bincount(labels, minlength=n_levels) / len(labels)
-        assert np.all(np.abs(shares - 1 / n_levels) < 0.2 / n_levels), (name, shares)
-
-
-def test_toy_corpus_options_and_errors():
-    c = toy_corpus(300, seed=2, n_topics=3, length_range=(10, 12))
-    assert all(10 <= len(s) <= 12 for s in c.sentences)
-    assert set(c.factors["topic"]) == {0, 1, 2}
-    assert _toy_lexicon(4)["topics"][2] == _toy_lexicon(6)["topics"][2]   # words don't depend on n_topics
-    with pytest.raises(ValueError, match="length_range"):
-        toy_corpus(10, length_range=(2, 25))
-    with pytest.raises(ValueError, match="n_topics"):
-        toy_corpus(10, n_topics=1)
-
-
-def nearest_centroid_accuracy(data, factor, shuffle_labels=False):
-    """Classify test sentences by the nearest class word distribution in KL (= multinomial naive Bayes)."""
-    V = len(data.vocab)
-    y_train, y_test = np.array(data.factors["train"][factor]), np.array(data.factors["test"][factor])
-    if shuffle_labels:
-        y_train = np.random.default_rng(0).permutation(y_train)
-    K = y_train.max() + 1
-    counts = np.ones((K, V))                                              # add-one smoothing
-    np.add.at(counts, (np.repeat(y_train, [len(s) for s in data.train]), np.concatenate(data.train)), 1)
-    log_centroid = np.log(counts / counts.sum(axis=1, keepdims=True))
-    batch = pad_batch(data.test)
-    scores = bag_of_words(batch["dec_target"], batch["mask"], V) @ log_centroid.T
-    return np.mean(np.argmax(scores, axis=1) == y_test)
-
-
-@pytest.mark.parametrize("factor", ["topic", "sentiment", "tense"])
-def test_toy_factors_are_predictable_from_words(toy_data, factor):
-    assert nearest_centroid_accuracy(toy_data, factor) > 0.9
-
-
-def test_nearest_centroid_check_fails_on_shuffled_labels(toy_data):
-    assert nearest_centroid_accuracy(toy_data, "topic", shuffle_labels=True) < 0.3
-
+# ----------------------------------------------------------------------------- toy data splits
 
 def test_load_toy_data_keeps_factors_aligned(toy_data):
     corpus = toy_corpus(6000, seed=3)
@@ -265,109 +189,6 @@ def test_text_batches_cover_data_once():
         next(text_batches(data, 0))
 
 
-# ----------------------------------------------------------------------------- decoder corruption
-
-def decoder_inputs(rng, B=4000, T=30):
-    """dec_in-like ids: <sos>, random word ids >= 4 (no <unk>), then <pad>; one <eos> planted per row."""
-    lengths = rng.integers(1, T, size=B)
-    dec_in = np.where(np.arange(T + 1) <= lengths[:, None], rng.integers(4, 500, size=(B, T + 1)), PAD_ID)
-    dec_in[:, 0] = SOS_ID
-    dec_in[np.arange(B), lengths] = EOS_ID
-    return dec_in
-
-
-@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
-def test_word_dropout_rate_and_specials(p):
-    rng = np.random.default_rng(0)
-    dec_in = decoder_inputs(rng)
-    before = dec_in.copy()
-    out = word_dropout(dec_in, p, rng)
-    np.testing.assert_array_equal(dec_in, before)                      # input untouched
-    words = dec_in >= 4
-    np.testing.assert_array_equal(out[~words], dec_in[~words])         # <sos>, <eos>, <pad> kept
-    dropped = out[words] == UNK_ID
-    assert np.all(out[words][~dropped] == dec_in[words][~dropped])
-    n = words.sum()
-    assert abs(dropped.mean() - p) < 4 * math.sqrt(p * (1 - p) / n)
-
-
-def test_word_dropout_edge_cases():
-    rng = np.random.default_rng(1)
-    dec_in = decoder_inputs(rng, B=50)
-    out = word_dropout(dec_in, 0.0, None)
-    np.testing.assert_array_equal(out, dec_in)
-    assert out is not dec_in
-    historyless = word_dropout(dec_in, 1.0, rng)
-    np.testing.assert_array_equal(historyless, np.where(dec_in >= 4, UNK_ID, dec_in))
-    assert historyless.dtype == dec_in.dtype
-    for p in (-0.1, 1.1, float("nan")):
-        with pytest.raises(ValueError, match="probability"):
-            word_dropout(dec_in, p, rng)
-
-
-def poisson_tail(lam, k):
-    """P(L > k) for L ~ Poisson(lam)."""
-    return 1 - sum(math.exp(-lam) * lam ** i / math.factorial(i) for i in range(k + 1))
-
-
-@pytest.mark.parametrize("p, lam", [(0.1, 2.0), (0.3, 0.7)])
-def test_contiguous_dropout_marginals_match_the_exact_formula(p, lam):
-    # Position j (1 = first word) is dropped iff some start at j-k (1 <= j-k) has span L > k:
-    # P = 1 - prod_{k=0}^{j-1} (1 - p * P(L > k)). Exact, including merged spans.
-    # A protected token (here an <eos> at column 6) cuts every span, so the count restarts after it.
-    rng = np.random.default_rng(2)
-    B, T = 20000, 12
-    dec_in = np.concatenate([np.full((B, 1), SOS_ID), rng.integers(4, 500, size=(B, T))], axis=1)
-    dec_in[:, 6] = EOS_ID
-    out = contiguous_dropout(dec_in, p, lam, rng)
-    assert np.all(out[:, [0, 6]] == [SOS_ID, EOS_ID])
-    rate = (out[:, 1:] == UNK_ID).mean(axis=0)
-    marginal = lambda j: 1 - math.prod(1 - p * poisson_tail(lam, k) for k in range(j))
-    expected = [marginal(j) if j < 6 else 0.0 if j == 6 else marginal(j - 6) for j in range(1, T + 1)]
-    se = np.sqrt(np.array(expected) * (1 - np.array(expected)) / B)
-    assert np.all(np.abs(rate - expected) <= 4 * se), (rate, expected)
-
-
-def test_contiguous_dropout_span_lengths():
-    # Rare starts on very long rows, so spans almost never merge (expected bias ~0.02 tokens, far
-    # below the tolerance) and few reach the row end (those are excluded). A span of length 0 leaves
-    # no trace, so the visible runs have the zero-truncated Poisson mean lam / (1 - exp(-lam)).
-    rng = np.random.default_rng(3)
-    lam, B, T = 3.0, 1000, 1000
-    dec_in = np.concatenate([np.full((B, 1), SOS_ID), rng.integers(4, 500, size=(B, T)), np.full((B, 1), PAD_ID)], axis=1)
-    out = contiguous_dropout(dec_in, 0.0005, lam, rng)
-    dropped = (out == UNK_ID).astype(np.int8)
-    edges = np.diff(dropped, axis=1)
-    starts, ends = np.nonzero(edges == 1), np.nonzero(edges == -1)
-    assert np.all(out[:, [0, -1]] == [SOS_ID, PAD_ID])
-    runs = ends[1] - starts[1]                                          # the pad column is never dropped
-    assert len(runs) > 300
-    mean, se = lam / (1 - math.exp(-lam)), math.sqrt(lam) / math.sqrt(len(runs))
-    assert abs(runs.mean() - mean) < 4 * se, (runs.mean(), mean)
-    assert runs.max() >= 7 and runs.min() == 1
-
-
-def test_contiguous_dropout_protects_specials_and_validates():
-    rng = np.random.default_rng(4)
-    dec_in = decoder_inputs(rng, B=500)
-    before = dec_in.copy()
-    out = contiguous_dropout(dec_in, 0.5, 5.0, rng)
-    np.testing.assert_array_equal(dec_in, before)
-    np.testing.assert_array_equal(out[dec_in < 4], dec_in[dec_in < 4])
-    assert (out[dec_in >= 4] == UNK_ID).mean() > 0.5
-    np.testing.assert_array_equal(contiguous_dropout(dec_in, 0.0, 3.0, None), dec_in)
-    np.testing.assert_array_equal(contiguous_dropout(dec_in, 0.5, 0.0, None), dec_in)
-    # A span never crosses a protected token: everything after a mid-row <eos> survives.
-    row = np.array([[SOS_ID, 7, 8, EOS_ID, 9, 10]])
-    out = contiguous_dropout(row, 1.0, 50.0, np.random.default_rng(0), protect=(SOS_ID, EOS_ID))
-    np.testing.assert_array_equal(out, [[SOS_ID, UNK_ID, UNK_ID, EOS_ID, UNK_ID, UNK_ID]])
-    out = contiguous_dropout(row, 1.0, 50.0, np.random.default_rng(0), protect=(SOS_ID, EOS_ID, 9))
-    np.testing.assert_array_equal(out, [[SOS_ID, UNK_ID, UNK_ID, EOS_ID, 9, UNK_ID]])
-    for p, lam in ((1.5, 1.0), (0.5, -1.0)):
-        with pytest.raises(ValueError):
-            contiguous_dropout(dec_in, p, lam, rng)
-
-
 # ----------------------------------------------------------------------------- evaluation helpers
 
 def test_bag_of_words_counts_real_targets_only():
@@ -397,29 +218,3 @@ def test_perplexity():
         perplexity(1.0, 0)
     with pytest.raises(ValueError, match="negative log-likelihood"):
         perplexity(-1.0, 5)
-
-
-def test_levenshtein_known_values():
-    assert levenshtein("kitten", "sitting") == 3
-    assert levenshtein("flaw", "lawn") == 2
-    assert levenshtein("", "abc") == levenshtein("abc", "") == 3
-    assert levenshtein([], []) == 0
-    assert levenshtein(["the", "cat", "sat"], ["the", "cat", "sat"]) == 0
-    assert levenshtein(["the", "cat", "sat"], ["the", "cat", "sat", "down"]) == 1
-    assert levenshtein(["the", "cat", "sat"], ["a", "cat", "sat"]) == 1
-    assert levenshtein(["a", "b"], ["b", "a"]) == 2
-    assert levenshtein(np.array([4, 5, 6]), [4, 6]) == 1
-
-
-def test_levenshtein_matches_recursive_definition():
-    def reference(a, b):
-        @functools.lru_cache(maxsize=None)
-        def d(i, j):
-            if i == 0 or j == 0:
-                return i + j
-            return min(d(i - 1, j) + 1, d(i, j - 1) + 1, d(i - 1, j - 1) + (a[i - 1] != b[j - 1]))
-        return d(len(a), len(b))
-    rng = np.random.default_rng(5)
-    for _ in range(200):
-        a, b = (tuple(rng.integers(0, 3, size=rng.integers(0, 7)).tolist()) for _ in range(2))
-        assert levenshtein(a, b) == levenshtein(b, a) == reference(a, b)

@@ -4,7 +4,7 @@ Four kinds of evidence, because each catches bugs the others miss:
   gradients   every function of distributions.py from one table of rows, in float64, by the
               random-projection finite-difference check and against HIPS autograd's full
               gradients; then the whole MLPVAE objective (beta != 1, every free-bits mode);
-  values      the check values of REFERENCE.md and independent NumPy computations;
+  values      hand-computed check values and independent NumPy computations;
   statistics  sampler moments and analytic KL against Monte Carlo. A sampler with the
               std-vs-variance mistake has perfectly self-consistent gradients, so only these
               catch it; each test also shows that the wrong formula would be rejected (power);
@@ -23,7 +23,7 @@ import minivae.distributions as D
 from minivae import Tensor
 from minivae.diagnostics import (active_units, evaluate_elbo, iw_log_likelihood,
                                  mutual_information)
-from minivae.elbo import FREE_BITS_MODES, free_bits_kl, vae_objective
+from minivae.elbo import FREE_BITS_MODES, free_bits_kl, ha_bits_kl, vae_objective
 from minivae.gradcheck import check_grads
 from minivae.models import MLPVAE
 
@@ -290,7 +290,7 @@ def test_stats_elbo_is_always_the_true_bound(beta, free_bits, mode):
     assert s["objective"] == pytest.approx(s["rec"] + beta * s["kl_term"], rel=1e-13)  # ... as stated
 
 
-# ================================================================== 5. free bits
+# ================================================================== 5. free bits and HA bits
 def _np_free_bits(kl, lam, mode):
     """The free-bits KL term from the papers' descriptions, with explicit loops."""
     B, d = kl.shape
@@ -403,6 +403,30 @@ def test_free_bits_bad_arguments():
     for mode in FREE_BITS_MODES:
         with pytest.raises(ValueError, match=r"free_bits must be >= 0.*-0.1"):
             vae_objective(log_px_z, mu, logvar, free_bits=-0.1, free_bits_mode=mode)
+
+
+def test_ha_bits_value_and_zero_gradient_below_the_floor():
+    kl = np.array([[0.1, 0.3, 0.0], [0.2, 0.1, 0.5]])  # mean 0.2
+    for lam, value, grad in ((0.5, 0.5, 0.0), (0.1, 0.2, 1 / 6), (0.0, 0.2, 1 / 6)):
+        t = Tensor(kl, requires_grad=True)
+        out = ha_bits_kl(t, lam)
+        assert out.item() == pytest.approx(value)
+        out.backward()
+        np.testing.assert_allclose(t.grad, grad)  # below the floor: no KL gradient at all
+    with pytest.raises(ValueError, match="ha_bits must be >= 0"):
+        ha_bits_kl(Tensor(kl), -1)
+
+
+def test_ha_bits_objective_is_d_times_the_floor_and_excludes_free_bits():
+    log_px_z, mu, logvar = (Tensor(a) for a in _batch(np.random.default_rng(12)))
+    d = mu.shape[1]
+    _, stats = vae_objective(log_px_z, mu, logvar, ha_bits=100.0)
+    assert stats["kl_term"] == pytest.approx(d * 100.0)  # nats per example, like rec
+    _, plain = vae_objective(log_px_z, mu, logvar)
+    _, low = vae_objective(log_px_z, mu, logvar, ha_bits=1e-9)  # below the floor: the plain KL
+    assert low["kl_term"] == pytest.approx(plain["kl_term"]) and low["kl"] == plain["kl"]
+    with pytest.raises(ValueError, match="not both"):
+        vae_objective(log_px_z, mu, logvar, free_bits=0.1, ha_bits=0.1)
 
 
 # ================================================================== 6. the whole MLP VAE

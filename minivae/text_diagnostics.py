@@ -1,0 +1,139 @@
+"""Diagnostics of a trained sentence VAE: reconstruction, posterior means, linear probes.
+
+Reading order: levenshtein and strip_eos, reconstruction_scores, greedy_reconstructions,
+encode_sentences, then the linear probe (fit_softmax_regression, predict_softmax_regression,
+factor_probe) that asks whether posterior means, or samples of z, carry a known label. Image
+diagnostics (held-out ELBO, importance-weighted likelihood, active units, mutual information)
+are in diagnostics.py and apply to sentence VAEs' posterior means too.
+"""
+import numpy as np
+
+from . import ops
+from .decoding import reconstruct
+from .engine import no_grad
+from .text import EOS_ID, pad_batch
+
+
+def levenshtein(a, b):
+    """Edit distance between sequences a and b: the fewest insertions, deletions and substitutions.
+
+    Dynamic programming over a (len a + 1) x (len b + 1) table, kept one row at a time.
+    """
+    prev = list(range(len(b) + 1))  # distance from a[:0] to each prefix of b
+    for i, x in enumerate(a, 1):
+        cur = [i]
+        for j, y in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (x != y)))
+        prev = cur
+    return prev[-1]
+
+
+def strip_eos(ids):
+    """A generated id list up to (not including) its first <eos>; the whole list if it has none."""
+    ids = list(ids)
+    return ids[:ids.index(EOS_ID)] if EOS_ID in ids else ids
+
+
+def reconstruction_scores(inputs, outputs):
+    """(exact-match rate, mean Levenshtein distance) between input and reconstructed id lists.
+
+    inputs: sentences as id lists without <sos>/<eos>; outputs: the decoder's id lists, cut at
+    their first <eos> here (one that never emitted <eos> is compared as it is). The exact-match
+    rate is the fraction of pairs that agree token for token; the distance is the fewest word
+    insertions, deletions and substitutions (levenshtein), averaged over sentences.
+    """
+    if len(inputs) != len(outputs) or len(inputs) == 0:
+        raise ValueError(f"need equally many inputs and outputs (at least one), got {len(inputs)} and {len(outputs)}")
+    outputs = [strip_eos(ids) for ids in outputs]
+    exact = np.mean([list(a) == b for a, b in zip(inputs, outputs)])
+    distance = np.mean([levenshtein(list(a), b) for a, b in zip(inputs, outputs)])
+    return float(exact), float(distance)
+
+
+def greedy_reconstructions(model, seqs, batch_size=200, extra_len=10):
+    """Greedy decoding of each sentence's posterior mean (encode -> mu -> argmax at every step).
+
+    A SentenceVAE in evaluation mode (running batch-norm statistics), `batch_size` sentences at a
+    time; a decoding stops at <eos> or after (longest input + extra_len) tokens. Returns id lists.
+    """
+    if not seqs:
+        raise ValueError("greedy_reconstructions needs at least one sentence")
+    max_len = max(map(len, seqs)) + extra_len
+    out = []
+    for start in range(0, len(seqs), batch_size):
+        out += reconstruct(model, seqs[start:start + batch_size], max_len=max_len)
+    return out
+
+
+def encode_sentences(model, seqs, batch_size=200):
+    """Posterior means and log-variances (each (N, d)) of a SentenceVAE for id lists, in evaluation mode."""
+    mus, logvars = [], []
+    with no_grad():
+        for start in range(0, len(seqs), batch_size):
+            batch = pad_batch(seqs[start:start + batch_size], mask_dtype=model.to_logits.W.dtype)
+            mu, logvar = model.encode(batch["enc_in"], batch["lengths"], training=False)
+            mus.append(mu.data)
+            logvars.append(logvar.data)
+    return np.concatenate(mus), np.concatenate(logvars)
+
+
+def fit_softmax_regression(features, labels, n_classes, steps=500):
+    """Multinomial logistic regression by full-batch gradient descent: (W (d, K), b (K,), mean, std).
+
+    The features (N, d) are standardised with their own mean and std (a column with std 0 is
+    only centred), then the average cross-entropy -mean_i log softmax(x_i W + b)[y_i] is
+    minimised from W = 0, b = 0, with gradient  X^T (softmax(XW + b) - onehot(y)) / N  and the
+    fixed step 1/L, L = 0.5 * largest eigenvalue of [X, 1]^T [X, 1] / N: a bound on the
+    curvature of this loss, so every step decreases it. No regularisation: a few hundred steps
+    on separable data leave the weights finite.
+    Reference: Bohning 1992, Ann. Inst. Statist. Math. 44(1), "Multinomial logistic regression
+    algorithm" (the curvature bound 0.5 * X^T X).
+    """
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    if x.ndim != 2 or len(x) != len(y) or len(y) == 0:
+        raise ValueError(f"need features (N, d) and N labels, got shapes {x.shape} and {y.shape}")
+    if y.min() < 0 or y.max() >= n_classes:
+        raise ValueError(f"labels must lie in [0, {n_classes}), got {y.min()}..{y.max()}")
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    x = (x - mean) / std                                            # (N, d)
+    n, d = x.shape
+    x1 = np.concatenate([x, np.ones((n, 1))], axis=1)               # (N, d + 1): bias column
+    lr = 1.0 / (0.5 * np.linalg.eigvalsh(x1.T @ x1 / n)[-1])
+    onehot = np.eye(n_classes)[y]                                   # (N, K)
+    w = np.zeros((d + 1, n_classes))
+    for _ in range(steps):
+        p = ops.softmax(x1 @ w, axis=1).data                         # (N, K)
+        w -= lr * (x1.T @ (p - onehot)) / n
+    return w[:d], w[d], mean, std
+
+
+def predict_softmax_regression(features, W, b, mean, std):
+    """Most likely class of each row of features (N, d) under fit_softmax_regression's model."""
+    x = (np.asarray(features, dtype=np.float64) - mean) / std
+    return np.argmax(x @ W + b, axis=1)
+
+
+def factor_probe(train_features, train_labels, test_features, test_labels, steps=500):
+    """How well features (e.g. posterior means) predict a known label: {"accuracy", "chance"}.
+
+    A multinomial logistic regression (fit_softmax_regression, standardised features, `steps`
+    gradient-descent steps) is trained on (train_features, train_labels) and scored on the
+    held-out (test_features, test_labels). chance is the majority-class frequency of the test
+    labels: the best accuracy any constant guess could reach. Accuracy well above chance means
+    the features carry the factor in a form a linear classifier can read. Standardising makes
+    the probe blind to scale: it reads posterior means however small their spread, even when
+    the noise of z (std ~1) hides them from the decoder, so read it next to the KL, the active
+    units and the mutual information.
+    Reference: linear probes, Alain & Bengio 2016, arXiv:1610.01644.
+    """
+    train_labels, test_labels = np.asarray(train_labels), np.asarray(test_labels)
+    if len(test_labels) == 0 or len(test_labels) != len(test_features):
+        raise ValueError(f"need one test label per test row, got {len(test_labels)} labels for "
+                         f"{len(test_features)} rows")
+    n_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    W, b, mean, std = fit_softmax_regression(train_features, train_labels, n_classes, steps)
+    predicted = predict_softmax_regression(test_features, W, b, mean, std)
+    chance = np.bincount(test_labels, minlength=n_classes).max() / len(test_labels)
+    return {"accuracy": float(np.mean(predicted == test_labels)), "chance": float(chance)}
