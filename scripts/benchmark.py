@@ -73,7 +73,7 @@ SETTINGS = ("quick", "mlp_steps", "gru_steps", "warmup", "check_steps", "rtol", 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--threads", type=int, default=2, help="BLAS / torch threads of every framework")
+    p.add_argument("--threads", type=int, default=2, help="BLAS / torch threads of every framework (default 2)")
     p.add_argument("--frameworks", nargs="+", choices=FRAMEWORKS, default=list(FRAMEWORKS),
                    help="which to run (minivae always does); one not installed is reported as null")
     p.add_argument("--data-dir", metavar="path/to/fashion-mnist", help="folder with the Fashion-MNIST "
