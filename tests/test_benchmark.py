@@ -1,10 +1,11 @@
-"""The speed work of issue 6: the benchmark script, float32 all the way, and safe in-place gradients.
+"""The benchmark script and its peers, float32 all the way, and safe in-place gradients.
 
 The benchmark runs at a tiny size on synthetic data (a few seconds); with torch installed, the
-`slow` test runs all three frameworks (pytest -m slow).
+`slow` test runs every framework (pytest -m slow). The hand-written NumPy models must compute
+the engine's loss and gradients, or the benchmark's floor would time a different function.
 """
-import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +14,13 @@ import pytest
 import minivae.engine as engine
 import minivae.ops as ops
 import minivae.train as train
-from minivae import Tensor
+from minivae import Tensor, data
 from minivae.models import MLPVAE
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
-spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
-benchmark = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(benchmark)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # benchmark.py imports its siblings
+import bench_measure  # noqa: E402
+import bench_numpy  # noqa: E402
+import benchmark  # noqa: E402
 
 TINY = ["--synthetic", "--mlp-examples", "512", "--mlp-steps", "5", "--gru-steps", "5", "--sentences", "300",
         "--check-steps", "3", "--warmup", "1", "--threads", "1"]
@@ -52,6 +53,7 @@ def _check_report(report, frameworks, path):
         assert set(section["loss_agreement"]) == set(frameworks[1:])
     assert [t["name"] for t in report["targets"]] == [
         t[0] for t in benchmark.TARGETS if t[2] in frameworks]
+    assert all(t["target"] == "<= 1.1" for t in report["targets"])
 
 
 def test_tiny_benchmark_run_writes_every_number(tmp_path, capsys):
@@ -69,6 +71,12 @@ def test_tiny_benchmark_run_writes_every_number(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "extrapolated to an epoch" in printed and "minivae vs autograd max relative difference" in printed
     assert "gru hand-written NumPy without its Adam:" in printed and "tokens/s" in printed
+    # one table, every framework side by side, both workloads, the headline target below it
+    assert "NumPy by hand" in printed and "HIPS autograd" in printed and "PyTorch" not in printed
+    lines = printed.splitlines()
+    assert sum(line.startswith("  minivae time / theirs") for line in lines) == 2
+    assert sum(line.startswith("  peak RSS MB") for line in lines) == 2
+    assert "target mlp time vs hand-written NumPy" in printed and "target gru time vs hand-written NumPy" in printed
 
 
 def _gradients_by_minivae_and_by_hand(workload, batch, job):
@@ -76,31 +84,75 @@ def _gradients_by_minivae_and_by_hand(workload, batch, job):
     if workload == "mlp":
         model = benchmark.minivae_mlp(0)
         objective = model.loss(job["x"][batch[0]], batch[1])[0]
-        by_hand = benchmark._hand_mlp(job["x"], [p.data for p in model.parameters()])
+        by_hand = bench_numpy.mlp_forward_backward(job["x"], [p.data for p in model.parameters()])
     else:
         model = benchmark.minivae_sentence_vae(job["n_vocab"], 0)
         objective = model.loss(batch)
-        by_hand = benchmark._hand_sentence_vae({n: p.data for n, p in model.named_parameters()})
+        by_hand = bench_numpy.sentence_vae_forward_backward({n: p.data for n, p in model.named_parameters()})
     objective.backward()
     loss, grads = by_hand(batch)
     assert [w for w, _ in grads] == [p.data for p in model.parameters()]  # the same arrays, in order
     return (objective.data, [p.grad for p in model.parameters()]), (loss, [g for _, g in grads])
 
 
-@pytest.mark.parametrize("workload", ["mlp", "gru"])
-def test_hand_written_numpy_gradients_equal_minivae_engine(workload):
-    """The benchmark's hand-derived floor computes the same loss and gradients as the engine."""
+def _one_step(workload):
     job = {"n_steps": 2, "seed": 0, "sentences": 200, "mlp_examples": 300, "data_dir": None}
     if workload == "mlp":
         job["x"], steps, _ = benchmark.mlp_workload(job)
     else:
         job["n_vocab"], steps, _ = benchmark.gru_workload(job)
-    (loss, grads), (hand_loss, hand_grads) = _gradients_by_minivae_and_by_hand(workload, steps[0], job)
-    assert hand_loss.dtype == np.float32 and hand_loss == pytest.approx(float(loss), rel=1e-5)
+    return steps[0], job
+
+
+def _gradient_matches(grads, hand_grads):
+    """Per parameter: does the hand-derived gradient equal the engine's (float32 accuracy)?"""
+    out = []
     for g, h in zip(grads, hand_grads):
         assert h.dtype == np.float32 and h.shape == g.shape
         scale = np.abs(g).max()
-        assert scale > 0 and np.abs(h - g).max() <= 1e-4 * scale
+        out.append(bool(scale > 0 and np.abs(h - g).max() <= 1e-4 * scale))
+    return out
+
+
+@pytest.mark.parametrize("workload", ["mlp", "gru"])
+def test_hand_written_numpy_gradients_equal_minivae_engine(workload):
+    """The benchmark's hand-derived floor computes the same loss and gradients as the engine."""
+    batch, job = _one_step(workload)
+    (loss, grads), (hand_loss, hand_grads) = _gradients_by_minivae_and_by_hand(workload, batch, job)
+    assert hand_loss.dtype == np.float32 and hand_loss == pytest.approx(float(loss), rel=1e-5)
+    assert all(_gradient_matches(grads, hand_grads))
+
+
+@pytest.mark.parametrize("workload", ["mlp", "gru"])
+def test_the_gradient_comparison_catches_a_wrong_hand_gradient(workload, monkeypatch):
+    """Negative controls: a 0.1% error in one gradient, or KL's term left out of the latent layer's."""
+    batch, job = _one_step(workload)
+    (_, grads), (_, hand_grads) = _gradients_by_minivae_and_by_hand(workload, batch, job)
+    hand_grads[-1] = hand_grads[-1] * np.float32(1.001)
+    assert _gradient_matches(grads, hand_grads)[-1] is False
+
+    def without_kl(g_z, mu, std, eps, n):  # the gradient through z alone
+        return np.concatenate([g_z, g_z * eps * (0.5 * std)], axis=1)
+    monkeypatch.setattr(bench_numpy, "latent_gradient", without_kl)
+    (loss, grads), (hand_loss, hand_grads) = _gradients_by_minivae_and_by_hand(workload, batch, job)
+    assert hand_loss == pytest.approx(float(loss), rel=1e-5)  # the forward pass is still right
+    assert not all(_gradient_matches(grads, hand_grads))
+
+
+def test_benchmark_data_never_defaults_outside_the_repository(tmp_path, monkeypatch, capsys):
+    """No --data-dir: minivae's cache; offline with nothing cached, synthetic images, said in one line."""
+    assert benchmark.parse_args([]).data_dir is None
+    monkeypatch.setenv("MINIVAE_DATA", str(tmp_path))
+
+    def offline(fname, *args):
+        raise data.DataUnavailable(f"could not download {fname}: offline")
+    monkeypatch.setattr(data, "_download", offline)
+    assert benchmark.find_images(benchmark.parse_args([])) is None
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and "Fashion-MNIST unavailable" in printed[0] and "synthetic" in printed[0]
+    assert benchmark.find_images(benchmark.parse_args(["--synthetic"])) is None
+    with pytest.raises(SystemExit, match="not found"):  # a folder the user named must hold the files
+        benchmark.find_images(benchmark.parse_args(["--data-dir", str(tmp_path)]))
 
 
 @pytest.mark.slow
@@ -128,9 +180,9 @@ def test_benchmark_rejects_bad_arguments():
 
 def test_gemm_shapes_of_one_step_chain_together():
     """Each product's inner sizes match, and the counts are what one training step needs."""
-    assert len(benchmark._mlp_gemms(128)) == 4 + 4 + 3  # forward, weight gradients, input gradients
+    assert len(bench_measure.mlp_gemms(128, benchmark.MLP)) == 4 + 4 + 3  # forward, weight and input gradients
     T = 7
-    gru = benchmark._gru_gemms(32, T, 2000)
+    gru = bench_measure.gru_gemms(32, T, 2000, benchmark.GRU)
     assert sum(s[:3] == (32, 128, 384) for s in gru) == T + (T + 1)   # one recurrent product per step
     assert sum(s[:3] == (32, 384, 128) for s in gru) == T + (T + 1)   # and one back through each step
     flops = sum(2 * m * k * n for m, k, n, _ in gru)
