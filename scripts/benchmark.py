@@ -49,7 +49,7 @@ import numpy as np  # a worker's BLAS threads are set in its environment, before
 REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, REPO)  # run from a checkout
 
-from minivae import data, layers, ops, text  # noqa: E402
+from minivae import data, fused, layers, ops, text  # noqa: E402
 from minivae.distributions import kl_standard_normal, sample_gaussian  # noqa: E402
 from minivae.train import reuse_freed_memory  # noqa: E402
 from minivae.fileio import write_json  # noqa: E402
@@ -297,7 +297,7 @@ def _hand_mlp(x, weights):
 
 def _hand_sentence_vae(w):
     """loss and [(weight, gradient)] of the sentence VAE for one batch, derived by hand."""
-    gru_forward, gru_backward = ops.gru_sequence.forward, ops._gru_sequence_vjp
+    gru_forward, gru_backward = fused.gru_sequence.forward, fused._gru_sequence_vjp
     H, d = GRU["hidden"], GRU["latent"]
     emb = w["embedding.W"]
 
