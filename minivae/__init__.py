@@ -1,21 +1,40 @@
 """minivae: variational autoencoders from scratch on NumPy.
 
 Reading order (each module builds only on the ones before it):
-  engine.py        Tensor, the primitive registry and the iterative backward pass
-  ops.py           every primitive with its VJP beside it, then composites (mean, softmax, ...)
-  gradcheck.py     finite-difference gradient checks (random projections and full gradients)
-  layers.py        Module, Dense, MLP, Embedding, GRUCell, GRU
-  distributions.py reparameterised Gaussian sampling, analytic KL, log-likelihoods
-  elbo.py          the ELBO, beta and free bits
-  schedules.py     KL annealing schedules as pure functions of the step
-  optim.py         SGD and Adam
-  models.py        the image VAE and the sentence VAE
-  collapse.py      the posterior-collapse toolkit (BN-VAE, MDR, soft free bits, bag of words)
-  diagnostics.py   held-out ELBO, importance-weighted likelihood, active units, mutual information
-  data.py, text.py real images (with an offline fallback) and text corpora
-  checkpoint.py, fileio.py, plot.py   saving, atomic writes, figures
+  engine.py            Tensor, the primitive registry, no_grad and the iterative backward pass
+  ops.py               every primitive with its VJP beside it, then composites (mean, softmax,
+                       ...); at the bottom, Tensor's operators (+, *, @, .sum(), .T, ...)
+  fused.py             fused primitives: gru_sequence, a whole GRU with its backward through time
+  gradcheck.py         finite-difference gradient checks (random projections and full gradients)
+  layers.py            Module, Dense, MLP, Embedding, dropout_mask, GRUCell (textbook), GRU
+  distributions.py     reparameterised sample, analytic KL, Gaussian and Bernoulli log densities
+  elbo.py              the ELBO, the training objective, every KL floor (free bits), the NaN check
+  schedules.py         KL annealing schedules as pure functions of the step
+  optim.py             SGD, Adam, clip_grad_norm
+  models.py            the image VAE (MLPVAE)
+  diagnostics.py       held-out ELBO, importance-weighted likelihood, active units, mutual information
+  fileio.py, checkpoint.py   atomic writes, saving and resuming training
+  data.py              image datasets (with an offline fallback)
+  toy_language.py      a toy grammar with known latent factors
+  text.py              vocabulary, corpora, padded batches, bag of words, perplexity
+  collapse.py          posterior-collapse remedies (BN-VAE, soft free bits, MDR, bag of words,
+                       word dropout)
+  sentence_vae.py      the sentence VAE and its loss
+  decoding.py          greedy, sampling and beam-search decoding, reconstruction, interpolation
+  text_diagnostics.py  sentence diagnostics: reconstruction scores, probes
+  plot.py              figures
+  train.py             what the training scripts share
 """
-from .engine import PRIMITIVES, Tensor, no_grad
-
 __all__ = ["Tensor", "no_grad", "PRIMITIVES"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    """`from minivae import Tensor` loads the engine and ops (which gives Tensor its operators).
+
+    Imported lazily (PEP 562) so that `import minivae.engine` loads the engine alone.
+    """
+    if name in __all__:
+        from . import engine, ops  # noqa: F401
+        return getattr(engine, name)
+    raise AttributeError(f"module 'minivae' has no attribute {name!r}")

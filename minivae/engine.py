@@ -10,10 +10,13 @@ back to the leaves, calling each node's VJP (vector-Jacobian product):
 Three things happen centrally here so that no VJP has to care about them:
   * broadcasting: a VJP returns a gradient shaped like the op's *output*; `unbroadcast` sums it
     back down to the parent's shape (numpy broadcasting is the only way shapes grow),
-  * fan-out: a tensor used by several ops receives the sum of their gradients (added in place
-    into an array nothing else holds: one a VJP has just created, or a sum allocated here),
+  * fan-out: a tensor used by several ops receives the sum of their gradients,
   * ordering: nodes are visited in reverse topological order, found iteratively so that graphs
     of any depth work (a recursive sort hits Python's recursion limit near 1,000 nodes).
+
+Tensor's arithmetic operators (+, *, @, ...) and NumPy-style methods (.sum(), .T, ...) are
+attached at the bottom of ops.py, where the ops they call are defined: this module imports
+nothing from the package.
 
 dtypes: float32 stays float32 (the fast training path) and float64 stays float64 (the checking
 path). Python numbers, ints and bools adopt the dtype of the tensors they meet; mixing a float32
@@ -110,55 +113,25 @@ class Tensor:
 
         # BEGIN SOLUTION engine: reversed(_topological_order(self)); each g into _op.vjp, or a leaf's .grad
         grads = {id(self): grad}  # pending gradients of nodes not yet visited
-        owned = set()  # ids whose pending gradient nothing else holds (safe to add into in place)
         for node in reversed(_topological_order(self)):
             g = grads.pop(id(node), None)
             if g is None:
                 continue
-            if node._op is None:  # a leaf: keep the gradient (copied if it may alias another)
+            if node._op is None:  # a leaf: g may be the seed or a view, so .grad gets its own copy
                 if node.grad is None:
-                    node.grad = g if id(node) in owned else g.copy()
+                    node.grad = g.copy()
                 else:
                     node.grad += g
                 continue
             needs = tuple(p.requires_grad for p in node._parents)
             parent_values = [p.data for p in node._parents]
             parent_grads = node._op.vjp(g, node.data, parent_values, node._params, needs)
-            given = [g, node.data, *parent_values, *node._params.values()]
-            new = _new_arrays([pg for pg, need in zip(parent_grads, needs) if need], given)
             for parent, pg, need in zip(node._parents, parent_grads, needs):
                 if not need or pg is None:
                     continue
-                reduced = unbroadcast(pg, parent.data, node._op.name)
-                ours, pg, key = id(pg) in new or reduced is not pg, reduced, id(parent)
-                if key not in grads:
-                    grads[key] = pg
-                elif key in owned:
-                    grads[key] += pg
-                elif ours:  # first fan-out collision: add the pending gradient into our new array
-                    pg += grads[key]
-                    grads[key] = pg
-                else:  # ... or, if neither array is ours, allocate their sum
-                    grads[key], ours = grads[key] + pg, True
-                if ours:
-                    owned.add(key)
+                pg, key = unbroadcast(pg, parent.data, node._op.name), id(parent)
+                grads[key] = pg if key not in grads else grads[key] + pg  # fan-out: gradients add
         # END SOLUTION
-
-    # ----- operators; ops is imported at the bottom of this file -----
-    def __add__(self, other): return ops.add(self, other)
-    def __radd__(self, other): return ops.add(other, self)
-    def __sub__(self, other): return ops.subtract(self, other)
-    def __rsub__(self, other): return ops.subtract(other, self)
-    def __mul__(self, other): return ops.multiply(self, other)
-    def __rmul__(self, other): return ops.multiply(other, self)
-    def __truediv__(self, other): return ops.divide(self, other)
-    def __rtruediv__(self, other): return ops.divide(other, self)
-    def __matmul__(self, other): return ops.matmul(self, other)
-    def __rmatmul__(self, other): return ops.matmul(other, self)
-    def __pow__(self, other): return ops.power(self, other)
-    def __rpow__(self, other): return ops.power(other, self)
-    def __neg__(self): return ops.negative(self)
-    def __getitem__(self, index): return ops.getitem(self, index=_index_data(index))
 
     # Comparisons give plain boolean arrays: they have no gradient and are used as masks.
     def __lt__(self, other): return self.data < _data(other)
@@ -169,28 +142,9 @@ class Tensor:
     def __ne__(self, other): return self.data != _data(other)
     __hash__ = object.__hash__
 
-    # A few NumPy-style methods, for readable model code.
-    T = property(lambda self: ops.transpose(self))
-    def reshape(self, *shape): return ops.reshape(self, shape=shape[0] if len(shape) == 1 else shape)
-    def transpose(self, *axes):
-        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
-            axes = axes[0]
-        return ops.transpose(self, axes=tuple(axes) or None)
-    def sum(self, axis=None, keepdims=False): return ops.sum(self, axis, keepdims)
-    def mean(self, axis=None, keepdims=False): return ops.mean(self, axis, keepdims)
-    def max(self, axis=None, keepdims=False): return ops.max(self, axis, keepdims)
-    def astype(self, dtype): return ops.astype(self, dtype)
-
 
 def _data(x):
     return x.data if isinstance(x, Tensor) else x
-
-
-def _index_data(index):
-    """An index may hold Tensors (e.g. token ids); numpy needs their arrays."""
-    if isinstance(index, tuple):
-        return tuple(_data(i) for i in index)
-    return _data(index)
 
 
 def _topological_order(root):
@@ -211,16 +165,6 @@ def _topological_order(root):
             stack.extend((p, False) for p in node._parents if p.requires_grad and id(p) not in seen)
     return order
     # END SOLUTION
-
-
-def _new_arrays(returned, given):
-    """ids of the arrays a VJP returned that nothing else can hold: not views, not among what it
-    was given, not returned twice. The engine may add into these in place and hand them to
-    leaves as .grad without a copy (a VJP must not return an array it keeps somewhere else)."""
-    ids = [id(a) for a in returned if a is not None]
-    taken = {id(a) for a in given}
-    return {id(a) for a in returned if isinstance(a, np.ndarray) and a.base is None and a.flags.writeable
-            and id(a) not in taken and ids.count(id(a)) == 1}
 
 
 def unbroadcast(g, parent_value, op_name="?"):
@@ -255,8 +199,8 @@ class Primitive:
     gradients); keyword arguments are static parameters such as `axis`, passed to both the
     forward function and the VJP. Define the VJP with `defvjp` (one function per input) or
     `defvjp_all` (one function returning every input's gradient, for ops that share work).
-    A VJP returns new arrays or views of its arguments, never an array it keeps elsewhere: the
-    engine adds into new arrays in place and hands them to leaves as .grad.
+    A VJP may return g itself or a view of an argument: the engine never writes into what a VJP
+    returns, and a leaf's .grad is always a copy of its own.
     """
 
     def __init__(self, forward):
@@ -343,6 +287,3 @@ def _inputs_of(args, op_name):
 def primitive(forward):
     """Decorator: register a NumPy function as a primitive op (then attach its VJP)."""
     return Primitive(forward)
-
-
-from . import ops  # noqa: E402  (ops needs Tensor and primitive, defined above)

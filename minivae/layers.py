@@ -8,6 +8,7 @@ were assigned, which gives optimisers and checkpoints a stable, readable list of
 import numpy as np
 
 from . import ops
+from .fused import gru_sequence
 from .engine import Tensor
 
 ACTIVATIONS = {"relu": ops.relu, "tanh": ops.tanh, "sigmoid": ops.sigmoid, "softplus": ops.softplus}
@@ -209,10 +210,10 @@ class GRU(Module):
     last real token, backward state after token 0], as torch.nn.GRU with packed sequences.
     h0 (optional, zeros by default) has the final state's shape, so a final state can be fed back.
 
-    fused=True (the default) runs each direction as one ops.gru_sequence primitive, whose
-    backward pass through time is written by hand: several times faster than fused=False, which
-    unrolls GRUCell.step from ops and is the readable reference. Both compute the same function
-    (tests/test_layers.py checks outputs, final states and all gradients against each other).
+    fused=True (the default) runs each direction as one fused.gru_sequence primitive, whose
+    backward pass through time is written by hand; fused=False unrolls GRUCell.step from ops and
+    is the readable reference. Both compute the same function (tests/test_layers.py checks
+    outputs, final states and all gradients against each other).
     """
 
     def __init__(self, n_in, n_hidden, rng, dtype=np.float32, bidirectional=False, fused=True):
@@ -259,8 +260,8 @@ def _input_projection(cell, x):
 
 
 def _run_fused(cell, x, mask, h, reverse):
-    """One direction as one ops.gru_sequence node; returns outputs (B, T, H) and the final state (B, H)."""
-    outputs = ops.gru_sequence(_input_projection(cell, x), h, cell.W_h, cell.b_h, mask=mask, reverse=reverse)
+    """One direction as one fused.gru_sequence node; returns outputs (B, T, H) and the final state (B, H)."""
+    outputs = gru_sequence(_input_projection(cell, x), h, cell.W_h, cell.b_h, mask=mask, reverse=reverse)
     if reverse:  # the backward direction ends at t = 0, a real token in every row
         return outputs, outputs[:, 0]
     lengths = mask.sum(axis=1)

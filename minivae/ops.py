@@ -4,10 +4,11 @@ A VJP (vector-Jacobian product) answers: given g = d loss / d ans for the op's o
 what is d loss / d input? Each is written as `vjp(g, ans, *inputs, **params)` for one input.
 VJPs return gradients shaped like `ans` (or like the input); the engine undoes broadcasting.
 
-Primitives exist only where a composite would be numerically unstable (softplus, sigmoid,
-logsumexp), much slower (gru_sequence: a whole recurrent layer, backpropagated through time by
-hand), or where they are the building blocks. Composites at the bottom of the file
-(mean, var, softmax, log_softmax, square, clip, ...) need no gradient code at all.
+Primitives exist only where they are the building blocks or where a composite would be
+numerically unstable (softplus, sigmoid, logsumexp). Composites after them (mean, var, softmax,
+log_softmax, square, clip, ...) need no gradient code at all. The bottom of the file gives
+Tensor its operators and methods (x + y, x @ W, x.sum(), x.T, ...), each a call of an op here,
+as HIPS autograd's ArrayBox does.
 
 All functions accept Tensors, arrays or Python numbers and return Tensors; names follow NumPy.
 """
@@ -127,24 +128,15 @@ def relu(x):
 relu.defvjp(lambda g, ans, x: g * (x > 0))
 
 
-def flush_subnormals(a, scratch=None, below=None, signed=True):
+def flush_subnormals(a):
     """Set the subnormal entries of a (0 < |a| < tiny, 1.2e-38 in float32) to 0, in place; return a.
 
-    x86 CPUs do arithmetic on subnormal numbers many times more slowly than on others, in every
-    op and matrix product they flow into. Exponential tails make them: a trained MNIST decoder
-    gives the always-blank border pixels logits below -87, where exp(-|x|) and sigmoid
-    (softplus's derivative) are subnormal in float32, and its training step ran 2.7x slower
-    (11 ms instead of 4); Adam's moments decay into them (see optim.py). Values this small are
-    below float32's resolution next to any normal number they are added to, so 0 changes no sum
-    of them; float64 (tiny 2.2e-308) is practically never affected. `scratch` (float) and
-    `below` (bool), shaped like a, save the two temporaries on a hot path; signed=False skips
-    |a| for an array known to be >= 0. Writing zeros only where `below` is true is a third
-    faster than multiplying the whole array by a 0/1 mask.
+    Values this small are below float32's resolution next to any normal number they meet, so 0
+    changes no sum of them; float64 (tiny 2.2e-308) is practically never affected.
     """
     a = np.asarray(a)  # a NumPy scalar (from 0-d inputs) becomes a 0-d array that copyto can write
-    magnitude = np.abs(a, out=scratch) if signed else a
-    below = np.less(magnitude, np.finfo(a.dtype).tiny, out=below)
-    np.copyto(a, 0, where=below)
+    # x86 CPUs compute on subnormals many times more slowly, in every op they flow into
+    np.copyto(a, 0, where=np.abs(a) < np.finfo(a.dtype).tiny)
     return a
 
 
@@ -153,11 +145,10 @@ def softplus(x):
     """log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)), finite for any x.
 
     VJP: g*sigmoid(x), computed as g*exp(x - ans): log(sigmoid(x)) = x - softplus(x) exactly, and
-    x - ans <= 0, so this never overflows and costs one exp. exp(-|x|) and the gradient have
-    their entries below the smallest normal number set to 0 (see flush_subnormals): they are
-    slow, not informative (log1p alone took 15x longer on an array with 3% of them).
+    x - ans <= 0, so this never overflows and costs one exp. exp(-|x|) (below -87 in float32) and
+    the gradient have their subnormal entries set to 0 by flush_subnormals.
     """
-    return np.maximum(x, 0) + np.log1p(flush_subnormals(np.exp(-np.abs(x)), signed=False))
+    return np.maximum(x, 0) + np.log1p(flush_subnormals(np.exp(-np.abs(x))))
 softplus.defvjp(lambda g, ans, x: flush_subnormals(g * np.exp(x - ans)))
 
 
@@ -281,7 +272,7 @@ def matmul(x, y):
 
     VJP: g @ y.T for x and x.T @ g for y (leading batch axes are summed by the engine). A stack
     of matrices times one matrix, e.g. (B, T, H) @ (H, V), is computed as a single (B*T, H) @
-    (H, V) product, forwards and backwards: several times faster than one product per b.
+    (H, V) product, forwards and backwards, rather than as one product per b.
     """
     k_y = y.shape[0] if y.ndim == 1 else y.shape[-2]
     if x.ndim == 0 or y.ndim == 0 or x.shape[-1] != k_y:
@@ -356,120 +347,6 @@ _where.defvjp(lambda g, ans, x, y, cond: np.where(cond, g, 0),
               lambda g, ans, x, y, cond: np.where(cond, 0, g))
 
 
-# ===================================================================== fused recurrent network
-# A GRU unrolled from the ops above (layers.GRUCell, the readable reference) records ~20 graph
-# nodes per time step, each with its own Python overhead forwards and backwards. This one
-# primitive runs the whole sequence and backpropagates through it by hand: one node, one small
-# matmul per step in each direction, and every other matmul done once for all steps.
-def _in_time_order(reverse, *arrays):
-    """The arrays with their time axis (axis 1) reversed if `reverse` (views: nothing is copied)."""
-    return [a[:, ::-1] if reverse else a for a in arrays]
-
-
-def _gate(x):
-    """sigmoid(x) = 0.5 + 0.5 * tanh(0.5 * x): stable, and half the passes of _stable_sigmoid.
-
-    Near 0 it is accurate to ~1e-8 absolute (float32), not relative: enough for a gate, which
-    multiplies O(1) values, though not for ops.sigmoid (a log-probability may use its tail).
-    """
-    return 0.5 + 0.5 * np.tanh(0.5 * x)
-
-
-def _gru_shapes(x_proj, h0, W_h, b_h, mask):
-    """(B, T, H) after checking that the inputs of gru_sequence fit together."""
-    B, T, H3 = x_proj.shape if x_proj.ndim == 3 else (0, 0, -1)
-    H = H3 // 3
-    if (H3 != 3 * H or H < 1 or h0.shape != (B, H) or W_h.shape != (H, 3 * H) or b_h.shape != (3 * H,)
-            or np.shape(mask) != (B, T)):
-        raise ValueError(f"expected x_proj (B, T, 3H), h0 (B, H), W_h (H, 3H), b_h (3H,) and mask "
-                         f"(B, T), got mask {np.shape(mask)}")
-    return B, T, H
-
-
-@primitive
-def gru_sequence(x_proj, h0, W_h, b_h, *, mask, reverse=False):
-    """The outputs of a GRU run over a padded batch, from every step's input projection.
-
-    x_proj (B, T, 3H) = x @ W_x + b_x for all steps (one large matmul, done by the caller);
-    h0 (B, H) the initial state; W_h (H, 3H), b_h (3H,) the recurrent weights, gates stacked in
-    the order r, z, n as in layers.GRUCell (PyTorch's layout); mask (B, T) true at real tokens.
-    Step t (t = 0, ..., T-1, or T-1, ..., 0 with reverse=True), where a_r, a_z, a_n are the
-    thirds of x_proj[:, t] and p_r, p_z, p_n those of p = h @ W_h + b_h:
-        r = sigmoid(a_r + p_r)    z = sigmoid(a_z + p_z)    n = tanh(a_n + r * p_n)
-        h_new = (1 - z) * n + z * h
-        h = h_new where mask[:, t], else h unchanged;    outputs[:, t] = h_new, or 0 where not mask
-    Returns outputs (B, T, H). The final state is the output of each row's last real step in the
-    order of processing: outputs[arange(B), lengths - 1] with padding at the end, outputs[:, 0]
-    with reverse=True (layers.GRU picks it so).
-
-    VJP: backpropagation through time. A primitive's forward can keep nothing for its VJP, but
-    `ans` holds every state, so the VJP rebuilds h_prev (the state each step started from: the
-    output of the previous real step, or h0) and recomputes r, z, n, p for all steps at once,
-    with one matmul. Let g_t = dL/dh after step t: the output's gradient at t plus what flows
-    back from step t+1. At a real step the chain rule through the equations above gives
-        da_n = g_t * (1 - z) * (1 - n**2)         dp_n = da_n * r
-        da_r = da_n * p_n * r * (1 - r)           dp_r = da_r
-        da_z = g_t * (h_prev - n) * z * (1 - z)   dp_z = da_z
-        g_{t-1} = (output gradient at t-1) + g_t * z + [dp_r, dp_z, dp_n] @ W_h.T
-    At a padded step h passes through: da = dp = 0 and g_t flows on unchanged (as if z = 1).
-    Each da and dp is g_t times a coefficient that does not depend on g, so the coefficients
-    are computed for all steps before the loop, which is left with one (B, 3H) @ (3H, H) matmul
-    per step. After it: dx_proj[:, t] = [da_r, da_z, da_n], dW_h = sum_t h_prev[:, t].T @ dp[:, t]
-    (one matmul over all steps), db_h = dp summed over B and T, dh0 = g before the first step.
-    Reference: Cho et al. 2014, arXiv:1406.1078, Sec. 2.3, eqs. 5-8 (reset-after variant, as cuDNN).
-    """
-    B, T, H = _gru_shapes(x_proj, h0, W_h, b_h, mask)
-    x_proj, mask = _in_time_order(reverse, x_proj, np.asarray(mask, dtype=bool))
-    outputs = np.empty((B, T, H), dtype=x_proj.dtype)
-    h = h0
-    for t in range(T):
-        a, p = x_proj[:, t], h @ W_h + b_h                               # (B, 3H) each
-        rz = _gate(a[:, :2 * H] + p[:, :2 * H])                          # [r, z]  (B, 2H)
-        r, z = rz[:, :H], rz[:, H:]
-        n = np.tanh(a[:, 2 * H:] + r * p[:, 2 * H:])
-        outputs[:, t] = h_new = n + z * (h - n)                          # = (1 - z) * n + z * h
-        h = np.where(mask[:, t, None], h_new, h)
-    outputs[~mask] = 0
-    return outputs[:, ::-1] if reverse else outputs
-
-
-def _gru_sequence_vjp(g, ans, x_proj, h0, W_h, b_h, mask, reverse):
-    B, T, H = ans.shape
-    g, ans, x_proj, mask = _in_time_order(reverse, g, ans, x_proj, np.asarray(mask, dtype=bool))
-    real = mask[:, :, None]                                              # (B, T, 1)
-    # h_prev[:, t]: the output of the last real step before t, or h0 (index 0 of `states`).
-    last_real = np.maximum.accumulate(np.where(mask, np.arange(T), -1), axis=1)
-    before = np.concatenate([np.full((B, 1), -1), last_real[:, :-1]], axis=1)
-    states = np.concatenate([h0[:, None], ans], axis=1)                  # (B, 1 + T, H)
-    h_prev = states[np.arange(B)[:, None], before + 1]                   # (B, T, H)
-
-    p = _stacked_times_matrix(h_prev, W_h) + b_h                        # (B, T, 3H)
-    rz = _gate(x_proj[..., :2 * H] + p[..., :2 * H])
-    r, z, p_n = rz[..., :H], rz[..., H:], p[..., 2 * H:]
-    n = np.tanh(x_proj[..., 2 * H:] + r * p_n)
-    c_n = (1 - z) * (1 - n * n) * real                                   # da_n = g_t * c_n
-    c_p = np.empty((B, T, 3, H), dtype=ans.dtype)                        # dp = g_t * c_p
-    c_p[:, :, 0] = c_n * p_n * (r - r * r)
-    c_p[:, :, 1] = (h_prev - n) * (z - z * z) * real
-    c_p[:, :, 2] = c_n * r
-    carry = np.where(real, z, 1)                                         # dh_prev = g_t * carry + ...
-
-    g = g * real  # a padded output is the constant 0
-    g_t, gs, dp = np.zeros_like(h0), np.empty_like(ans), np.empty_like(c_p)
-    W_hT = W_h.T
-    for t in reversed(range(T)):
-        gs[:, t] = g_t = g[:, t] + g_t
-        dp[:, t] = g_t[:, None, :] * c_p[:, t]
-        g_t = g_t * carry[:, t] + dp[:, t].reshape(B, 3 * H) @ W_hT      # now dL/dh before step t
-
-    dx_proj = dp.copy()  # da_r = dp_r and da_z = dp_z; only da_n differs
-    np.multiply(gs, c_n, out=dx_proj[:, :, 2])
-    dx_proj, dp = dx_proj.reshape(B, T, 3 * H), dp.reshape(B * T, 3 * H)
-    dW_h = h_prev.reshape(B * T, H).T @ dp
-    return (dx_proj[:, ::-1] if reverse else dx_proj), g_t, dW_h, dp.sum(axis=0)
-gru_sequence.defvjp_all(_gru_sequence_vjp)
-
-
 # ===================================================================== public wrappers
 def concatenate(xs, axis=0):
     """Join a sequence of tensors along an existing axis (as np.concatenate)."""
@@ -538,3 +415,35 @@ def stop_gradient(x):
 def straight_through(x, y):
     """Forward value y, gradient as if it were x: x + stop_gradient(y - x) (Bengio et al. 2013)."""
     return add(x, stop_gradient(subtract(y, x)))
+
+
+# ===================================================================== Tensor's operators
+def _index_data(index):
+    """An index may hold Tensors (e.g. token ids); numpy needs their arrays."""
+    if isinstance(index, tuple):
+        return tuple(i.data if isinstance(i, Tensor) else i for i in index)
+    return index.data if isinstance(index, Tensor) else index
+
+
+def _transpose_method(x, *axes):
+    if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+        axes = axes[0]
+    return transpose(x, axes=tuple(axes) or None)
+
+
+# Python calls these with the Tensor first: x + 2 is x.__add__(2), 2 + x is x.__radd__(2).
+Tensor.__add__, Tensor.__radd__ = lambda x, y: add(x, y), lambda x, y: add(y, x)
+Tensor.__sub__, Tensor.__rsub__ = lambda x, y: subtract(x, y), lambda x, y: subtract(y, x)
+Tensor.__mul__, Tensor.__rmul__ = lambda x, y: multiply(x, y), lambda x, y: multiply(y, x)
+Tensor.__truediv__, Tensor.__rtruediv__ = lambda x, y: divide(x, y), lambda x, y: divide(y, x)
+Tensor.__matmul__, Tensor.__rmatmul__ = lambda x, y: matmul(x, y), lambda x, y: matmul(y, x)
+Tensor.__pow__, Tensor.__rpow__ = lambda x, y: power(x, y), lambda x, y: power(y, x)
+Tensor.__neg__ = lambda x: negative(x)
+Tensor.__getitem__ = lambda x, index: getitem(x, index=_index_data(index))
+Tensor.T = property(lambda x: transpose(x))
+Tensor.reshape = lambda x, *shape: reshape(x, shape=shape[0] if len(shape) == 1 else shape)
+Tensor.transpose = _transpose_method
+Tensor.sum = lambda x, axis=None, keepdims=False: sum(x, axis, keepdims)
+Tensor.mean = lambda x, axis=None, keepdims=False: mean(x, axis, keepdims)
+Tensor.max = lambda x, axis=None, keepdims=False: max(x, axis, keepdims)
+Tensor.astype = lambda x, dtype: astype(x, dtype=dtype)

@@ -10,29 +10,18 @@ array of the same shape, or None to leave that parameter alone this step) -- a m
         clip_grad_norm(params, max_norm=10.0)   # optional
         opt.step()
 
-All arithmetic writes into preallocated arrays (`out=`), so a step allocates nothing (the
-textbook NumPy one-liners make about six temporary arrays per parameter per step).
 `state_dict()` returns plain arrays and Python scalars (save it with np.savez);
 `load_state_dict` restores it so that training resumes bit for bit.
 
-Subnormal numbers. A float below np.finfo(dtype).tiny (1.18e-38 in float32) is stored with
-reduced precision, and x86 CPUs do arithmetic on it several times (~8x here) more slowly. Moments
-of a parameter whose gradient has become zero (a dead ReLU unit, a pixel that is almost always
-blank) decay by beta each step into that range and then stay there, because beta * x rounds
-back to x for the smallest subnormals; a tiny gradient (1e-20) puts v there at once. So after
-every update the entries of m and v (and of SGD's momentum buffer) below tiny are set to
-exactly 0, and no moment is ever subnormal between steps. This costs five passes over the
-moments (two of them write only the flushed entries); without it the Adam steps of that model ran
-about 10x slower once 30% of its entries had been dead for a while. Zero, unlike a floor at
-tiny, stays put: beta * tiny would make a fresh subnormal every step. The effect on training is
-nil: an m below tiny moves a parameter by at most lr * tiny / ((1 - beta1) * eps) ~ lr * 1e-29
-with the default betas and eps, and v only enters through sqrt(v) + eps.
-
-Blocks. Adam's update is ~16 passes over each array, each reading and writing memory. A 400x784
-float32 matrix (1.25 MB, and m, v, grad and scratch as large again) does not fit in a CPU's
-fast caches, so every pass would go out to slower memory; Adam runs the passes on blocks of 65,536
-entries (256 KB per array) instead, each block staying in cache through all of them: 1.4x faster
-on the 784-400-20 MLP VAE, with the same arithmetic on every entry.
+Subnormal numbers. The moments of a parameter whose gradient has become zero (a dead ReLU unit,
+a pixel that is always blank) decay by beta each step below np.finfo(dtype).tiny (1.2e-38 in
+float32), into the subnormal range, where x86 CPUs compute many times more slowly, and then stay
+there, because beta * x rounds back to x for the smallest subnormals; a tiny gradient (1e-20)
+puts v there at once. So after every update the entries of m and v (and of SGD's momentum
+buffer) below tiny are set to exactly 0 (ops.flush_subnormals). Zero, unlike a floor at tiny,
+stays put: beta * tiny would make a fresh subnormal every step. The effect on training is nil:
+an m below tiny moves a parameter by at most lr * tiny / ((1 - beta1) * eps) ~ lr * 1e-29 with
+the default betas and eps, and v only enters through sqrt(v) + eps.
 """
 import math
 import numbers
@@ -48,19 +37,6 @@ def _check(name, value, ok, valid_range):
     good = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     if not (good and ok(value)):
         raise ValueError(f"{name} must be {valid_range}, got {value!r}")
-
-
-def _blocks(*arrays, size=1 << 16):
-    """Matching flat views of same-shaped arrays, `size` entries at a time (see "Blocks" above).
-
-    Arrays that are not all C-contiguous come back whole, as one block: views are always safe.
-    """
-    if not all(a.flags.c_contiguous for a in arrays):
-        yield arrays
-        return
-    flat = [a.reshape(-1) for a in arrays]
-    for start in range(0, flat[0].size, size):
-        yield [a[start:start + size] for a in flat]
 
 
 class _Optimizer:
@@ -88,9 +64,6 @@ class _Optimizer:
             if first.setdefault(id(p), i) != i:
                 raise ValueError(f"params[{i}] is params[{first[id(p)]}] again: each parameter must be "
                                  "listed once (it would be updated twice per step)")
-        self._scratch = [np.empty_like(p.data) for p in self.params]
-        self._below = [np.empty(p.data.shape, dtype=bool) for p in self.params]  # subnormal masks
-        self._decayed = [None] * len(self.params)   # allocated on first use of weight_decay
 
     def zero_grad(self):
         """Forget all gradients (p.grad = None), ready for the next backward pass."""
@@ -104,10 +77,7 @@ class _Optimizer:
                              f"but data has shape {p.data.shape}")
         if not self.weight_decay:
             return p.grad
-        if self._decayed[i] is None:
-            self._decayed[i] = np.empty_like(p.data)
-        g = np.multiply(p.data, self.weight_decay, out=self._decayed[i])
-        return np.add(g, p.grad, out=g)
+        return p.grad + self.weight_decay * p.data
 
     def state_dict(self):
         """Everything needed to resume exactly: a flat dict of numpy arrays and Python scalars."""
@@ -174,18 +144,14 @@ class SGD(_Optimizer):
 
     def step(self):
         """Update every parameter whose grad is not None."""
-        for i, (p, buf, s, below) in enumerate(zip(self.params, self.momentum_buffer, self._scratch,
-                                                   self._below)):
+        for i, (p, buf) in enumerate(zip(self.params, self.momentum_buffer)):
             if p.grad is None:
                 continue
             d = self._gradient(i, p)
             if self.momentum:
-                np.multiply(buf, self.momentum, out=buf)
-                np.add(buf, d, out=buf)
-                flush_subnormals(buf, s, below)
+                buf[...] = flush_subnormals(self.momentum * buf + d)
                 d = buf
-            np.multiply(d, self.lr, out=s)
-            np.subtract(p.data, s, out=p.data)
+            p.data -= self.lr * d
 
 
 class Adam(_Optimizer):
@@ -195,9 +161,8 @@ class Adam(_Optimizer):
     AdamW) and t = the number of steps this parameter has taken, including this one:
         m = beta1 * m + (1 - beta1) * g
         v = beta2 * v + (1 - beta2) * g**2
-        p = p - lr * (m / (1 - beta1**t)) / (sqrt(v / (1 - beta2**t)) + eps)
-    The last line is evaluated as p - a * m / (sqrt(v) + eps * c), with c = sqrt(1 - beta2**t)
-    and a = lr * c / (1 - beta1**t): the same value, one pass over the array fewer.
+        m_hat = m / (1 - beta1**t)          v_hat = v / (1 - beta2**t)     (bias corrections)
+        p = p - lr * m_hat / (sqrt(v_hat) + eps)
     Each parameter counts its own t, so one left out for a while (grad None) still gets the
     right bias correction when it starts training. Moments have the parameter's dtype.
 
@@ -228,30 +193,18 @@ class Adam(_Optimizer):
     def step(self):
         """Update every parameter whose grad is not None."""
         b1, b2 = self.beta1, self.beta2
-        buffers = zip(self.params, self.m, self.v, self._scratch, self._below)
-        for i, (p, m, v, s, below) in enumerate(buffers):
+        for i, (p, m, v) in enumerate(zip(self.params, self.m, self.v)):
             if p.grad is None:
                 continue
             g = self._gradient(i, p)
-            # BEGIN SOLUTION optim: count self.steps[i]; update m, v, p.data in place; flush subnormals
+            # BEGIN SOLUTION optim: count self.steps[i]; update m and v in place (flushed), then p.data
             self.steps[i] += 1
             t = int(self.steps[i])
-            c = math.sqrt(1 - b2 ** t)
-            for p_, g, m, v, s, below in _blocks(p.data, g, m, v, s, below):  # see "Blocks" above
-                np.multiply(m, b1, out=m)
-                np.multiply(g, 1 - b1, out=s)
-                np.add(m, s, out=m)
-                np.multiply(v, b2, out=v)
-                np.multiply(g, g, out=s)
-                np.multiply(s, 1 - b2, out=s)
-                np.add(v, s, out=v)
-                flush_subnormals(m, s, below)     # see "Subnormal numbers" in the module docstring
-                flush_subnormals(v, s, below, signed=False)
-                np.sqrt(v, out=s)
-                np.add(s, self.eps * c, out=s)
-                np.divide(m, s, out=s)
-                np.multiply(s, self.lr * c / (1 - b1 ** t), out=s)
-                np.subtract(p_, s, out=p_)
+            m[...] = flush_subnormals(b1 * m + (1 - b1) * g)
+            v[...] = flush_subnormals(b2 * v + (1 - b2) * g * g)
+            m_hat = m / (1 - b1 ** t)
+            v_hat = v / (1 - b2 ** t)
+            p.data -= self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
             # END SOLUTION
 
 

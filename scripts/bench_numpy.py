@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from minivae.ops import gru_sequence
+from minivae.fused import gru_sequence
 from minivae.optim import Adam
 
 

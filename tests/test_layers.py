@@ -370,7 +370,7 @@ def test_gru_matches_torch():
 
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_fused_gru_matches_the_composed_reference(bidirectional):
-    """ops.gru_sequence's hand-written backward through time against the GRU unrolled from ops."""
+    """fused.gru_sequence's hand-written backward through time against GRUCell unrolled from ops."""
     rng = np.random.default_rng(5)
     B, T, n_in, H = 4, 6, 3, 5
     fused = layers.GRU(n_in, H, rng, dtype=np.float64, bidirectional=bidirectional)

@@ -1,4 +1,4 @@
-"""Every primitive, checked three ways from one table of op specs.
+"""Every primitive (ops.py and fused.py), checked three ways from one table of op specs.
 
 Each row names a registered primitive, how to call it, the same computation written with
 autograd.numpy (HIPS autograd is our independent oracle), and several input-shape cases: always
@@ -16,6 +16,7 @@ import autograd.numpy as anp
 import numpy as np
 import pytest
 
+import minivae.fused as fused
 import minivae.ops as ops
 from minivae import PRIMITIVES, Tensor
 from minivae.gradcheck import check_grads
@@ -73,7 +74,7 @@ GRU_MASK = np.array([[True, True, True, True], [True, True, False, False], [True
 
 
 def gru_sequence_ref(x_proj, h0, W_h, b_h, mask=GRU_MASK, reverse=False):
-    """ops.gru_sequence as an autograd.numpy loop over time, padding handled with 0/1 masks."""
+    """fused.gru_sequence as an autograd.numpy loop over time, padding handled with 0/1 masks."""
     H = h0.shape[1]
     sigmoid = lambda a: 1 / (1 + anp.exp(-a))  # noqa: E731
     h, outputs = h0, [None] * mask.shape[1]
@@ -154,8 +155,8 @@ OP_SPECS = [
     # autograd's own `where` VJP does not undo broadcasting, so the reference broadcasts first.
     OpSpec("where", lambda x, y: ops.where(COND, x, y), lambda x, y: anp.where(COND, x + 0 * y, y + 0 * x),
            [((3, 4), (3, 4)), ((3, 4), (4,)), ((), (3, 4)), ((3, 1), ())], arity=2),
-    OpSpec("gru_sequence", lambda *a: ops.gru_sequence(*a, mask=GRU_MASK), gru_sequence_ref, GRU_CASES, arity=4),
-    OpSpec("gru_sequence", lambda *a: ops.gru_sequence(*a, mask=GRU_MASK, reverse=True),
+    OpSpec("gru_sequence", lambda *a: fused.gru_sequence(*a, mask=GRU_MASK), gru_sequence_ref, GRU_CASES, arity=4),
+    OpSpec("gru_sequence", lambda *a: fused.gru_sequence(*a, mask=GRU_MASK, reverse=True),
            lambda *a: gru_sequence_ref(*a, reverse=True), GRU_CASES, arity=4),
 ]
 
