@@ -1,0 +1,65 @@
+"""The reading order is one list, and true: minivae/__init__.py, the README's module map and
+docs/guide.md name the same modules in the same order, every module is in it, and each module
+imports only modules above it."""
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULES = sorted(p.stem for p in (ROOT / "minivae").glob("*.py") if p.stem != "__init__")
+
+
+def _order(text):
+    """Module names in order of first mention as `name.py` (or `minivae/name.py`)."""
+    names = []
+    for name in re.findall(r"(?:minivae/)?\b(\w+)\.py\b", text):
+        if name in MODULES and name not in names:
+            names.append(name)
+    return names
+
+
+def _package_docstring_order():
+    return _order(ast.get_docstring(ast.parse((ROOT / "minivae" / "__init__.py").read_text())))
+
+
+def _readme_order():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## How the code is organised"):]
+    table = section[:section.index("\n\n", section.index("| module |"))]
+    return _order(" ".join(re.findall(r"^\| ([^|]*) \|", table, re.M)))  # the first column of each row
+
+
+def _guide_order():
+    guide = (ROOT / "docs" / "guide.md").read_text()
+    start = guide.index("The same order as the module map in the README")
+    items = re.findall(r"^\d+\. (.*?) —", guide[start:guide.index("Then the scripts", start)], re.M)
+    return _order(" ".join(items))  # each numbered item names its modules before the dash
+
+
+def test_every_module_is_in_the_reading_order():
+    assert sorted(_package_docstring_order()) == MODULES
+
+
+def test_readme_and_guide_give_the_package_docstrings_order():
+    order = _package_docstring_order()
+    assert _readme_order() == order
+    assert _guide_order() == order
+
+
+def _package_imports(path):
+    """Names of the minivae modules that a module imports (from . import x / from .x import y)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.level == 1 or (node.module or "").startswith("minivae")):
+            module = (node.module or "").removeprefix("minivae").lstrip(".")
+            found |= {module.split(".")[0]} if module else {a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("minivae.")}
+    return found & set(MODULES)
+
+
+def test_each_module_imports_only_modules_above_it():
+    order = _package_docstring_order()
+    for i, name in enumerate(order):
+        below = _package_imports(ROOT / "minivae" / f"{name}.py") - set(order[:i])
+        assert not below, f"minivae/{name}.py imports {sorted(below)}, which come after it in the reading order"
