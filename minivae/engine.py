@@ -275,7 +275,10 @@ class Primitive:
 def _inputs_of(args, op_name):
     """Wrap an op's arguments as tensors; constants adopt the float dtype of the tensor inputs."""
     dtype = next((a.data.dtype for a in args if isinstance(a, Tensor) and a.data.dtype.kind == "f"), None)
-    inputs = [a if isinstance(a, Tensor) else Tensor(_as_array(a, dtype)) for a in args]
+    try:
+        inputs = [a if isinstance(a, Tensor) else Tensor(_as_array(a, dtype)) for a in args]
+    except TypeError as err:
+        raise TypeError(f"op '{op_name}': {err}; its inputs must be Tensors, arrays or numbers") from None
     float_dtypes = {t.data.dtype for t in inputs if t.data.dtype.kind == "f"}
     if len(float_dtypes) > 1:
         desc = ", ".join(f"{t.data.dtype}{t.data.shape}" for t in inputs)

@@ -63,6 +63,19 @@ def parameter(array):
     return Tensor(array, requires_grad=True)
 
 
+def check_layer_args(layer, rng, dtype, **sizes):
+    """Refuse sizes that are not positive integers, an rng that is not a np.random.Generator and
+    a dtype that is not a float type, naming the layer and the argument."""
+    for name, n in sizes.items():
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ValueError(f"{layer}: {name} must be a positive integer, got {n!r}")
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"{layer}: rng must be a np.random.Generator (np.random.default_rng(seed)), "
+                        f"got {type(rng).__name__}")
+    if np.dtype(dtype).kind != "f":
+        raise TypeError(f"{layer}: dtype must be a float type (np.float32 or np.float64), got {np.dtype(dtype)}")
+
+
 class Dense(Module):
     """Affine map y = x @ W + b, W of shape (n_in, n_out).
 
@@ -71,6 +84,7 @@ class Dense(Module):
     """
 
     def __init__(self, n_in, n_out, rng, dtype=np.float32):
+        check_layer_args("Dense", rng, dtype, n_in=n_in, n_out=n_out)
         k = 1.0 / np.sqrt(n_in)
         self.W = parameter(rng.uniform(-k, k, (n_in, n_out)).astype(dtype))
         self.b = parameter(rng.uniform(-k, k, n_out).astype(dtype))
@@ -109,12 +123,16 @@ class Embedding(Module):
     """
 
     def __init__(self, n_vocab, dim, rng, dtype=np.float32):
+        check_layer_args("Embedding", rng, dtype, n_vocab=n_vocab, dim=dim)
         self.W = parameter(rng.standard_normal((n_vocab, dim)).astype(dtype))
 
     def __call__(self, ids):
         ids = np.asarray(ids)
         if ids.dtype.kind not in "iu":
             raise TypeError(f"Embedding needs integer token ids, got dtype {ids.dtype}")
+        if ids.size and (ids.min() < 0 or ids.max() >= len(self.W)):
+            raise IndexError(f"Embedding: token ids must be in [0, {len(self.W)}), got ids from "
+                             f"{ids.min()} to {ids.max()} (a vocabulary built from other data?)")
         return self.W[ids]  # (B, T) ids -> (B, T, dim)
 
 
@@ -133,7 +151,7 @@ def dropout_mask(shape, p, rng, dtype=np.float32):
     """
     if not 0 <= p < 1:
         raise ValueError(f"dropout probability p must be in [0, 1), got {p} (p=1 would drop every "
-                         "entry; for an inputless decoder use text.word_dropout with p=1)")
+                         "entry; for an inputless decoder use collapse.word_dropout with p=1)")
     if p == 0:
         return np.ones(shape, dtype)
     return (rng.random(shape) >= p).astype(dtype) / np.asarray(1 - p, dtype)
@@ -158,6 +176,7 @@ class GRUCell(Module):
     """
 
     def __init__(self, n_in, n_hidden, rng, dtype=np.float32):
+        check_layer_args("GRUCell", rng, dtype, n_in=n_in, n_hidden=n_hidden)
         self.n_in, self.n_hidden = int(n_in), int(n_hidden)
         k = 1.0 / np.sqrt(n_hidden)
         uniform = lambda *shape: parameter(rng.uniform(-k, k, shape).astype(dtype))

@@ -13,6 +13,11 @@ array of the same shape, or None to leave that parameter alone this step) -- a m
 `state_dict()` returns plain arrays and Python scalars (save it with np.savez);
 `load_state_dict` restores it so that training resumes bit for bit.
 
+A step whose gradients hold NaN or inf would write NaN into the parameters. By default `step()`
+refuses it (NonFiniteGradientError, naming the parameter) before changing anything; built with
+nonfinite="skip", the optimiser instead leaves every parameter and moment as it was, warns, and
+counts the step in `skipped_steps`.
+
 Subnormal numbers. The moments of a parameter whose gradient has become zero (a dead ReLU unit,
 a pixel that is always blank) decay by beta each step below np.finfo(dtype).tiny (1.2e-38 in
 float32), into the subnormal range, where x86 CPUs compute many times more slowly, and then stay
@@ -25,12 +30,18 @@ the default betas and eps, and v only enters through sqrt(v) + eps.
 """
 import math
 import numbers
+import warnings
 
 import numpy as np
 
 from .ops import flush_subnormals
 
-__all__ = ["SGD", "Adam", "clip_grad_norm"]
+__all__ = ["SGD", "Adam", "clip_grad_norm", "NonFiniteGradientError"]
+NONFINITE_MODES = ("raise", "skip")
+
+
+class NonFiniteGradientError(FloatingPointError):
+    """A gradient holds NaN or inf: the step was refused and no parameter changed."""
 
 
 def _check(name, value, ok, valid_range):
@@ -50,15 +61,26 @@ class _Optimizer:
     _buffers = ()
     _counters = ()
 
-    def __init__(self, params):
+    def __init__(self, params, nonfinite="raise"):
+        if isinstance(params, np.ndarray) or not hasattr(params, "__iter__"):
+            raise TypeError(f"params must be a list of Tensors (e.g. model.parameters()), got {type(params).__name__}")
         self.params = list(params)
         if not self.params:
             raise ValueError("params is empty: pass the list of parameters to optimise")
+        if nonfinite not in NONFINITE_MODES:
+            raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {nonfinite!r}")
+        self.nonfinite, self.skipped_steps = nonfinite, 0
         for i, p in enumerate(self.params):
             data = getattr(p, "data", None)
+            if isinstance(p, np.ndarray):
+                raise TypeError(f"params[{i}] is a numpy array, not a Tensor: pass the model's Tensors "
+                                "(model.parameters()), whose .grad the backward pass fills")
             if not (isinstance(data, np.ndarray) and data.dtype.kind == "f"):
-                got = f"dtype {data.dtype}" if isinstance(data, np.ndarray) else repr(type(data))
+                got = f"dtype {data.dtype}" if isinstance(data, np.ndarray) else type(data).__name__
                 raise TypeError(f"params[{i}].data must be a float numpy array, got {got}")
+            if getattr(p, "requires_grad", True) is False:
+                raise ValueError(f"params[{i}] has requires_grad=False: it would never receive a "
+                                 "gradient; make it with requires_grad=True or leave it out")
         first = {}
         for i, p in enumerate(self.params):
             if first.setdefault(id(p), i) != i:
@@ -69,6 +91,22 @@ class _Optimizer:
         """Forget all gradients (p.grad = None), ready for the next backward pass."""
         for p in self.params:
             p.grad = None
+
+    def _gradients_are_finite(self):
+        """True if every gradient is finite. Otherwise raise (nonfinite="raise") or warn and count
+        the step as skipped (nonfinite="skip"): either way no parameter has been changed yet."""
+        for i, p in enumerate(self.params):
+            if p.grad is not None and not np.all(np.isfinite(p.grad)):
+                bad = int(np.sum(~np.isfinite(p.grad)))
+                message = (f"params[{i}] (shape {p.data.shape}) has {bad} NaN or infinite gradient "
+                           f"entries; no parameter was updated. Look for the loss term that overflowed, "
+                           "or lower the learning rate / clip gradients")
+                if self.nonfinite == "raise":
+                    raise NonFiniteGradientError(message)
+                self.skipped_steps += 1
+                warnings.warn(f"{type(self).__name__}: step skipped: {message}", RuntimeWarning, stacklevel=3)
+                return False
+        return True
 
     def _gradient(self, i, p):
         """Return p.grad, plus weight_decay * p.data (the gradient of an L2 penalty) if set."""
@@ -131,8 +169,8 @@ class SGD(_Optimizer):
     _hyper = ("lr", "momentum", "weight_decay")
     _buffers = ("momentum_buffer",)
 
-    def __init__(self, params, lr, momentum=0.0, weight_decay=0.0):
-        super().__init__(params)
+    def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, nonfinite="raise"):
+        super().__init__(params, nonfinite)
         self._set_hyper(lr, momentum, weight_decay)
         self.momentum_buffer = [np.zeros_like(p.data) for p in self.params]
 
@@ -144,6 +182,8 @@ class SGD(_Optimizer):
 
     def step(self):
         """Update every parameter whose grad is not None."""
+        if not self._gradients_are_finite():
+            return
         for i, (p, buf) in enumerate(zip(self.params, self.momentum_buffer)):
             if p.grad is None:
                 continue
@@ -172,8 +212,8 @@ class Adam(_Optimizer):
     _buffers = ("m", "v")
     _counters = ("steps",)
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        super().__init__(params)
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, nonfinite="raise"):
+        super().__init__(params, nonfinite)
         if len(betas) != 2:
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
         self._set_hyper(lr, betas[0], betas[1], eps, weight_decay)
@@ -192,6 +232,8 @@ class Adam(_Optimizer):
 
     def step(self):
         """Update every parameter whose grad is not None."""
+        if not self._gradients_are_finite():
+            return
         b1, b2 = self.beta1, self.beta2
         for i, (p, m, v) in enumerate(zip(self.params, self.m, self.v)):
             if p.grad is None:
