@@ -103,9 +103,9 @@ def parse_args(argv=None):
     if args.max_vocab and args.max_vocab <= len(text.SPECIALS):
         p.error(f"--max-vocab must be 0 (no cap) or > {len(text.SPECIALS)} (it counts the special tokens)")
     if not 0 <= args.embedding_dropout < 1:
-        p.error("--embedding-dropout must be in [0, 1)")
+        p.error(f"--embedding-dropout must be in [0, 1) (got {args.embedding_dropout})")
     if args.bn_vae_tau is not None and not 0 <= args.bn_vae_tau < 1:
-        p.error("--bn-vae-tau must be in [0, 1)")
+        p.error(f"--bn-vae-tau must be in [0, 1) (got {args.bn_vae_tau})")
     exclusive = [("--free-bits", args.free_bits > 0, "--ha-bits", args.ha_bits > 0),
                  ("--bn-vae", args.bn_vae > 0, "--bn-vae-tau", args.bn_vae_tau is not None),
                  ("--historyless", args.historyless, "--word-dropout", args.word_dropout > 0),
