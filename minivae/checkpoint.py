@@ -107,9 +107,10 @@ def check_model_state(state, path, model, rng):
         raise CheckpointError(f"{path} is inconsistent: epoch {state['epoch']}, step {state['step']}, "
                               f"{len(state['history'])} epochs of history")
     params, ours = state["params"], model.state_dict()
-    if set(params) != set(ours):
-        raise CheckpointError(f"{path} holds parameters {sorted(set(params) - set(ours))[:3]} this model lacks "
-                              f"and lacks {sorted(set(ours) - set(params))[:3]} (a different model?)")
+    extra, missing = sorted(set(params) - set(ours)), sorted(set(ours) - set(params))
+    if extra or missing:
+        raise CheckpointError(f"{path} does not fit this model (a different model?): " + "; ".join(
+            filter(None, [missing and f"it lacks {missing[:3]}", extra and f"this model has no {extra[:3]}"])))
     for name, p in ours.items():
         q = params[name]
         if not (isinstance(q, np.ndarray) and q.shape == p.shape and q.dtype == p.dtype):
