@@ -60,9 +60,62 @@ def load_checkpoint(path):
             arrays = {k: archive[k] for k in archive.files if k != "__meta__"}
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError) as err:
+    except ValueError as err:  # numpy's own text may name allow_pickle: a checkpoint never needs it
+        why = "not a NumPy .npz archive" if "pickle" in str(err) else f"ValueError: {err}"
+        raise CheckpointError(f"{path} is not a readable minivae checkpoint ({why}); it may be truncated "
+                              "or from another program") from None
+    except (zipfile.BadZipFile, KeyError, OSError, EOFError) as err:
         raise CheckpointError(f"{path} is not a readable minivae checkpoint ({type(err).__name__}: "
                               f"{err}); it may be truncated or from another program") from err
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")
-    return _unflatten(meta["state"], arrays)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise CheckpointError(f"{path} has format {found!r}, expected {FORMAT!r}")
+    try:
+        state = _unflatten(meta["state"], arrays)
+    except KeyError as err:
+        raise CheckpointError(f"{path} is damaged: its index names an array {err} it does not hold") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is damaged: it holds a {type(state).__name__}, not a dict of entries")
+    return state
+
+
+def check_fields(state, fields, path):
+    """Raise CheckpointError unless `state` has every key of `fields` with a value of its type(s).
+
+    `fields` maps a key to a type or a tuple of types (as isinstance takes them); True and False
+    do not count as numbers.
+    """
+    for key, types in fields.items():
+        if key not in state:
+            raise CheckpointError(f"{path} has no {key!r} entry: it was not written by this script, or is damaged")
+        value, types = state[key], types if isinstance(types, tuple) else (types,)
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            wanted = " or ".join("None" if t is type(None) else t.__name__ for t in types)
+            raise CheckpointError(f"{path}: entry {key!r} is a {type(value).__name__} ({str(value)[:40]}), "
+                                  f"expected {wanted}")
+
+
+
+def check_model_state(state, path, model, rng):
+    """Raise CheckpointError unless a training checkpoint's counters, parameters and RNG fit `model` and `rng`.
+
+    Checked: epoch and step >= 0 with one history entry per epoch; the same parameter names
+    as model.state_dict(), each an array of the model's shape and dtype; an RNG state of the
+    same bit generator.
+    """
+    if not (state["step"] >= 0 and len(state["history"]) == state["epoch"] >= 0):
+        raise CheckpointError(f"{path} is inconsistent: epoch {state['epoch']}, step {state['step']}, "
+                              f"{len(state['history'])} epochs of history")
+    params, ours = state["params"], model.state_dict()
+    extra, missing = sorted(set(params) - set(ours)), sorted(set(ours) - set(params))
+    if extra or missing:
+        raise CheckpointError(f"{path} does not fit this model (a different model?): " + "; ".join(
+            filter(None, [missing and f"it lacks {missing[:3]}", extra and f"this model has no {extra[:3]}"])))
+    for name, p in ours.items():
+        q = params[name]
+        if not (isinstance(q, np.ndarray) and q.shape == p.shape and q.dtype == p.dtype):
+            got = f"{q.dtype} {q.shape}" if isinstance(q, np.ndarray) else type(q).__name__
+            raise CheckpointError(f"{path}: parameter {name} is {got}, this model's is {p.dtype} {p.shape}")
+    kind = type(rng.bit_generator).__name__
+    if state["rng"].get("bit_generator") != kind:
+        raise CheckpointError(f"{path}: the RNG state is for {state['rng'].get('bit_generator')!r}, not {kind}")

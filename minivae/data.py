@@ -183,7 +183,8 @@ def _resolve(name, roles, data_dir, download, timeout):
     """Find (or download into the cache) the files of `roles`; return ({role: path}, [downloaded names])."""
     spec = _spec(name)
     if data_dir is not None and not os.path.isdir(data_dir):
-        raise DataError(f"data_dir {os.fspath(data_dir)!r} does not exist; pass the folder that holds the "
+        what = "is a file, not a folder" if os.path.exists(data_dir) else "does not exist"
+        raise DataError(f"data_dir {os.fspath(data_dir)!r} {what}; pass the folder that holds the "
                         f"{name} .gz files, or leave data_dir out to use the cache and download.")
     folders = [os.fspath(d) for d in (data_dir, cache_dir(name)) if d is not None]
     paths, downloaded = {}, []
@@ -200,6 +201,21 @@ def _resolve(name, roles, data_dir, download, timeout):
         else:
             raise DataUnavailable(f"{fname} not found in {' or '.join(folders)} and download=False")
     return paths, downloaded
+
+
+def check_data_dir(name, data_dir):
+    """Raise DataError unless `data_dir` is a folder holding all four files of data set `name`.
+
+    Each file may be the .gz or its unpacked copy; the message names every missing file. The
+    training script calls this for an explicit --data-dir, which must be complete: the bundled
+    fallback is only for runs that asked for no particular data.
+    """
+    _resolve(name, (), data_dir, False, 0)  # the folder itself
+    files = [f for f, _, _ in _spec(name)["files"].values()]
+    missing = [f for f in files if not any(os.path.isfile(os.path.join(data_dir, g)) for g in (f, f[:-3]))]
+    if missing:
+        raise DataError(f"{os.fspath(data_dir)!r} lacks {', '.join(missing)} (or the unpacked copies); it "
+                        f"must hold all four {name} files: {', '.join(files)}")
 
 
 def _read_verified(name, role, path):
@@ -252,8 +268,9 @@ def load_train_test(name="mnist", data_dir=None, download=True, fallback=True, d
     """Return (x_train, y_train, x_test, y_test, info) with info a JSON-serialisable dict of provenance.
 
     Like load_dataset for both splits. If the full set is unavailable (DataUnavailable), `name` is
-    "mnist" and `fallback` is true, warns and returns the bundled MNIST test set instead: the 2,000
-    images with index % 5 == 4 as the test split, the other 8,000 as the training split, and
+    "mnist", `fallback` is true and no `data_dir` was given, warns and returns the bundled MNIST
+    test set instead: the 2,000 images with index % 5 == 4 as the test split, the other 8,000 as
+    the training split, and
     info["fallback"] = True with info["reason"] saying why. Corrupt files still raise DataError.
     """
     dtype = _float_dtype(dtype)
@@ -261,7 +278,7 @@ def load_train_test(name="mnist", data_dir=None, download=True, fallback=True, d
     try:
         paths, downloaded = _resolve(name, roles, data_dir, download, timeout)
     except DataUnavailable as err:
-        if not (fallback and name == "mnist"):
+        if not (fallback and name == "mnist" and data_dir is None):
             raise
         warnings.warn(f"full MNIST unavailable ({err.reason}); using the bundled MNIST test set, "
                       "split 8,000 train / 2,000 test", stacklevel=2)

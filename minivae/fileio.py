@@ -7,7 +7,12 @@ fails midway, the temporary file is removed and the old target, if any, is left 
 import contextlib
 import json
 import os
+import re
 import tempfile
+
+# The temporary file of atomic_writer(".../name") is ".../.name.XXXXXXXX.tmp": mkstemp's 8 random
+# characters between our prefix and suffix. Nothing else we know writes names of this form.
+TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
 
 
 @contextlib.contextmanager
@@ -30,6 +35,24 @@ def atomic_writer(path, mode="wb"):
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+def remove_stale_temp_files(directory, targets=lambda name: True):
+    """Delete the temporary files atomic_writer left in `directory`; return their names, sorted.
+
+    A process killed with SIGKILL (or a power cut) during a save cannot remove its temporary
+    file; the target itself is untouched, so the file is pure garbage. Only names matching
+    TEMP_NAME whose target name passes `targets` are removed, so a file being written by another
+    program (a log of the run, say) can be spared by leaving its name out.
+    """
+    removed = []
+    for name in sorted(os.listdir(directory)):
+        match = TEMP_NAME.match(name)
+        if match and targets(match["target"]) and os.path.isfile(os.path.join(directory, name)):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(directory, name))
+                removed.append(name)
+    return removed
 
 
 def write_json(path, obj):

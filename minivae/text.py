@@ -23,6 +23,12 @@ from .toy_language import toy_corpus
 PAD, SOS, EOS, UNK = "<pad>", "<sos>", "<eos>", "<unk>"
 SPECIALS = (PAD, SOS, EOS, UNK)
 PAD_ID, SOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+# A corpus file holds one sentence per line; lines past these limits mean it does not (a book on
+# one line, paragraphs, a binary file), and read_corpus refuses it rather than train on nonsense.
+MAX_LINE_BYTES = 1 << 16
+MAX_LINE_TOKENS = 1000
+# describe() warns when a held-out split has this much more <unk> than the training split.
+UNK_WARNING = 0.05
 
 # ----------------------------------------------------------------------------- vocabulary
 
@@ -103,7 +109,10 @@ def read_corpus(path, lowercase=False, max_len=None):
     """Read a text file, one sentence per line, tokens separated by whitespace.
 
     Empty and whitespace-only lines are skipped; sentences longer than max_len tokens are cut to
-    their first max_len tokens. The file must be UTF-8 (a leading byte-order mark is ignored).
+    their first max_len tokens. The file must be UTF-8 (a leading byte-order mark is ignored),
+    with LF or CR LF line endings; a NUL byte (binary data), a carriage return inside a line
+    (CR-only line endings), a line of more than MAX_LINE_BYTES bytes or MAX_LINE_TOKENS tokens
+    is refused with a ValueError naming the line.
     Returns (sentences, stats) with stats = {"path", "n_lines", "n_sentences", "n_tokens",
     "n_truncated"} (n_tokens counts tokens after truncation).
     """
@@ -115,7 +124,13 @@ def read_corpus(path, lowercase=False, max_len=None):
         raise FileNotFoundError(f"corpus {path!r} {what}; expected a UTF-8 text file with one sentence per line")
     sentences, n_truncated, offset, n_lines = [], 0, 0, 0
     with open(path, "rb") as f:
-        for n_lines, raw in enumerate(f, 1):
+        for n_lines, raw in enumerate(iter(lambda: f.readline(MAX_LINE_BYTES + 1), b""), 1):
+            problem = ("holds a NUL byte (binary data, or UTF-16)" if b"\0" in raw else
+                       "holds a carriage return that ends no CR LF pair: CR-only (old Mac) line endings? "
+                       "Convert them with `tr '\\r' '\\n'`" if b"\r" in raw.replace(b"\r\n", b"") else
+                       f"is longer than {MAX_LINE_BYTES:,} bytes" if len(raw) > MAX_LINE_BYTES else None)
+            if problem:
+                raise ValueError(f"{path}: line {n_lines} {problem}; expected UTF-8 text, one sentence per line")
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -125,6 +140,9 @@ def read_corpus(path, lowercase=False, max_len=None):
                     f"e.g. `iconv -f latin1 -t utf-8 in.txt > out.txt`") from None
             offset += len(raw)
             tokens = (line.lstrip("\ufeff") if n_lines == 1 else line).split()
+            if len(tokens) > MAX_LINE_TOKENS:
+                raise ValueError(f"{path}: line {n_lines} has {len(tokens):,} tokens, more than any sentence "
+                                 f"({MAX_LINE_TOKENS:,}); expected one sentence per line, not paragraphs")
             if lowercase:
                 tokens = [t.lower() for t in tokens]
             if max_len is not None and len(tokens) > max_len:
@@ -185,6 +203,25 @@ def _text_data(parts, min_count, max_size, info, factors=None):
                                 "unk_rate": n_unk / n_tokens if n_tokens else None,
                                 "max_len": max(map(len, seqs), default=0)}
     return TextData(encoded["train"], encoded["valid"], encoded["test"], vocab, info, factors)
+
+
+def describe(data):
+    """What a run prints at start-up: sentences per split, vocabulary size, each split's <unk> rate.
+
+    A WARNING line follows for each held-out split whose unknown-word rate exceeds the training
+    split's by more than UNK_WARNING (5 points): its words are mostly not the training corpus's,
+    so its NLL and perplexity count many words as the one easy token <unk> and look too good.
+    """
+    splits = data.info["splits"]
+    rates = ", ".join(f"{name} {split['unk_rate'] or 0:.1%}" for name, split in splits.items())
+    lines = [f"{len(data.train)} train / {len(data.valid)} valid / {len(data.test)} test sentences, "
+             f"vocabulary {len(data.vocab)}, unknown words {rates}"]
+    for name in ("valid", "test"):
+        excess = (splits[name]["unk_rate"] or 0) - (splits["train"]["unk_rate"] or 0)
+        if excess > UNK_WARNING:
+            lines.append(f"WARNING: {splits[name]['unk_rate']:.1%} of the {name} words are <unk>, {excess:.1%} more "
+                         f"than in train: is it the same kind of text? Its perplexity will look too good")
+    return "\n".join(lines)
 
 
 def load_text_data(train_path, valid_path=None, test_path=None, split=(0.9, 0.05, 0.05), seed=0,

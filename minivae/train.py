@@ -1,59 +1,153 @@
 """What the two training scripts share; their training loops stay in scripts/, visible top to bottom.
 
-A script's main() reads, in order: parse the flags (add_kl_flags, add_run_flags, check_flags),
-prepare the output folder (output_folder), build the model, continue a checkpoint (resume), then
-loop over epochs: batches in a progress bar (progress), the NaN stop (stop_if_not_finite) before
-each update, and a checkpoint (save_state) after each epoch.
+A script's main() reads, in order: parse the flags (add_kl_flags, add_run_flags, check_flags:
+every flag, the --resume checkpoint and the --out folder are checked before any data is read),
+open the run (Run: the output folder, its stale temporary files removed), build the model,
+continue a checkpoint (resume), then loop over epochs inside `with run.stop_cleanly():`
+(Ctrl-C and SIGTERM end the run with a resume command): batches in a progress bar
+(run.progress), the NaN stop (stop_if_not_finite) before each update, and a checkpoint
+(run.save) after each epoch. docs/runs.md says what a user can rely on.
 """
+import argparse
+import contextlib
 import ctypes
 import ctypes.util
+import math
+import numbers
 import os
+import shlex
+import shutil
+import signal
 import sys
+import tempfile
+import threading
+
+import numpy as np
 
 from . import schedules
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, check_fields, check_model_state, load_checkpoint, save_checkpoint
 from .elbo import FREE_BITS_MODES, NonFiniteLossError, check_finite
+from .fileio import remove_stale_temp_files
 
-NOT_CONFIG = ("resume", "no_progress")  # flags that change how a run is watched, not what it computes
+NOT_CONFIG = ("resume", "no_progress", "overwrite")  # flags that change how a run is watched, not what it computes
+RESULTS = ("checkpoint.npz", "metrics.json")  # a folder holding either holds a run's results
+OUTPUTS = (".npz", ".json", ".png", ".txt")  # what a run writes: stale temporary files of these are ours
+SAVED = {"params": dict, "optimizer": dict, "rng": dict, "config": dict, "step": int, "epoch": int,
+         "history": list}  # what every checkpoint of save_state holds, and its type
+COUNT_PARAMS = ("total_steps", "n_cycles", "warmup_steps")  # --beta-params that must be whole numbers
 
 
 # ------------------------------------------------------------------ flags
+def finite_float(text):
+    """argparse type: a float that is neither NaN nor infinite (float() accepts "nan" and "inf")."""
+    try:
+        if math.isfinite(value := float(text)):
+            return value
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+
+
 def add_kl_flags(parser):
     """The KL term's weight and floor: --beta, --beta-schedule, --beta-params, --free-bits, --free-bits-mode."""
-    parser.add_argument("--beta", type=float, default=1.0, help="KL weight (the schedule's final value)")
+    parser.add_argument("--beta", type=finite_float, default=1.0, help="KL weight (the schedule's final value)")
     parser.add_argument("--beta-schedule", choices=sorted(schedules.SCHEDULES), default="constant",
                         help="KL annealing as a function of the global step")
     parser.add_argument("--beta-params", default="", help="schedule parameters as k=v,k=v (steps count "
                         "minibatches; total_steps defaults to the whole run). Schedules: "
                         + schedules._usage().replace("%", "%%"))
-    parser.add_argument("--free-bits", type=float, default=0.0,
+    parser.add_argument("--free-bits", type=finite_float, default=0.0,
                         help="free bits lambda, nats per dimension")
     parser.add_argument("--free-bits-mode", choices=FREE_BITS_MODES, default="batch_dim")
 
 
 def add_run_flags(parser, out):
-    """--seed, --dtype, --out (default `out`), --resume, --no-progress, --no-plots on a parser or group."""
+    """--seed, --dtype, --out (default `out`), --resume, --overwrite, --no-progress, --no-plots."""
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     parser.add_argument("--out", default=out, help="output folder")
-    parser.add_argument("--resume", help="checkpoint to continue from (same architecture and data)")
+    parser.add_argument("--resume", help="checkpoint to continue from (same architecture and data; "
+                        "the other flags may change, e.g. --lr or --epochs)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the results of another run in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
 
 
 def check_flags(parser, args, at_least_1=(), positive=(), at_least_0=(), in_0_1=()):
-    """End the script through parser.error, naming the flag, if a value is out of its range.
+    """End the script through parser.error (exit code 2), naming the flag, if a flag cannot work.
 
     Each argument lists attribute names ("batch_size" is checked and reported as --batch-size);
-    a list-valued flag (--hidden 400 200) is checked element by element.
+    a list-valued flag (--hidden 400 200) is checked element by element; --seed must be >= 0.
+    Then --beta-params and (with add_run_flags' flags) the --resume checkpoint (readable, every
+    entry of SAVED) and the --out folder (see out_problem) are checked, so that no mistake surfaces after the data is read.
     """
     tests = [(at_least_1, lambda v: v >= 1, ">= 1"), (positive, lambda v: v > 0, "> 0"),
-             (at_least_0, lambda v: v >= 0, ">= 0"), (in_0_1, lambda v: 0 <= v <= 1, "in [0, 1]")]
+             ((*["seed"][:hasattr(args, "seed")], *at_least_0), lambda v: v >= 0, ">= 0"), (in_0_1, lambda v: 0 <= v <= 1, "in [0, 1]")]
     for names, ok, rule in tests:
         for name in names:
             value = getattr(args, name)
             if not all(ok(v) for v in (value if isinstance(value, list) else [value])):
                 parser.error(f"--{name.replace('_', '-')} must be {rule} (got {value})")
+    problem = beta_params_problem(args) or (hasattr(args, "out") and (resume_problem(args) or out_problem(args)))
+    if problem:
+        parser.error(problem)
+
+
+def beta_params_problem(args):
+    """What is wrong with --beta-params (syntax, a non-finite or fractional count, a bad value), or None."""
+    for item in filter(None, args.beta_params.split(",")):
+        key, _, value = (part.strip() for part in item.partition("="))
+        if key == "shape":
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            return f"--beta-params: {item!r} is not key=number"
+        if not math.isfinite(number):
+            return f"--beta-params: {key}={value} must be a finite number"
+        if key in COUNT_PARAMS and number != int(number):
+            return f"--beta-params: {key}={value} must be a whole number"
+    try:  # the schedule's own checks; total_steps is known only after the data is read
+        schedules.from_flags(args.beta_schedule, args.beta_params, total_steps=10 ** 9)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def resume_problem(args):
+    """What is wrong with the --resume checkpoint that can be seen without the model, or None."""
+    try:
+        return args.resume and check_fields(load_checkpoint(args.resume), SAVED, args.resume)
+    except CheckpointError as err:
+        return f"--resume: {err}"
+
+
+def out_problem(args):
+    """Why --out cannot take this run's results, or None.
+
+    It must be a folder, or a path where one can be made, that we can write in; and if it holds
+    another run's results (RESULTS) they are kept unless this run resumes that folder's own
+    checkpoint or was given --overwrite.
+    """
+    path = args.out
+    if os.path.exists(path) and not os.path.isdir(path):
+        return f"--out {path} is a file, not a folder"
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"--out {path}: {existing} is a file, not a folder"
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as err:
+        return f"--out {path}: cannot write in {existing} ({err.strerror or err})"
+    held = [name for name in RESULTS if os.path.isfile(os.path.join(path, name))]
+    own = args.resume and os.path.samefile(os.path.dirname(os.path.abspath(args.resume)), existing)
+    if held and not (own or args.overwrite):
+        ckpt = os.path.join(path, "checkpoint.npz")
+        keep = f"continue it with --resume {ckpt}, or " if "checkpoint.npz" in held else ""
+        return f"--out {path} holds another run ({', '.join(held)}): {keep}replace it with --overwrite"
+    return None
 
 
 def beta_schedule(args, total_steps):
@@ -73,16 +167,100 @@ def run_config(args):
     return {k: v for k, v in vars(args).items() if k not in NOT_CONFIG}
 
 
-# ------------------------------------------------------------------ output and progress
-def output_folder(path):
-    """Create the folder `path` (with its parents) and return out(name) -> path/name.
+# ------------------------------------------------------------------ the run: folder, progress, checkpoints, stops
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that the same clean stop handles both."""
 
-    A file already at `path` ends the script with a clear message instead of a traceback.
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+class Run:
+    """One training run: its output folder, where it is (epoch, step), and its last complete checkpoint.
+
+    Creating it makes the --out folder and removes the temporary files a killed save left there.
+    `last_checkpoint` is the newest complete checkpoint this run may continue from: the --resume
+    file until the run saves its own, None before that.
     """
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise SystemExit(f"--out: {path} is a file, not a folder")
-    os.makedirs(path, exist_ok=True)
-    return lambda name: os.path.join(path, name)
+
+    def __init__(self, args, argv=None, script=None):
+        os.makedirs(args.out, exist_ok=True)  # out_problem has checked that it can be made
+        removed = remove_stale_temp_files(args.out, lambda name: name.endswith(OUTPUTS))
+        if removed:
+            print(f"removed {len(removed)} temporary file(s) left by an interrupted save: {', '.join(removed)}")
+        self.args, self.last_checkpoint = args, args.resume
+        self.checkpoint = self.path("checkpoint.npz")
+        self.epoch, self.step, self.saved = 0, 0, None  # saved: (epoch, step) of this run's last save
+        self.argv = list(sys.argv[1:] if argv is None else argv)
+        self.script = sys.argv[0] if argv is None or script is None else script
+
+    def path(self, name):
+        """The path of output file `name`."""
+        return os.path.join(self.args.out, name)
+
+    def progress(self, iterable, total, epoch, step):
+        """progress() over epoch `epoch` (from 0)'s batches, starting at global step `step`, counting steps."""
+        self.epoch, self.step = epoch + 1, step
+        return _Counted(progress(iterable, total, f"epoch {epoch + 1}", not self.args.no_progress), self)
+
+    def save(self, model, optimizer, rng, **state):
+        """save_state to <out>/checkpoint.npz, which becomes the last complete checkpoint."""
+        save_state(self.checkpoint, model, optimizer, rng, **state)
+        self.last_checkpoint, self.saved = self.checkpoint, (state["epoch"], state["step"])
+
+    def command(self, resume=None):
+        """This run's command line, quoted for a POSIX shell; with `resume`, its --resume set to that file."""
+        argv = list(self.argv)
+        for i in reversed(range(len(argv)) if resume else []):  # drop the old --resume FILE
+            if argv[i].startswith("--resume=") or argv[i] == "--resume":
+                del argv[i:i + (argv[i] == "--resume") + 1]
+        python = "python" if os.path.realpath(shutil.which("python") or "") == os.path.realpath(sys.executable) \
+            else sys.executable
+        return shlex.join([python, self.script, *argv, *(["--resume", resume] if resume else [])])
+
+    @contextlib.contextmanager
+    def stop_cleanly(self):
+        """Turn Ctrl-C (exit code 130) and SIGTERM (143) inside the block into a clean stop.
+
+        The stop says where it happened, keeps the last complete checkpoint (a half-finished
+        epoch is not saved: its state is not one a run can continue from exactly) and prints the
+        command that resumes from it.
+        """
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
+        try:
+            yield
+        except KeyboardInterrupt as err:
+            name, code = ("SIGTERM", 143) if isinstance(err, Terminated) else ("Ctrl-C (SIGINT)", 130)
+            print(f"\nstopped by {name} in epoch {self.epoch} at step {self.step}.", file=sys.stderr)
+            if self.last_checkpoint is None:
+                print(f"No epoch had finished: there is no checkpoint. Start again with:\n{self.command()}",
+                      file=sys.stderr)
+            else:
+                where = ("the one this run resumed from" if self.saved is None
+                         else "end of epoch %d, step %d" % self.saved)
+                print(f"Kept the last complete checkpoint {self.last_checkpoint} ({where}); steps after it are "
+                      f"not saved. Resume with:\n{self.command(self.last_checkpoint)}", file=sys.stderr)
+            raise SystemExit(code) from None
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
+
+
+class _Counted:
+    """A progress bar whose iteration also advances run.step by one per finished batch."""
+
+    def __init__(self, bar, run):
+        self.bar, self.run = bar, run
+
+    def __iter__(self):
+        for item in self.bar:
+            yield item
+            self.run.step += 1
+
+    def set_postfix(self, **values):
+        self.bar.set_postfix(**values)
 
 
 class PlainProgress:
@@ -130,36 +308,62 @@ def save_state(path, model, optimizer, rng, **state):
                     rng=rng.bit_generator.state, **state)
 
 
-def resume(path, args, architecture, model, optimizer, rng, same=None, **restore):
+def _check_fits(state, path, args, architecture, model, optimizer, rng, same, needs, restore):
+    """Raise CheckpointError unless the checkpoint `state` read from `path` fits this run (see resume)."""
+    check_fields(state, {**SAVED, **{key: numbers.Real for key in needs}}, path)
+    saved, given = state["config"], vars(args)
+    unknown = [k for k in architecture if k not in saved]
+    if unknown:
+        raise CheckpointError(f"{path} was not written by this script (its config has no {', '.join(unknown)})")
+    changed = [k for k in architecture if saved[k] != given.get(k)]
+    if changed:
+        raise CheckpointError(f"{path} was trained with a different " + ", ".join(
+            f"{k} ({saved.get(k)} there, {given.get(k)} here)" for k in changed))
+    for key, value in (same or {}).items():
+        if state.get(key) != value:
+            raise CheckpointError(f"{path} was trained with a different {key} (other data?)")
+    check_model_state(state, path, model, rng)
+    for key, obj in restore.items():
+        if obj is not None and not isinstance(state.get(key), dict):
+            raise CheckpointError(f"{path} has no --{key.replace('_', '-')} state to resume")
+
+
+def resume(path, args, architecture, model, optimizer, rng, same=None, needs=(), **restore):
     """Load the checkpoint at `path` into model, optimizer and rng; return its whole state dict.
 
-    The run continues exactly where the checkpoint left off, so the checkpoint must come from
-    the same model: every flag named in `architecture` must equal the saved one, and every
-    entry of `same` (e.g. {"vocab": vocab.to_dict()}) the saved entry. `restore` maps checkpoint
-    keys to objects with load_state_dict (None: not used in this run), e.g. mdr=MDR(...); a key
-    the checkpoint lacks is an error. Any problem ends the script with "--resume: <reason>".
+    The run continues where the checkpoint left off, so the checkpoint must come from the same
+    model: every flag named in `architecture` must equal the saved one, and every entry of
+    `same` (e.g. {"vocab": vocab.to_dict()}) the saved entry. The whole file is checked before
+    anything is loaded: the entries of SAVED and the numbers named in `needs` with their types,
+    every parameter's name, shape and dtype against the model, the optimiser state against the
+    parameters, the RNG. `restore` maps checkpoint keys to objects with load_state_dict (None:
+    not used in this run), e.g. mdr=MDR(...). Any problem ends the script with "--resume: <reason>".
+
+    What is restored is the state of training: parameters, the optimiser's moments and step
+    counts, the RNG, the controllers' state. Hyperparameters come from the command line: the
+    optimiser keeps the lr (and any other hyperparameter) it was built with, and every flag
+    that differs from the saved config is printed, one line each, saved -> now.
     """
     try:
         state = load_checkpoint(path)
-        saved, given = state["config"], vars(args)
-        changed = [k for k in architecture if saved.get(k) != given.get(k)]
-        if changed:
-            raise CheckpointError(f"{path} was trained with a different " + ", ".join(
-                f"{k} ({saved.get(k)} there, {given.get(k)} here)" for k in changed))
-        for key, value in (same or {}).items():
-            if state.get(key) != value:
-                raise CheckpointError(f"{path} was trained with a different {key} (other data?)")
+        _check_fits(state, path, args, architecture, model, optimizer, rng, same, needs, restore)
         model.load_state_dict(state["params"])
-        optimizer.load_state_dict(state["optimizer"])
-        rng.bit_generator.state = state["rng"]
-        for key, obj in restore.items():
-            if obj is not None:
-                if state.get(key) is None:
-                    raise CheckpointError(f"{path} has no --{key.replace('_', '-')} state to resume")
-                obj.load_state_dict(state[key])
-    except (CheckpointError, KeyError, ValueError) as err:
+        built = {k: v for k, v in optimizer.state_dict().items() if not isinstance(v, np.ndarray)}
+        try:  # moments and step counts from the file, hyperparameters as built from the flags
+            optimizer.load_state_dict({**state["optimizer"], **built})
+            rng.bit_generator.state = state["rng"]
+            for key, obj in restore.items():
+                if obj is not None:
+                    obj.load_state_dict(state[key])
+        except (ValueError, TypeError, KeyError) as err:
+            raise CheckpointError(f"{path}: its optimiser, RNG or controller state does not fit this run "
+                                  f"({type(err).__name__}: {err})") from None
+    except CheckpointError as err:
         raise SystemExit(f"--resume: {err}") from None
     print(f"resumed from {path} after epoch {state['epoch']} (step {state['step']})")
+    saved, now = state["config"], run_config(args)
+    for key in (k for k in now if k not in architecture and saved.get(k, now[k]) != now[k]):
+        print(f"  --{key.replace('_', '-')}: {saved[key]} (saved) -> {now[key]} (now)")
     return state
 
 
@@ -167,12 +371,15 @@ def stop_if_not_finite(stats, step, checkpoint):
     """End the run if a loss term is NaN or infinite, naming the step, the term and the last good checkpoint.
 
     Called before the update, so the parameters (and the checkpoint of the last finished epoch)
-    never see the bad step.
+    never see the bad step. `checkpoint` is Run.last_checkpoint: None if this run has none yet
+    (a file left in the folder by another run is not this run's and is not named).
     """
     try:
         check_finite(stats, step)
     except NonFiniteLossError as err:
-        raise SystemExit(f"{err} Last good checkpoint: {checkpoint}") from None
+        last = (f"Last good checkpoint: {checkpoint}" if checkpoint else
+                "No checkpoint: the run stopped before its first epoch ended.")
+        raise SystemExit(f"{err} {last}") from None
 
 
 # ------------------------------------------------------------------ process set-up

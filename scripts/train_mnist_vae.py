@@ -33,8 +33,8 @@ def parse_args(argv=None):
     p.add_argument("--no-download", action="store_true", help="never use the network")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    p.add_argument("--clip", type=float, default=0.0, help="clip the gradient norm to this (0: off)")
+    p.add_argument("--lr", type=train.finite_float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--clip", type=train.finite_float, default=0.0, help="clip the gradient norm to this (0: off)")
     p.add_argument("--latent", type=int, default=20, help="latent dimensions d")
     p.add_argument("--hidden", type=int, nargs="+", default=[400], help="hidden layer sizes")
     p.add_argument("--activation", choices=["relu", "tanh", "softplus"], default="relu")
@@ -51,6 +51,10 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     train.check_flags(p, args, at_least_1=("epochs", "batch_size", "latent", "hidden"), positive=("lr",),
                       at_least_0=("beta", "free_bits", "clip", "iw_samples", "iw_examples"))
+    try:  # an explicit --data-dir must be complete: the bundled fallback is for runs that asked for none
+        args.data_dir is None or data.check_data_dir(args.dataset, args.data_dir)
+    except data.DataError as err:
+        p.error(f"--data-dir: {err}")
     return args
 
 
@@ -77,7 +81,8 @@ def main(argv=None):
     args = parse_args(argv)
     train.reuse_freed_memory()  # large temporaries without page faults (see its docstring)
     dtype = np.dtype(args.dtype)
-    out = train.output_folder(args.out)  # out(name) is the path of an output file
+    run = train.Run(args, argv, __file__)  # the output folder, the last checkpoint, the clean stop
+    out = run.path  # out(name) is the path of an output file
     x_train, _, x_test, y_test, data_info = load_data(args, dtype)
     steps_per_epoch = -(-len(x_train) // args.batch_size)
     beta_fn = train.beta_schedule(args, args.epochs * steps_per_epoch)
@@ -85,67 +90,66 @@ def main(argv=None):
     rng = np.random.default_rng(args.seed)
     model = MLPVAE(784, args.hidden, args.latent, args.activation, args.likelihood, rng=rng, dtype=dtype)
     optimizer = Adam(model.parameters(), lr=args.lr)
-    config, ckpt_path = train.run_config(args), out("checkpoint.npz")
+    config = train.run_config(args)
     history, step, start_epoch = [], 0, 0
     if args.resume:
         state = train.resume(args.resume, args, ARCHITECTURE, model, optimizer, rng)
         history, step, start_epoch = state["history"], state["step"], state["epoch"]
 
-    for epoch in range(start_epoch, args.epochs):
-        t0, totals, n_seen = time.perf_counter(), {"neg_elbo": 0.0, "rec": 0.0, "kl": 0.0}, 0
-        bar = train.progress(data.batches(len(x_train), args.batch_size, rng), steps_per_epoch,
-                             f"epoch {epoch + 1}", enabled=not args.no_progress)
-        for idx in bar:
-            x = x_train[idx]  # (B, 784)
-            if args.binarize == "dynamic":
-                x = data.binarize(x, "dynamic", rng)
-            eps = rng.standard_normal((len(idx), args.latent)).astype(dtype)  # reparameterisation noise
-            beta = beta_fn(step)
-            objective, stats = model.loss(x, eps, beta, args.free_bits, args.free_bits_mode)
-            train.stop_if_not_finite(stats, step, ckpt_path)  # before the update: keep the last good state
-            optimizer.zero_grad()
-            objective.backward()
-            if args.clip:
-                clip_grad_norm(model.parameters(), args.clip)
-            optimizer.step()
-            step += 1
-            for key in totals:
-                totals[key] += stats[key] * len(idx)
-            n_seen += len(idx)
-            bar.set_postfix(neg_elbo=f"{totals['neg_elbo'] / n_seen:.2f}", beta=f"{beta:.3f}")
+    with run.stop_cleanly():  # Ctrl-C or SIGTERM: say where, keep the last checkpoint, print how to resume
+        for epoch in range(start_epoch, args.epochs):
+            t0, totals, n_seen = time.perf_counter(), {"neg_elbo": 0.0, "rec": 0.0, "kl": 0.0}, 0
+            bar = run.progress(data.batches(len(x_train), args.batch_size, rng), steps_per_epoch, epoch, step)
+            for idx in bar:
+                x = x_train[idx]  # (B, 784)
+                if args.binarize == "dynamic":
+                    x = data.binarize(x, "dynamic", rng)
+                eps = rng.standard_normal((len(idx), args.latent)).astype(dtype)  # reparameterisation noise
+                beta = beta_fn(step)
+                objective, stats = model.loss(x, eps, beta, args.free_bits, args.free_bits_mode)
+                train.stop_if_not_finite(stats, step, run.last_checkpoint)  # before the update
+                optimizer.zero_grad()
+                objective.backward()
+                if args.clip:
+                    clip_grad_norm(model.parameters(), args.clip)
+                optimizer.step()
+                step += 1
+                for key in totals:
+                    totals[key] += stats[key] * len(idx)
+                n_seen += len(idx)
+                bar.set_postfix(neg_elbo=f"{totals['neg_elbo'] / n_seen:.2f}", beta=f"{beta:.3f}")
 
-        test = diagnostics.evaluate_elbo(model, x_test, np.random.default_rng([args.seed, epoch, 1]))
-        record = {"epoch": epoch + 1, "train_neg_elbo": totals["neg_elbo"] / n_seen,
-                  "train_rec": totals["rec"] / n_seen, "train_kl": totals["kl"] / n_seen,
-                  "test_neg_elbo": test["neg_elbo"], "test_rec": test["rec"], "test_kl": test["kl"],
-                  "beta": beta_fn(step - 1), "seconds": time.perf_counter() - t0}
-        history.append(record)
-        print(f"epoch {epoch + 1:3d}/{args.epochs}  train -ELBO {record['train_neg_elbo']:8.2f}  "
-              f"test -ELBO {record['test_neg_elbo']:8.2f}  rec {record['test_rec']:7.2f}  "
-              f"KL {record['test_kl']:6.2f}  beta {record['beta']:.3f}  {record['seconds']:5.1f} s",
-              flush=True)
-        train.save_state(ckpt_path, model, optimizer, rng, config=config, step=step, epoch=epoch + 1,
-                         history=history)
+            test = diagnostics.evaluate_elbo(model, x_test, np.random.default_rng([args.seed, epoch, 1]))
+            record = {"epoch": epoch + 1, "train_neg_elbo": totals["neg_elbo"] / n_seen,
+                      "train_rec": totals["rec"] / n_seen, "train_kl": totals["kl"] / n_seen,
+                      "test_neg_elbo": test["neg_elbo"], "test_rec": test["rec"], "test_kl": test["kl"],
+                      "beta": beta_fn(step - 1), "seconds": time.perf_counter() - t0}
+            history.append(record)
+            print(f"epoch {epoch + 1:3d}/{args.epochs}  train -ELBO {record['train_neg_elbo']:8.2f}  "
+                  f"test -ELBO {record['test_neg_elbo']:8.2f}  rec {record['test_rec']:7.2f}  "
+                  f"KL {record['test_kl']:6.2f}  beta {record['beta']:.3f}  {record['seconds']:5.1f} s",
+                  flush=True)
+            run.save(model, optimizer, rng, config=config, step=step, epoch=epoch + 1, history=history)
 
-    mu, _ = diagnostics.encode_all(model, x_test)
-    n_active, _ = diagnostics.active_units(mu)
-    iw_nll = None
-    if args.iw_samples:
-        x_iw = x_test[:args.iw_examples or len(x_test)]
-        t0 = time.perf_counter()
-        iw_nll = -float(np.mean(diagnostics.iw_log_likelihood(
-            model, x_iw, args.iw_samples, np.random.default_rng([args.seed, 2]))))
-        print(f"importance-weighted test NLL (K={args.iw_samples}, {len(x_iw)} images): "
-              f"{iw_nll:.2f} nats ({time.perf_counter() - t0:.0f} s)")
-    print(f"active units: {n_active} of {args.latent}")
-    final_kl = diagnostics.evaluate_elbo(model, x_test, np.random.default_rng([args.seed, 3]))["kl_per_dim"]
-    write_json(out("metrics.json"), {
-        "config": config, "data": data_info, "epochs": history, "test_iw_nll": iw_nll,
-        "iw_samples": args.iw_samples or None, "active_units": n_active,
-        "kl_per_dim": [float(v) for v in final_kl]})
-    if not args.no_plots:
-        make_figures(args, out, model, x_test, y_test, mu, history, beta_fn, steps_per_epoch, final_kl)
-    print(f"wrote {args.out}/metrics.json, checkpoint.npz" + ("" if args.no_plots else " and figures"))
+        mu, _ = diagnostics.encode_all(model, x_test)
+        n_active, _ = diagnostics.active_units(mu)
+        iw_nll = None
+        if args.iw_samples:
+            x_iw = x_test[:args.iw_examples or len(x_test)]
+            t0 = time.perf_counter()
+            iw_nll = -float(np.mean(diagnostics.iw_log_likelihood(
+                model, x_iw, args.iw_samples, np.random.default_rng([args.seed, 2]))))
+            print(f"importance-weighted test NLL (K={args.iw_samples}, {len(x_iw)} images): "
+                  f"{iw_nll:.2f} nats ({time.perf_counter() - t0:.0f} s)")
+        print(f"active units: {n_active} of {args.latent}")
+        final_kl = diagnostics.evaluate_elbo(model, x_test, np.random.default_rng([args.seed, 3]))["kl_per_dim"]
+        write_json(out("metrics.json"), {
+            "config": config, "data": data_info, "epochs": history, "test_iw_nll": iw_nll,
+            "iw_samples": args.iw_samples or None, "active_units": n_active,
+            "kl_per_dim": [float(v) for v in final_kl]})
+        if not args.no_plots:
+            make_figures(args, out, model, x_test, y_test, mu, history, beta_fn, steps_per_epoch, final_kl)
+        print(f"wrote {args.out}/metrics.json, checkpoint.npz" + ("" if args.no_plots else " and figures"))
     return history
 
 

@@ -39,6 +39,7 @@ PROBE_TRAIN = 5000  # training sentences on which the factor probes are trained 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    finite = train.finite_float  # a float type that refuses nan and inf
     d = p.add_argument_group("data")
     d.add_argument("--corpus", default="toy", help="'toy' or a UTF-8 file, one sentence per line")
     d.add_argument("--valid-corpus", help="validation file (else 5%% of --corpus is held out)")
@@ -55,36 +56,36 @@ def parse_args(argv=None):
     m.add_argument("--latent", type=int, default=16, help="latent dimensions d")
     m.add_argument("--bidirectional", action="store_true", help="bidirectional encoder GRU")
     m.add_argument("--z-to-every-step", action="store_true", help="feed z to the decoder at every step")
-    m.add_argument("--embedding-dropout", type=float, default=0.0, help="dropout on decoder input embeddings")
+    m.add_argument("--embedding-dropout", type=finite, default=0.0, help="dropout on decoder input embeddings")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--batch-size", type=int, default=32)
-    t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    t.add_argument("--clip", type=float, default=5.0, help="clip the gradient norm to this (0: off)")
+    t.add_argument("--lr", type=finite, default=1e-3, help="Adam learning rate")
+    t.add_argument("--clip", type=finite, default=5.0, help="clip the gradient norm to this (0: off)")
     t.add_argument("--bucket", type=int, default=50, help="sort by length within pools of this many "
                    "batches to cut padding (0: plain shuffling)")
     r = p.add_argument_group("posterior-collapse remedies (all off by default)")
     train.add_kl_flags(r)
-    r.add_argument("--ha-bits", type=float, default=0.0, help="HA bits lambda: floor on the KL averaged "
+    r.add_argument("--ha-bits", type=finite, default=0.0, help="HA bits lambda: floor on the KL averaged "
                    "over batch and dimensions, nats per dimension")
-    r.add_argument("--soft-free-bits", type=float, default=0.0, metavar="TARGET", help="soft free bits: "
+    r.add_argument("--soft-free-bits", type=finite, default=0.0, metavar="TARGET", help="soft free bits: "
                    "adapt the KL weight (up to --beta) towards this KL, nats per sentence")
-    r.add_argument("--sfb-rate", type=float, default=0.01, help="soft free bits: weight *= or /= (1 + rate)")
-    r.add_argument("--mdr", type=float, default=0.0, metavar="RATE", help="minimum desired rate: "
+    r.add_argument("--sfb-rate", type=finite, default=0.01, help="soft free bits: weight *= or /= (1 + rate)")
+    r.add_argument("--mdr", type=finite, default=0.0, metavar="RATE", help="minimum desired rate: "
                    "Lagrangian constraint KL >= RATE, nats per sentence")
-    r.add_argument("--mdr-lr", type=float, default=0.01, help="MDR: step size of the multiplier's ascent")
-    r.add_argument("--bn-vae", type=float, default=0.0, metavar="GAMMA", help="BN-VAE: batch norm on mu "
+    r.add_argument("--mdr-lr", type=finite, default=0.01, help="MDR: step size of the multiplier's ascent")
+    r.add_argument("--bn-vae", type=finite, default=0.0, metavar="GAMMA", help="BN-VAE: batch norm on mu "
                    "with this fixed scale (0.5 is usual)")
-    r.add_argument("--bn-vae-tau", type=float, default=None, metavar="TAU", help="Su's tau variant of "
+    r.add_argument("--bn-vae-tau", type=finite, default=None, metavar="TAU", help="Su's tau variant of "
                    "BN-VAE (0.5 is usual)")
-    r.add_argument("--word-dropout", type=float, default=0.0, metavar="P", help="replace decoder input "
+    r.add_argument("--word-dropout", type=finite, default=0.0, metavar="P", help="replace decoder input "
                    "words by <unk> with probability P")
-    r.add_argument("--contiguous-dropout", type=float, default=0.0, metavar="P", help="drop spans of "
+    r.add_argument("--contiguous-dropout", type=finite, default=0.0, metavar="P", help="drop spans of "
                    "decoder input words starting with probability P")
-    r.add_argument("--span-lambda", type=float, default=2.0, metavar="L", help="contiguous dropout: "
+    r.add_argument("--span-lambda", type=finite, default=2.0, metavar="L", help="contiguous dropout: "
                    "Poisson mean span length")
     r.add_argument("--historyless", action="store_true", help="inputless decoder (word dropout 1)")
-    r.add_argument("--bow", type=float, default=0.0, metavar="WEIGHT", help="weight of the bag-of-words loss")
+    r.add_argument("--bow", type=finite, default=0.0, metavar="WEIGHT", help="weight of the bag-of-words loss")
     r.add_argument("--bow-hidden", type=int, default=128, help="hidden size of the bag-of-words MLP")
     o = p.add_argument_group("output")
     o.add_argument("--eval-batch-size", type=int, default=200)
@@ -92,19 +93,19 @@ def parse_args(argv=None):
     o.add_argument("--max-gen-len", type=int, default=40, help="longest generated sentence (tokens)")
     train.add_run_flags(o, out="runs/text-vae")
     args = p.parse_args(argv)
-    train.check_flags(p, args, positive=("lr",), in_0_1=("word_dropout", "contiguous_dropout"),
+    train.check_flags(p, args, positive=("lr", "sfb_rate", "mdr_lr"), in_0_1=("word_dropout", "contiguous_dropout"),
                       at_least_1=("epochs", "batch_size", "latent", "embedding", "hidden", "toy_sentences",
                                   "eval_batch_size", "max_gen_len", "bow_hidden", "n_samples"),
                       at_least_0=("beta", "free_bits", "ha_bits", "clip", "soft_free_bits", "mdr", "bn_vae",
-                                  "bow", "span_lambda", "max_len", "bucket"))
+                                  "bow", "span_lambda", "max_len", "bucket", "data_seed"))
     if args.soft_free_bits and args.beta <= 0:
         p.error("--soft-free-bits needs --beta > 0 (the largest KL weight it may reach)")
     if args.max_vocab and args.max_vocab <= len(text.SPECIALS):
         p.error(f"--max-vocab must be 0 (no cap) or > {len(text.SPECIALS)} (it counts the special tokens)")
     if not 0 <= args.embedding_dropout < 1:
-        p.error("--embedding-dropout must be in [0, 1)")
+        p.error(f"--embedding-dropout must be in [0, 1) (got {args.embedding_dropout})")
     if args.bn_vae_tau is not None and not 0 <= args.bn_vae_tau < 1:
-        p.error("--bn-vae-tau must be in [0, 1)")
+        p.error(f"--bn-vae-tau must be in [0, 1) (got {args.bn_vae_tau})")
     exclusive = [("--free-bits", args.free_bits > 0, "--ha-bits", args.ha_bits > 0),
                  ("--bn-vae", args.bn_vae > 0, "--bn-vae-tau", args.bn_vae_tau is not None),
                  ("--historyless", args.historyless, "--word-dropout", args.word_dropout > 0),
@@ -134,11 +135,10 @@ def main(argv=None):
     args = parse_args(argv)
     train.reuse_freed_memory()  # large temporaries without page faults (see its docstring)
     dtype = np.dtype(args.dtype)
-    out = train.output_folder(args.out)  # out(name) is the path of an output file
-    data = load_data(args)
+    run = train.Run(args, argv, __file__)  # the output folder, the last checkpoint, the clean stop
+    out, data = run.path, load_data(args)  # out(name) is the path of an output file
     vocab = data.vocab
-    print(f"corpus {args.corpus}: {len(data.train)} train / {len(data.valid)} valid / {len(data.test)} test "
-          f"sentences, vocabulary {len(vocab)}, train unk rate {data.info['splits']['train']['unk_rate']:.3f}")
+    print(f"corpus {args.corpus}: {text.describe(data)}")  # with a WARNING if valid/test words are unknown
     uses_bn = args.bn_vae > 0 or args.bn_vae_tau is not None
     # Batch norm needs >= 2 sentences per batch, so a last batch of 1 is dropped when it is on.
     n_train_batches = len(data.train) // args.batch_size if uses_bn else -(-len(data.train) // args.batch_size)
@@ -157,86 +157,88 @@ def main(argv=None):
     sfb = SoftFreeBits(args.soft_free_bits, args.sfb_rate, weight=0.1 * args.beta,
                        max_weight=args.beta) if args.soft_free_bits else None
     mdr = MDR(args.mdr, args.mdr_lr) if args.mdr else None
-    config, ckpt_path = train.run_config(args), out("checkpoint.npz")
+    config = train.run_config(args)
     history, step, start_epoch, train_tokens, train_seconds = [], 0, 0, 0.0, 0.0
     if args.resume:
         state = train.resume(args.resume, args, ARCHITECTURE, model, optimizer, rng, same={"vocab": vocab.to_dict()},
-                             soft_free_bits=sfb, mdr=mdr)
+                             needs=("train_tokens", "train_seconds"), soft_free_bits=sfb, mdr=mdr)
         history, step, start_epoch = state["history"], state["step"], state["epoch"]
         train_tokens, train_seconds = state["train_tokens"], state["train_seconds"]
     print(f"SentenceVAE with {model.num_parameters():,} parameters")
 
-    for epoch in range(start_epoch, args.epochs):
-        t0, totals, n_sent = time.perf_counter(), {"rec": 0.0, "kl": 0.0}, 0
-        batches = text.text_batches(data.train, args.batch_size, rng, bucket=args.bucket, drop_last=uses_bn)
-        bar = train.progress(batches, n_train_batches, f"epoch {epoch + 1}", enabled=not args.no_progress)
-        for batch in bar:
-            B, T1 = batch["dec_in"].shape                           # T1 = longest sentence + 1
-            eps = rng.standard_normal((B, args.latent)).astype(dtype)   # reparameterisation noise
-            dec_in = word_dropout(batch["dec_in"], word_p, rng)      # decoder-side corruption only
-            dec_in = contiguous_dropout(dec_in, args.contiguous_dropout, args.span_lambda, rng)
-            emb_mask = (dropout_mask((B, T1, args.embedding), args.embedding_dropout, rng, dtype)
-                        if args.embedding_dropout else None)
-            beta = sfb.weight if sfb else beta_fn(step)
-            objective, stats = model.loss(
-                batch, eps, beta, args.free_bits, args.free_bits_mode, args.ha_bits,
-                mdr_rate=args.mdr, mdr_multiplier=mdr.multiplier if mdr else 0.0, bow_weight=args.bow,
-                dec_in=dec_in, emb_mask=emb_mask, training=True)
-            train.stop_if_not_finite(stats, step, ckpt_path)  # before the update: keep the last good state
-            optimizer.zero_grad()
-            objective.backward()
-            if args.clip:
-                clip_grad_norm(model.parameters(), args.clip)
-            optimizer.step()
-            if sfb:
-                sfb.step(stats["kl"])
+    with run.stop_cleanly():  # Ctrl-C or SIGTERM: say where, keep the last checkpoint, print how to resume
+        for epoch in range(start_epoch, args.epochs):
+            t0, totals, n_sent = time.perf_counter(), {"rec": 0.0, "kl": 0.0}, 0
+            batches = text.text_batches(data.train, args.batch_size, rng, bucket=args.bucket, drop_last=uses_bn)
+            bar = run.progress(batches, n_train_batches, epoch, step)
+            for batch in bar:
+                B, T1 = batch["dec_in"].shape                           # T1 = longest sentence + 1
+                eps = rng.standard_normal((B, args.latent)).astype(dtype)   # reparameterisation noise
+                dec_in = word_dropout(batch["dec_in"], word_p, rng)      # decoder-side corruption only
+                dec_in = contiguous_dropout(dec_in, args.contiguous_dropout, args.span_lambda, rng)
+                emb_mask = (dropout_mask((B, T1, args.embedding), args.embedding_dropout, rng, dtype)
+                            if args.embedding_dropout else None)
+                beta = sfb.weight if sfb else beta_fn(step)
+                objective, stats = model.loss(
+                    batch, eps, beta, args.free_bits, args.free_bits_mode, args.ha_bits,
+                    mdr_rate=args.mdr, mdr_multiplier=mdr.multiplier if mdr else 0.0, bow_weight=args.bow,
+                    dec_in=dec_in, emb_mask=emb_mask, training=True)
+                train.stop_if_not_finite(stats, step, run.last_checkpoint)  # before the update
+                optimizer.zero_grad()
+                objective.backward()
+                if args.clip:
+                    clip_grad_norm(model.parameters(), args.clip)
+                optimizer.step()
+                if sfb:
+                    sfb.step(stats["kl"])
+                if mdr:
+                    mdr.step(stats["kl"])
+                step += 1
+                train_tokens += stats["n_tokens"]
+                totals["rec"] += stats["rec"] * B
+                totals["kl"] += stats["kl"] * B
+                n_sent += B
+                bar.set_postfix(nll=f"{totals['rec'] / n_sent:.2f}", kl=f"{totals['kl'] / n_sent:.2f}",
+                                beta=f"{beta:.3f}")
+            seconds = time.perf_counter() - t0
+            train_seconds += seconds
+
+            valid = evaluate(model, data.valid, args, np.random.default_rng([args.seed, epoch, 1]))
+            record = {"epoch": epoch + 1, "train_nll": totals["rec"] / n_sent, "train_kl": totals["kl"] / n_sent,
+                      **{f"valid_{k}": valid[k] for k in ("nll", "kl", "ppl", "neg_elbo")},
+                      "active_units": valid["active_units"], "mi": valid["mi"],
+                      "beta": sfb.weight if sfb else beta_fn(step - 1), "seconds": seconds}
             if mdr:
-                mdr.step(stats["kl"])
-            step += 1
-            train_tokens += stats["n_tokens"]
-            totals["rec"] += stats["rec"] * B
-            totals["kl"] += stats["kl"] * B
-            n_sent += B
-            bar.set_postfix(nll=f"{totals['rec'] / n_sent:.2f}", kl=f"{totals['kl'] / n_sent:.2f}", beta=f"{beta:.3f}")
-        seconds = time.perf_counter() - t0
-        train_seconds += seconds
+                record["mdr_multiplier"] = mdr.multiplier
+            history.append(record)
+            print(f"epoch {epoch + 1:3d}/{args.epochs}  train NLL {record['train_nll']:7.2f} "
+                  f"KL {record['train_kl']:6.2f}  |  valid NLL {valid['nll']:7.2f} KL {valid['kl']:6.2f} "
+                  f"PPL {valid['ppl']:8.2f} AU {valid['active_units']:2d} MI {valid['mi']:5.2f}  "
+                  f"beta {record['beta']:.3f}  {seconds:5.1f} s", flush=True)
+            run.save(model, optimizer, rng, config=config, step=step, epoch=epoch + 1, history=history,
+                     vocab=vocab.to_dict(), train_tokens=train_tokens, train_seconds=train_seconds,
+                     soft_free_bits=sfb.state_dict() if sfb else None, mdr=mdr.state_dict() if mdr else None)
 
-        valid = evaluate(model, data.valid, args, np.random.default_rng([args.seed, epoch, 1]))
-        record = {"epoch": epoch + 1, "train_nll": totals["rec"] / n_sent, "train_kl": totals["kl"] / n_sent,
-                  **{f"valid_{k}": valid[k] for k in ("nll", "kl", "ppl", "neg_elbo")},
-                  "active_units": valid["active_units"], "mi": valid["mi"],
-                  "beta": sfb.weight if sfb else beta_fn(step - 1), "seconds": seconds}
-        if mdr:
-            record["mdr_multiplier"] = mdr.multiplier
-        history.append(record)
-        print(f"epoch {epoch + 1:3d}/{args.epochs}  train NLL {record['train_nll']:7.2f} KL {record['train_kl']:6.2f}"
-              f"  |  valid NLL {valid['nll']:7.2f} KL {valid['kl']:6.2f} PPL {valid['ppl']:8.2f} "
-              f"AU {valid['active_units']:2d} MI {valid['mi']:5.2f}  beta {record['beta']:.3f}  "
-              f"{seconds:5.1f} s", flush=True)
-        train.save_state(ckpt_path, model, optimizer, rng, config=config, step=step, epoch=epoch + 1,
-                         history=history, vocab=vocab.to_dict(), train_tokens=train_tokens, train_seconds=train_seconds,
-                         soft_free_bits=sfb.state_dict() if sfb else None, mdr=mdr.state_dict() if mdr else None)
-
-    test = evaluate(model, data.test, args, np.random.default_rng([args.seed, 2]))
-    test.update(text_diagnostics(model, data, args))
-    tokens_per_sec = train_tokens / train_seconds if train_seconds > 0 else None
-    print(f"test  NLL {test['nll']:.2f}  KL {test['kl']:.2f}  PPL {test['ppl']:.2f}  AU {test['active_units']} "
-          f"of {args.latent}  MI {test['mi']:.2f}   training speed {tokens_per_sec or 0:,.0f} tokens/s")
-    print(f"test  greedy reconstruction: {100 * test['recon_accuracy']:.1f}% exact, Levenshtein "
-          f"{test['levenshtein']:.2f} words" + "".join(
-              f"  |  {name} probe {100 * r['accuracy']:.1f}% on mu, {100 * r['accuracy_z']:.1f}% on z "
-              f"(chance {100 * r['chance']:.1f}%)"
-              for name, r in (test["factor_accuracy"] or {}).items()))
-    write_json(out("metrics.json"), {
-        "config": config, "data": data.info, "epochs": history,
-        "test": {k: test[k] for k in ("nll", "kl", "ppl", "neg_elbo", "active_units", "mi", "recon_accuracy",
-                                      "levenshtein", "factor_accuracy")},
-        "kl_per_dim": [float(v) for v in test["kl_per_dim"]], "tokens_per_sec": tokens_per_sec})
-    write_text_outputs(args, out, model, data)
-    if not args.no_plots:
-        make_figures(args, out, data, history, test, beta_fn, n_train_batches)
-    print(f"wrote {args.out}/metrics.json, samples.txt, reconstructions.txt, interpolations.txt, checkpoint.npz"
-          + ("" if args.no_plots else " and figures"))
+        test = evaluate(model, data.test, args, np.random.default_rng([args.seed, 2]))
+        test.update(text_diagnostics(model, data, args))
+        tokens_per_sec = train_tokens / train_seconds if train_seconds > 0 else None
+        print(f"test  NLL {test['nll']:.2f}  KL {test['kl']:.2f}  PPL {test['ppl']:.2f}  AU {test['active_units']} "
+              f"of {args.latent}  MI {test['mi']:.2f}   training speed {tokens_per_sec or 0:,.0f} tokens/s")
+        print(f"test  greedy reconstruction: {100 * test['recon_accuracy']:.1f}% exact, Levenshtein "
+              f"{test['levenshtein']:.2f} words" + "".join(
+                  f"  |  {name} probe {100 * r['accuracy']:.1f}% on mu, {100 * r['accuracy_z']:.1f}% on z "
+                  f"(chance {100 * r['chance']:.1f}%)"
+                  for name, r in (test["factor_accuracy"] or {}).items()))
+        write_json(out("metrics.json"), {
+            "config": config, "data": data.info, "epochs": history,
+            "test": {k: test[k] for k in ("nll", "kl", "ppl", "neg_elbo", "active_units", "mi", "recon_accuracy",
+                                          "levenshtein", "factor_accuracy")},
+            "kl_per_dim": [float(v) for v in test["kl_per_dim"]], "tokens_per_sec": tokens_per_sec})
+        write_text_outputs(args, out, model, data)
+        if not args.no_plots:
+            make_figures(args, out, data, history, test, beta_fn, n_train_batches)
+        print(f"wrote {args.out}/metrics.json, samples.txt, reconstructions.txt, interpolations.txt, checkpoint.npz"
+              + ("" if args.no_plots else " and figures"))
     return history
 
 

@@ -61,13 +61,15 @@ def test_run_config_leaves_out_how_the_run_is_watched():
 
 
 # ------------------------------------------------------------------ output and progress
-def test_output_folder_creates_parents_and_refuses_a_file(tmp_path):
-    out = train.output_folder(str(tmp_path / "a" / "b"))
-    assert (tmp_path / "a" / "b").is_dir() and out("m.json") == str(tmp_path / "a" / "b" / "m.json")
-    train.output_folder(str(tmp_path / "a" / "b"))  # an existing folder is fine
+def test_run_creates_its_folder_with_parents_and_out_problem_refuses_a_file(tmp_path):
+    args = argparse.Namespace(out=str(tmp_path / "a" / "b"), resume=None, overwrite=False, no_progress=True)
+    assert train.out_problem(args) is None and not (tmp_path / "a").exists()  # checking creates nothing
+    run = train.Run(args, [])
+    assert (tmp_path / "a" / "b").is_dir() and run.path("m.json") == str(tmp_path / "a" / "b" / "m.json")
+    assert train.out_problem(args) is None  # an existing folder without results is fine
     (tmp_path / "file").write_text("")
-    with pytest.raises(SystemExit, match="is a file, not a folder"):
-        train.output_folder(str(tmp_path / "file"))
+    assert train.out_problem(argparse.Namespace(**{**vars(args), "out": str(tmp_path / "file")})) == \
+        f"--out {tmp_path / 'file'} is a file, not a folder"
 
 
 class _Terminal:
@@ -148,7 +150,7 @@ def test_resume_restores_model_optimizer_rng_and_extra_state(tmp_path, capsys):
 def test_resume_refuses_another_architecture_other_data_or_missing_state(tmp_path):
     model, optimizer, rng, args = _run()
     path = tmp_path / "c.npz"
-    train.save_state(path, model, optimizer, rng, config=vars(args), step=1, epoch=1, history=[],
+    train.save_state(path, model, optimizer, rng, config=vars(args), step=1, epoch=1, history=[{}],
                      vocab={"words": ["a", "b"]}, mdr=None)
     other, other_opt, other_rng, other_args = _run(latent=3)
     with pytest.raises(SystemExit, match=r"^--resume: .* different latent \(2 there, 3 here\)$"):

@@ -69,7 +69,7 @@ def test_resume_is_exactly_a_continued_run(tmp_path):
     assert drop_time(a["history"]) == drop_time(b["history"]) == drop_time(history)
 
 
-def test_resume_refuses_a_different_architecture_or_a_corrupt_file(tmp_path):
+def test_resume_refuses_a_different_architecture_or_a_corrupt_file(tmp_path, capsys):
     run = tmp_path / "run"
     train_mnist_vae.main(TINY + ["--epochs", "1", "--out", str(run), "--no-plots"])
     ckpt = run / "checkpoint.npz"
@@ -78,8 +78,9 @@ def test_resume_refuses_a_different_architecture_or_a_corrupt_file(tmp_path):
                                                                         "--resume", str(ckpt)])
     bad = tmp_path / "bad.npz"
     bad.write_bytes(ckpt.read_bytes()[:1000])  # a truncated copy
-    with pytest.raises(SystemExit, match="not a readable minivae checkpoint"):
+    with pytest.raises(SystemExit) as err:  # found before any data is read: a flag error (exit code 2)
         train_mnist_vae.main(TINY + ["--epochs", "2", "--out", str(run), "--resume", str(bad)])
+    assert err.value.code == 2 and "not a readable minivae checkpoint" in capsys.readouterr().err
 
 
 def test_nan_stops_training_naming_step_and_term_and_keeps_last_checkpoint(tmp_path, monkeypatch):
