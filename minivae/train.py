@@ -28,6 +28,7 @@ from . import schedules
 from .checkpoint import CheckpointError, check_fields, check_model_state, load_checkpoint, save_checkpoint
 from .elbo import FREE_BITS_MODES, NonFiniteLossError, check_finite
 from .fileio import remove_stale_temp_files
+from .optim import NonFiniteGradientError
 
 NOT_CONFIG = ("resume", "no_progress", "overwrite")  # flags that change how a run is watched, not what it computes
 RESULTS = ("checkpoint.npz", "metrics.json")  # a folder holding either holds a run's results
@@ -231,6 +232,8 @@ class Run:
         previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
         try:
             yield
+        except NonFiniteGradientError as err:  # a finite loss whose gradient is not: the NaN stop
+            raise SystemExit(f"step {self.step}: {err}. Training stopped. {_kept(self.last_checkpoint)}") from None
         except KeyboardInterrupt as err:
             name, code = ("SIGTERM", 143) if isinstance(err, Terminated) else ("Ctrl-C (SIGINT)", 130)
             print(f"\nstopped by {name} in epoch {self.epoch} at step {self.step}.", file=sys.stderr)
@@ -282,11 +285,11 @@ def progress(iterable, total, desc, enabled=True):
     Either way the result iterates over `iterable` and has set_postfix(name=value, ...), so the
     training loop reads the same with and without tqdm (a log file gets no bar redraws).
     """
-    if not enabled or not sys.stderr.isatty():
-        return PlainProgress(iterable)
     try:
         from tqdm import tqdm
     except ImportError:
+        enabled = False
+    if not (enabled and sys.stderr.isatty()):
         return PlainProgress(iterable)
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
 
@@ -295,10 +298,9 @@ def plot_module():
     """minivae.plot, or None (with a note) when matplotlib is missing, so a run still ends well."""
     try:
         from . import plot
+        return plot
     except ImportError as err:
         print(f"skipping figures: {err}")
-        return None
-    return plot
 
 
 # ------------------------------------------------------------------ checkpoints and the NaN stop
@@ -377,9 +379,11 @@ def stop_if_not_finite(stats, step, checkpoint):
     try:
         check_finite(stats, step)
     except NonFiniteLossError as err:
-        last = (f"Last good checkpoint: {checkpoint}" if checkpoint else
-                "No checkpoint: the run stopped before its first epoch ended.")
-        raise SystemExit(f"{err} {last}") from None
+        raise SystemExit(f"{err} {_kept(checkpoint)}") from None
+
+
+def _kept(checkpoint):
+    return f"Last good checkpoint: {checkpoint}" if checkpoint else "No checkpoint: the run stopped before its first epoch ended."
 
 
 # ------------------------------------------------------------------ process set-up
@@ -397,7 +401,5 @@ def reuse_freed_memory():
     """
     name = ctypes.util.find_library("c")
     mallopt = getattr(ctypes.CDLL(name), "mallopt", None) if name else None
-    if mallopt is None:
-        return False
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
-    return bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 256 << 20))
+    return mallopt is not None and bool(mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(M_TRIM_THRESHOLD, 256 << 20))

@@ -161,3 +161,22 @@ def test_failed_checkpoint_write_keeps_the_old_one(tmp_path, monkeypatch):
         save_checkpoint(path, step=2)
     assert load_checkpoint(path)["step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["c.npz"]
+
+
+def test_a_nan_gradient_with_a_finite_loss_stops_like_the_nan_stop(tmp_path, monkeypatch):
+    """The optimiser refuses a step whose gradients are not finite; the script stops cleanly,
+    naming the step and the parameter, and keeps the last good checkpoint."""
+    run = tmp_path / "run"
+    real_step = train_mnist_vae.Adam.step
+    calls = {"n": 0}
+
+    def step_with_a_nan_gradient(self):
+        calls["n"] += 1
+        if calls["n"] == 45:  # step 44, in epoch 2 (40 steps per epoch)
+            self.params[0].grad[0] = np.nan
+        real_step(self)
+    monkeypatch.setattr(train_mnist_vae.Adam, "step", step_with_a_nan_gradient)
+    with pytest.raises(SystemExit, match=r"step 44: params\[0\] .* NaN or infinite gradient entries; no "
+                                         r"parameter was updated.*Last good checkpoint: .*checkpoint.npz"):
+        train_mnist_vae.main(TINY + ["--epochs", "3", "--out", str(run), "--no-plots"])
+    assert load_checkpoint(run / "checkpoint.npz")["epoch"] == 1
