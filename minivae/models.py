@@ -1,4 +1,10 @@
-"""The image VAE: an MLP encoder and decoder around a Gaussian latent (the sentence VAE is sentence_vae.py)."""
+"""The image VAE: an MLP encoder and decoder around a Gaussian latent (the sentence VAE is sentence_vae.py).
+
+One class covers the variants the MNIST script offers: a Bernoulli or a Gaussian decoder (whose
+log-variance is learned, one scalar or one per pixel, or fixed), and the conditional VAE, whose
+encoder and decoder are also given the one-hot class label. `make_model` builds it from a run's
+flags, so the training script and `saved.load_model` construct it the same way.
+"""
 import numpy as np
 
 from . import ops
@@ -8,39 +14,72 @@ from .engine import Tensor
 from .layers import MLP, Module, parameter
 
 LIKELIHOODS = ("bernoulli", "gaussian")
+LEARNED_X_LOGVAR = ("learned-scalar", "learned-pixel")  # else x_logvar is a fixed number
+
+
+def one_hot(labels, n_classes, dtype=np.float32):
+    """Integer labels (B,) -> one-hot rows (B, n_classes); a label outside 0..n_classes-1 is refused."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.dtype.kind not in "iu" or (len(labels) and not
+                                                             0 <= labels.min() <= labels.max() < n_classes):
+        raise ValueError(f"labels must be a 1-D array of integers in 0..{n_classes - 1}, got {labels!r:.80}")
+    return np.eye(n_classes, dtype=dtype)[labels]
 
 
 class MLPVAE(Module):
     """A VAE with MLP encoder and decoder for flat inputs such as 28x28 images.
 
-    encoder: x (B, n_in) -> MLP -> (mu, logvar), each (B, latent)
-    decoder: z (B, latent) -> MLP -> x_logits (B, n_in)   [bernoulli: p = sigmoid(x_logits)]
-                                   -> x_mean   (B, n_in)   [gaussian: with logvar x_logvar]
+    encoder: x (B, n_in) [+ one-hot y (B, C)] -> MLP -> (mu, logvar), each (B, latent)
+    decoder: z (B, latent) [+ one-hot y (B, C)] -> MLP -> x_logits (B, n_in)  [bernoulli: p = sigmoid]
+                                                        -> x_mean   (B, n_in)  [gaussian, with x_logvar]
     The defaults are the PyTorch VAE example (pytorch/examples vae/main.py): 784-400-20 with ReLU,
     Bernoulli decoder; its mean and log-variance heads are one Dense layer here, split in two.
+
+    x_logvar (Gaussian decoder only): "learned-scalar" (None means this too), "learned-pixel"
+    (one log-variance per input dimension), or a number (fixed). The Gaussian's normalising
+    constant is part of log p(x|z), so the ELBO is in true nats (of a density: it can be positive).
+    n_classes > 0 makes it a conditional VAE: every method that runs the encoder or the decoder
+    then needs the integer labels y (B,), and the ELBO bounds log p(x|y); the prior stays N(0, I).
+    Reference: Sohn et al. 2015, "Learning Structured Output Representation using Deep Conditional
+    Generative Models" (NeurIPS), Sec. 3 (here with an input-independent prior).
     """
 
     def __init__(self, n_in=784, hidden=(400,), latent=20, activation="relu", likelihood="bernoulli",
-                 x_logvar=None, rng=None, dtype=np.float32):
+                 x_logvar=None, rng=None, dtype=np.float32, n_classes=0):
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"unknown likelihood '{likelihood}'; choose from {LIKELIHOODS}")
-        if int(latent) < 1:
-            raise ValueError(f"latent size must be >= 1, got {latent}")
+        if int(latent) < 1 or int(n_classes) < 0:
+            raise ValueError(f"need latent >= 1 and n_classes >= 0, got latent={latent}, n_classes={n_classes}")
+        x_logvar = "learned-scalar" if x_logvar is None else x_logvar
+        if isinstance(x_logvar, str) and x_logvar not in LEARNED_X_LOGVAR:
+            raise ValueError(f"x_logvar must be one of {LEARNED_X_LOGVAR} or a number, got {x_logvar!r}")
         rng = rng if rng is not None else np.random.default_rng(0)
-        self.latent, self.likelihood = int(latent), likelihood
-        self.encoder = MLP([n_in, *hidden, 2 * self.latent], activation, rng, dtype)
-        self.decoder = MLP([self.latent, *reversed(hidden), n_in], activation, rng, dtype)
-        if likelihood == "gaussian":  # a learned scalar log-variance, or a fixed one if given
-            self.x_logvar = parameter(np.zeros((), dtype)) if x_logvar is None else np.asarray(x_logvar, dtype)
+        self.latent, self.likelihood, self.n_classes = int(latent), likelihood, int(n_classes)
+        self.encoder = MLP([n_in + self.n_classes, *hidden, 2 * self.latent], activation, rng, dtype)
+        self.decoder = MLP([self.latent + self.n_classes, *reversed(hidden), n_in], activation, rng, dtype)
+        if likelihood == "gaussian":  # a learned log-variance (a scalar, or one per pixel), or a fixed one
+            shape = (n_in,) if x_logvar == "learned-pixel" else ()
+            self.x_logvar = (parameter(np.zeros(shape, dtype)) if x_logvar in LEARNED_X_LOGVAR
+                             else np.asarray(float(x_logvar), dtype))
 
-    def encode(self, x):
-        """q(z|x): (mu, logvar), each (B, latent)."""
-        h = self.encoder(x)  # (B, 2*latent)
+    def _with_label(self, a, y):
+        """a (B, k) with the one-hot label appended (B, k + C) in a conditional VAE; else a itself."""
+        if not self.n_classes:
+            if y is not None:
+                raise ValueError("this VAE is not conditional: call it without labels y")
+            return a
+        if y is None:
+            raise ValueError(f"this conditional VAE needs the labels y (B,), integers in 0..{self.n_classes - 1}")
+        return ops.concatenate([a, Tensor(one_hot(y, self.n_classes, a.dtype))], axis=1)
+
+    def encode(self, x, y=None):
+        """q(z|x) [or q(z|x, y)]: (mu, logvar), each (B, latent)."""
+        h = self.encoder(self._with_label(x if isinstance(x, Tensor) else Tensor(x), y))  # (B, 2*latent)
         return h[:, :self.latent], h[:, self.latent:]
 
-    def decode(self, z):
-        """Decoder output for z: Bernoulli logits, or Gaussian means."""
-        return self.decoder(z)  # (B, n_in)
+    def decode(self, z, y=None):
+        """Decoder output for z [and y]: Bernoulli logits, or Gaussian means, (B, n_in)."""
+        return self.decoder(self._with_label(z if isinstance(z, Tensor) else Tensor(z), y))
 
     def log_likelihood(self, x, x_out):
         """log p(x|z) per example (B,), from the decoder output for z."""
@@ -48,24 +87,36 @@ class MLPVAE(Module):
             return bernoulli_log_likelihood(x, x_out)
         return gaussian_log_likelihood(x, x_out, self.x_logvar)
 
-    def loss(self, x, eps, beta=1.0, free_bits=0.0, free_bits_mode="batch_dim"):
-        """(objective, stats) for a batch x, with the reparameterisation noise eps (B, latent) given."""
+    def loss(self, x, eps, beta=1.0, free_bits=0.0, free_bits_mode="batch_dim", y=None):
+        """(objective, stats) for a batch x [with labels y], the reparameterisation noise eps (B, latent) given."""
         x = x if isinstance(x, Tensor) else Tensor(x)
-        mu, logvar = self.encode(x)
+        mu, logvar = self.encode(x, y)
         z = sample_gaussian(mu, logvar, eps)
-        return vae_objective(self.log_likelihood(x, self.decode(z)), mu, logvar, beta, free_bits,
+        return vae_objective(self.log_likelihood(x, self.decode(z, y)), mu, logvar, beta, free_bits,
                              free_bits_mode)
 
     def mean_image(self, x_out):
-        """E[x|z] as an array: sigmoid of the logits, or the Gaussian mean."""
+        """E[x|z] as an array: sigmoid of the logits, or the Gaussian mean (unbounded: not clipped)."""
         return ops.sigmoid(x_out).data if self.likelihood == "bernoulli" else x_out.data
 
-    def sample(self, n, rng):
-        """n new images: decode z ~ N(0, I). Returns E[x|z] (n, n_in) as an array."""
+    def sample(self, n, rng, y=None):
+        """n new images [of classes y]: decode z ~ N(0, I). Returns E[x|z] (n, n_in) as an array."""
         dtype = self.encoder.layers[0].W.dtype
-        return self.mean_image(self.decode(Tensor(rng.standard_normal((n, self.latent)).astype(dtype))))
+        return self.mean_image(self.decode(Tensor(rng.standard_normal((n, self.latent)).astype(dtype)), y))
 
-    def reconstruct(self, x):
+    def reconstruct(self, x, y=None):
         """E[x|z=mu(x)]: the decoder's image for the posterior mean of each input."""
-        mu, _ = self.encode(Tensor(x))
-        return self.mean_image(self.decode(mu))
+        mu, _ = self.encode(Tensor(x), y)
+        return self.mean_image(self.decode(mu, y))
+
+
+def make_model(config, rng=None):
+    """The MLPVAE that a run of scripts/train_mnist_vae.py with these flags (a dict, as saved) trains.
+
+    Reads hidden, latent, activation, likelihood, x_logvar, conditional and dtype; the last three
+    default to the values of runs made before those flags existed.
+    """
+    n_classes = 10 if config.get("conditional") else 0  # MNIST and Fashion-MNIST both have 10 classes
+    return MLPVAE(784, config["hidden"], config["latent"], config["activation"], config["likelihood"],
+                  config.get("x_logvar"), rng=rng, dtype=np.dtype(config.get("dtype", "float32")),
+                  n_classes=n_classes)

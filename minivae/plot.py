@@ -2,7 +2,8 @@
 
 Every function takes plain NumPy arrays or lists (pass `tensor.data`, never a Tensor), writes one
 PNG atomically with minivae.fileio.atomic_writer, and returns the path. Losses are in nats per
-example.
+example. Images must lie in [0, 1], unless `clip=True` is passed: then values outside are shown
+clipped (a Gaussian decoder's means are unbounded) and the title says so.
 
 matplotlib is optional (pip install "minivae[plot]") and imported only when a plot is drawn. We
 draw on a bare matplotlib.figure.Figure with the Agg canvas instead of pyplot: this needs no
@@ -62,9 +63,17 @@ def _array(a, name):
     return np.asarray(a, dtype=np.float64)
 
 
-def _as_images(images, image_shape, name="images"):
-    """Check and reshape images (N, H*W) or (N, H, W) with values in [0, 1] to (N, H, W)."""
+CLIPPED = " (values clipped to [0, 1])"  # the title note of a picture drawn with clip=True
+
+
+def _as_images(images, image_shape, name="images", clip=False):
+    """Check and reshape images (N, H*W) or (N, H, W) with values in [0, 1] to (N, H, W).
+
+    With clip, finite values outside [0, 1] are clipped instead of refused.
+    """
     images = _array(images, name)
+    if clip and np.all(np.isfinite(images)):
+        images = np.clip(images, 0.0, 1.0)
     h, w = image_shape
     if images.ndim == 3 and images.shape[1:] == (h, w):
         images = images.reshape(len(images), h * w)
@@ -73,7 +82,8 @@ def _as_images(images, image_shape, name="images"):
                          f"got {images.shape}; pass the right image_shape")
     if not np.all(np.isfinite(images)) or images.min() < 0 or images.max() > 1:
         raise ValueError(f"{name} must be finite and in [0, 1] (got min {images.min():.3g}, max "
-                         f"{images.max():.3g}); pass probabilities such as sigmoid(x_logits), not logits")
+                         f"{images.max():.3g}); pass probabilities such as sigmoid(x_logits), not logits; "
+                         "clip=True shows unbounded values, e.g. Gaussian means, clipped")
     return images.reshape(-1, h, w)
 
 
@@ -104,44 +114,44 @@ def _image_figure(grid, title, width=6.0):
     return fig, ax
 
 
-def image_grid(images, path, nrow=None, title=None, image_shape=(28, 28)):
+def image_grid(images, path, nrow=None, title=None, image_shape=(28, 28), clip=False):
     """Save images (N, H*W) in [0, 1] as a grayscale grid with `nrow` images per row (default ~sqrt(N))."""
-    images = _as_images(images, image_shape)
+    images = _as_images(images, image_shape, clip=clip)
     ncol = nrow or math.ceil(math.sqrt(len(images)))
-    fig, _ = _image_figure(_tile(images, ncol), title or f"{len(images)} images")
+    fig, _ = _image_figure(_tile(images, ncol), (title or f"{len(images)} images") + CLIPPED * clip)
     return _save(fig, path)
 
 
-def interpolation_grid(images_rows, path, row_labels=None, title=None, image_shape=(28, 28)):
+def interpolation_grid(images_rows, path, row_labels=None, title=None, image_shape=(28, 28), clip=False):
     """Save rows of images (R, K, H*W), e.g. interpolations or latent traversals, one row per row."""
-    rows = [_as_images(row, image_shape, name=f"images_rows[{i}]") for i, row in enumerate(images_rows)]
+    rows = [_as_images(row, image_shape, f"images_rows[{i}]", clip) for i, row in enumerate(images_rows)]
     if not rows or len({len(row) for row in rows}) != 1:
         raise ValueError(f"images_rows must be a non-empty list of rows with equal lengths, got lengths "
                          f"{[len(row) for row in rows]}")
     if row_labels is not None and len(row_labels) != len(rows):
         raise ValueError(f"got {len(row_labels)} row_labels for {len(rows)} rows")
     fig, ax = _image_figure(_tile(np.concatenate(rows), ncol=len(rows[0])),
-                            title or f"{len(rows)} rows of {len(rows[0])} images")
+                            (title or f"{len(rows)} rows of {len(rows[0])} images") + CLIPPED * clip)
     if row_labels is not None:
         ax.set_yticks(_tile_centres(range(len(rows)), image_shape[0]), [str(s) for s in row_labels])
     return _save(fig, path)
 
 
-def reconstructions(x, x_recon, path, n=8, title=None, image_shape=(28, 28)):
+def reconstructions(x, x_recon, path, n=8, title=None, image_shape=(28, 28), clip=False):
     """Save the first `n` inputs x (top row) above their reconstructions x_recon (bottom row)."""
-    x = _as_images(x, image_shape, name="x")
-    x_recon = _as_images(x_recon, image_shape, name="x_recon")
+    x = _as_images(x, image_shape, "x", clip)
+    x_recon = _as_images(x_recon, image_shape, "x_recon", clip)
     if x.shape != x_recon.shape:
         raise ValueError(f"x and x_recon must have the same shape, got {x.shape} and {x_recon.shape}")
     return interpolation_grid([x[:n], x_recon[:n]], path, row_labels=["input", "reconstruction"],
-                              title=title or "Inputs and their reconstructions", image_shape=image_shape)
+                              title=title or "Inputs and their reconstructions", image_shape=image_shape, clip=clip)
 
 
 def _tick(v):
     return f"{round(v, 2) + 0.0:.2f}"  # + 0.0 turns -0.0 into 0.0
 
 
-def latent_grid(decode_fn, path, n=15, quantiles=(0.05, 0.95), title=None, image_shape=(28, 28)):
+def latent_grid(decode_fn, path, n=15, quantiles=(0.05, 0.95), title=None, image_shape=(28, 28), clip=False):
     """Decode an n x n grid of a 2-D latent space, spaced evenly in probability under p(z) = N(0, I).
 
     decode_fn maps z (n*n, 2) float64 to images (n*n, H*W) in [0, 1]. Grid coordinates are Gaussian
@@ -154,10 +164,10 @@ def latent_grid(decode_fn, path, n=15, quantiles=(0.05, 0.95), title=None, image
     z_axis = np.array([statistics.NormalDist().inv_cdf(p) for p in np.linspace(lo, hi, n)])
     z1, z2 = np.meshgrid(z_axis, z_axis[::-1])  # z2 grows upwards, as on a plot
     z = np.stack([z1.ravel(), z2.ravel()], axis=1)  # (n*n, 2)
-    images = _as_images(decode_fn(z), image_shape, name="decode_fn(z)")
+    images = _as_images(decode_fn(z), image_shape, "decode_fn(z)", clip)
     if len(images) != n * n:
         raise ValueError(f"decode_fn returned {len(images)} images for {n * n} latent points")
-    fig, ax = _image_figure(_tile(images, ncol=n), title or "Decoded 2-D latent grid")
+    fig, ax = _image_figure(_tile(images, ncol=n), (title or "Decoded 2-D latent grid") + CLIPPED * clip)
     shown = np.unique(np.linspace(0, n - 1, min(n, 5)).round().astype(int))  # label at most 5 tiles
     ax.set_xticks(_tile_centres(shown, image_shape[1]), [_tick(v) for v in z_axis[shown]])
     ax.set_yticks(_tile_centres(shown, image_shape[0]), [_tick(v) for v in z_axis[::-1][shown]])

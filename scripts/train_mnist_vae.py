@@ -3,9 +3,12 @@
 Defaults are the PyTorch VAE example's recipe (pytorch/examples vae/main.py): grayscale pixels
 with the Bernoulli ("BCE") likelihood, 784-400-20 with ReLU, Adam 1e-3, batch 128, 10 epochs.
 Without the full data set and without a network it trains on the MNIST test set that ships
-with minivae (8,000 train / 2,000 held out) and says so.
+with minivae (8,000 train / 2,000 held out) and says so. --conditional trains a conditional VAE
+(the digit's label enters encoder and decoder; its test -ELBO bounds -log p(x|y), not -log p(x));
+--likelihood gaussian a Gaussian decoder whose variance --x-logvar learns or fixes.
 
     python scripts/train_mnist_vae.py --data-dir path/to/mnist --out runs/mnist
+    python scripts/train_mnist_vae.py --conditional --data-dir path/to/mnist --out runs/mnist-cvae
     python scripts/train_mnist_vae.py --latent 2 --epochs 20 --beta-schedule cyclical \\
         --beta-params n_cycles=4,ratio=0.5 --free-bits 0.1 --out runs/mnist-z2
 """
@@ -16,12 +19,17 @@ import warnings
 import numpy as np
 
 from minivae import data, diagnostics, train
-from minivae.engine import Tensor, no_grad
+from minivae.engine import no_grad
 from minivae.fileio import write_json
-from minivae.models import MLPVAE
+from minivae.models import LEARNED_X_LOGVAR, MLPVAE, make_model  # noqa: F401  (MLPVAE: tests patch its loss here)
 from minivae.optim import Adam, clip_grad_norm
 
-ARCHITECTURE = ("dataset", "hidden", "latent", "activation", "likelihood", "dtype")
+ARCHITECTURE = ("dataset", "hidden", "latent", "activation", "likelihood", "x_logvar", "conditional", "dtype")
+
+
+def x_logvar_flag(text):
+    """argparse type of --x-logvar: learned-scalar, learned-pixel, or a finite number (fixed)."""
+    return text if text in LEARNED_X_LOGVAR else train.finite_float(text)
 
 
 def parse_args(argv=None):
@@ -38,7 +46,12 @@ def parse_args(argv=None):
     p.add_argument("--latent", type=int, default=20, help="latent dimensions d")
     p.add_argument("--hidden", type=int, nargs="+", default=[400], help="hidden layer sizes")
     p.add_argument("--activation", choices=["relu", "tanh", "softplus"], default="relu")
-    p.add_argument("--likelihood", choices=["bernoulli", "gaussian"], default="bernoulli")
+    p.add_argument("--likelihood", choices=["bernoulli", "gaussian"], default="bernoulli",
+                   help="bernoulli: the BCE of the pixels; gaussian: a Gaussian density (L2 plus its variance)")
+    p.add_argument("--x-logvar", type=x_logvar_flag, default="learned-scalar", help="gaussian decoder's "
+                   "log-variance: learned-scalar, learned-pixel (one per pixel) or a fixed number")
+    p.add_argument("--conditional", action="store_true", help="conditional VAE: the one-hot label enters "
+                   "encoder and decoder (Sohn et al. 2015)")
     p.add_argument("--binarize", choices=["none", "dynamic", "static", "threshold"], default="none",
                    help="none: grayscale in [0,1]; dynamic: resample Bernoulli(x) every batch; "
                    "static: sample once (seeded); threshold: x > 0.5")
@@ -48,7 +61,12 @@ def parse_args(argv=None):
     p.add_argument("--iw-examples", type=int, default=0, help="evaluate the IW NLL on this many test "
                    "images (0: all)")
     train.add_run_flags(p, out="runs/mnist-vae")
+    p.set_defaults(model="mlp_vae")  # not a flag: the checkpoint's config names the model for load_model
     args = p.parse_args(argv)
+    if args.likelihood != "gaussian" and args.x_logvar != "learned-scalar":
+        p.error("--x-logvar sets the variance of --likelihood gaussian; the Bernoulli decoder has none")
+    if args.conditional and args.iw_samples:
+        p.error("--iw-samples estimates log p(x) of an unconditional model; drop it with --conditional")
     train.check_flags(p, args, at_least_1=("epochs", "batch_size", "latent", "hidden"), positive=("lr",),
                       at_least_0=("beta", "free_bits", "clip", "iw_samples", "iw_examples"))
     try:  # an explicit --data-dir must be complete: the bundled fallback is for runs that asked for none
@@ -83,14 +101,15 @@ def main(argv=None):
     dtype = np.dtype(args.dtype)
     run = train.Run(args, argv, __file__)  # the output folder, the last checkpoint, the clean stop
     out = run.path  # out(name) is the path of an output file
-    x_train, _, x_test, y_test, data_info = load_data(args, dtype)
+    x_train, y_train, x_test, y_test, data_info = load_data(args, dtype)
     steps_per_epoch = -(-len(x_train) // args.batch_size)
     beta_fn = train.beta_schedule(args, args.epochs * steps_per_epoch)
 
     rng = np.random.default_rng(args.seed)
-    model = MLPVAE(784, args.hidden, args.latent, args.activation, args.likelihood, rng=rng, dtype=dtype)
-    optimizer = Adam(model.parameters(), lr=args.lr)
     config = train.run_config(args)
+    model = make_model(config, rng)
+    optimizer = Adam(model.parameters(), lr=args.lr)
+    labels = {"y": y_test, "batch_size": len(x_test)} if args.conditional else {}  # for evaluate_elbo
     history, step, start_epoch = [], 0, 0
     if args.resume:
         state = train.resume(args.resume, args, ARCHITECTURE, model, optimizer, rng)
@@ -106,7 +125,8 @@ def main(argv=None):
                     x = data.binarize(x, "dynamic", rng)
                 eps = rng.standard_normal((len(idx), args.latent)).astype(dtype)  # reparameterisation noise
                 beta = beta_fn(step)
-                objective, stats = model.loss(x, eps, beta, args.free_bits, args.free_bits_mode)
+                y = y_train[idx] if args.conditional else None  # the labels, for the conditional VAE
+                objective, stats = model.loss(x, eps, beta, args.free_bits, args.free_bits_mode, y=y)
                 train.stop_if_not_finite(stats, step, run.last_checkpoint)  # before the update
                 optimizer.zero_grad()
                 objective.backward()
@@ -119,7 +139,7 @@ def main(argv=None):
                 n_seen += len(idx)
                 bar.set_postfix(neg_elbo=f"{totals['neg_elbo'] / n_seen:.2f}", beta=f"{beta:.3f}")
 
-            test = diagnostics.evaluate_elbo(model, x_test, np.random.default_rng([args.seed, epoch, 1]))
+            test = diagnostics.evaluate_elbo(model, x_test, np.random.default_rng([args.seed, epoch, 1]), **labels)
             record = {"epoch": epoch + 1, "train_neg_elbo": totals["neg_elbo"] / n_seen,
                       "train_rec": totals["rec"] / n_seen, "train_kl": totals["kl"] / n_seen,
                       "test_neg_elbo": test["neg_elbo"], "test_rec": test["rec"], "test_kl": test["kl"],
@@ -131,7 +151,8 @@ def main(argv=None):
                   flush=True)
             run.save(model, optimizer, rng, config=config, step=step, epoch=epoch + 1, history=history)
 
-        mu, _ = diagnostics.encode_all(model, x_test)
+        with no_grad():
+            mu = model.encode(x_test, y_test)[0].data if args.conditional else diagnostics.encode_all(model, x_test)[0]
         n_active, _ = diagnostics.active_units(mu)
         iw_nll = None
         if args.iw_samples:
@@ -142,7 +163,7 @@ def main(argv=None):
             print(f"importance-weighted test NLL (K={args.iw_samples}, {len(x_iw)} images): "
                   f"{iw_nll:.2f} nats ({time.perf_counter() - t0:.0f} s)")
         print(f"active units: {n_active} of {args.latent}")
-        final_kl = diagnostics.evaluate_elbo(model, x_test, np.random.default_rng([args.seed, 3]))["kl_per_dim"]
+        final_kl = diagnostics.evaluate_elbo(model, x_test, np.random.default_rng([args.seed, 3]), **labels)["kl_per_dim"]
         write_json(out("metrics.json"), {
             "config": config, "data": data_info, "epochs": history, "test_iw_nll": iw_nll,
             "iw_samples": args.iw_samples or None, "active_units": n_active,
@@ -154,24 +175,38 @@ def main(argv=None):
 
 
 def make_figures(args, out, model, x_test, y_test, mu, history, beta_fn, steps_per_epoch, kl_per_dim):
-    """The PNGs: samples, reconstructions, curves, beta schedule, latent space, interpolations."""
+    """The PNGs: samples, reconstructions, curves, beta schedule, latent space, and interpolations
+    (unconditional) or one row of samples per class (conditional).
+
+    A Gaussian decoder's means are unbounded: its pictures show them clipped to [0, 1], and say so.
+    """
     plot = train.plot_module()
     if plot is None:
         return
     rng = np.random.default_rng([args.seed, 4])
+    clip = args.likelihood == "gaussian"
+    y = (lambda labels: labels) if args.conditional else (lambda labels: None)  # labels only for the CVAE
     with no_grad():
-        plot.image_grid(model.sample(64, rng), out("samples.png"), title="samples from p(x|z), z ~ N(0, I)")
-        plot.reconstructions(x_test[:10], model.reconstruct(x_test[:10]), out("reconstructions.png"), n=10)
+        plot.image_grid(model.sample(64, rng, y(np.arange(64) % 10)), out("samples.png"), clip=clip,
+                        title="samples from p(x|z" + ", y" * args.conditional + "), z ~ N(0, I)")
+        plot.reconstructions(x_test[:10], model.reconstruct(x_test[:10], y(y_test[:10])),
+                             out("reconstructions.png"), n=10, clip=clip)
         plot.latent_scatter(mu[:5000], y_test[:5000], out("latent.png"), title="posterior means of test images")
-        # interpolate between the posterior means of the first test images of digits 0->1, 2->3, ...
-        first = {int(label): i for i, label in reversed(list(enumerate(y_test)))}
-        pairs = [(first[a], first[a + 1]) for a in range(0, 9, 2) if a in first and a + 1 in first]
-        steps = np.linspace(0, 1, 10, dtype=mu.dtype)[:, None]
-        rows = [model.mean_image(model.decode(Tensor((1 - steps) * mu[a] + steps * mu[b]))) for a, b in pairs]
-        plot.interpolation_grid(rows, out("interpolation.png"), title="interpolating between posterior means")
-        if args.latent == 2:
-            plot.latent_grid(lambda z: model.mean_image(model.decode(Tensor(z.astype(mu.dtype)))),
-                             out("latent_grid.png"))
+        if args.conditional:  # one row per class, one column per z: the same z, the same style
+            z = rng.standard_normal((10, args.latent)).astype(mu.dtype)
+            rows = [model.mean_image(model.decode(z, np.full(10, c))) for c in range(10)]
+            plot.interpolation_grid(rows, out("class_samples.png"), row_labels=range(10), clip=clip,
+                                    title="p(x|z, y): one row per class y, one z ~ N(0, I) per column")
+        else:  # interpolate between the posterior means of the first test images of digits 0->1, 2->3, ...
+            first = {int(label): i for i, label in reversed(list(enumerate(y_test)))}
+            pairs = [(first[a], first[a + 1]) for a in range(0, 9, 2) if a in first and a + 1 in first]
+            steps = np.linspace(0, 1, 10, dtype=mu.dtype)[:, None]
+            rows = [model.mean_image(model.decode((1 - steps) * mu[a] + steps * mu[b])) for a, b in pairs]
+            plot.interpolation_grid(rows, out("interpolation.png"), title="interpolating between posterior means",
+                                    clip=clip)
+        if args.latent == 2 and not args.conditional:
+            plot.latent_grid(lambda z: model.mean_image(model.decode(z.astype(mu.dtype))), out("latent_grid.png"),
+                             clip=clip)
     plot.training_curves(history, out("curves.png"))
     plot.beta_schedule(beta_fn, args.epochs * steps_per_epoch, out("beta_schedule.png"))
     plot.kl_per_dim(kl_per_dim, out("kl_per_dim.png"), threshold=args.free_bits or None,

@@ -190,3 +190,28 @@ def test_missing_matplotlib_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # makes the import fail
     with pytest.raises(ImportError, match=r'pip install "minivae\[plot\]"'):
         plot.image_grid(IMAGES, tmp_path / "out.png")
+
+
+@pytest.mark.parametrize("name", ["image_grid", "interpolation_grid", "reconstructions", "latent_grid"])
+def test_images_outside_0_1_are_refused_unless_clipped_and_the_title_says_so(name, tmp_path, monkeypatch):
+    """A Gaussian decoder's means are unbounded: refused by default (a logit passed by mistake must
+    not pass silently), drawn clipped to [0, 1] with clip=True, with the title saying so."""
+    means = 3 * RNG.standard_normal((12, 784))  # well outside [0, 1]
+    calls = {
+        "image_grid": lambda **kw: plot.image_grid(means, tmp_path / "a.png", title="samples", **kw),
+        "interpolation_grid": lambda **kw: plot.interpolation_grid([means[:6], means[6:]], tmp_path / "a.png", **kw),
+        "reconstructions": lambda **kw: plot.reconstructions(IMAGES, means, tmp_path / "a.png", **kw),
+        "latent_grid": lambda **kw: plot.latent_grid(lambda z: 3 * np.tile(z[:, :1], 784), tmp_path / "a.png",
+                                                     n=4, **kw)}
+    with pytest.raises(ValueError, match="clip=True"):
+        calls[name]()
+    drawn = {}
+    real = plot._image_figure
+
+    def spy(grid, title, *args):
+        drawn.update(grid=grid, title=title)
+        return real(grid, title, *args)
+    monkeypatch.setattr(plot, "_image_figure", spy)
+    calls[name](clip=True)
+    assert drawn["grid"].min() >= 0 and drawn["grid"].max() <= 1 and drawn["title"].endswith(plot.CLIPPED)
+    assert (tmp_path / "a.png").read_bytes().startswith(PNG_SIGNATURE) and plt.get_fignums() == []

@@ -110,6 +110,52 @@ def test_bad_hyperparameters_are_refused_clearly(bad, tmp_path, capsys):
     assert err.value.code != 0 and ("must be" in message or "beta" in message)
 
 
+@pytest.mark.parametrize("x_logvar", ["learned-pixel", "learned-scalar", "-1.5"])
+def test_gaussian_likelihood_runs_end_to_end(x_logvar, tmp_path):
+    """The Gaussian decoder's means are unbounded: the figures show them clipped, and the run
+    finishes with every output. Its -ELBO is in nats of a density, normalising constant included."""
+    out = tmp_path / "run"
+    plots = [] if x_logvar == "learned-pixel" else ["--no-plots"]  # the figures once: they take most of the time
+    history = train_mnist_vae.main(TINY + plots + ["--epochs", "1", "--latent", "2", "--likelihood", "gaussian",
+                                                   "--x-logvar", x_logvar, "--out", str(out)])
+    for png in [] if plots else ("samples", "reconstructions", "interpolation", "latent_grid", "curves"):
+        assert (out / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    params = load_checkpoint(out / "checkpoint.npz")["params"]
+    learned = {"learned-scalar": (), "learned-pixel": (784,)}
+    assert (params["x_logvar"].shape if "x_logvar" in params else None) == learned.get(x_logvar)
+    assert np.isfinite(history[-1]["test_neg_elbo"])
+    saved = json.loads((out / "metrics.json").read_text())["config"]["x_logvar"]
+    assert saved == (x_logvar if x_logvar in learned else float(x_logvar))
+
+
+def test_conditional_vae_writes_one_row_per_class_and_resumes(tmp_path):
+    out = tmp_path / "cvae"
+    history = train_mnist_vae.main(TINY + ["--epochs", "1", "--conditional", "--out", str(out)])
+    assert (out / "class_samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "interpolation.png").exists()  # interpolating z across two labels is not defined
+    state = load_checkpoint(out / "checkpoint.npz")
+    assert state["config"]["conditional"] is True and state["config"]["model"] == "mlp_vae"
+    assert state["params"]["encoder.layers.0.W"].shape == (794, 32)  # 784 pixels + 10 label entries
+    assert state["params"]["decoder.layers.0.W"].shape == (13, 32)   # 3 latents + 10 label entries
+    assert np.isfinite(history[-1]["test_neg_elbo"])
+    again = train_mnist_vae.main(TINY + ["--epochs", "2", "--conditional", "--out", str(out), "--no-plots",
+                                         "--resume", str(out / "checkpoint.npz")])
+    assert len(again) == 2
+    with pytest.raises(SystemExit, match="different conditional"):
+        train_mnist_vae.main(TINY + ["--epochs", "3", "--out", str(out), "--resume", str(out / "checkpoint.npz")])
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--x-logvar", "-1"], "--x-logvar sets the variance of --likelihood gaussian"),
+    (["--likelihood", "gaussian", "--x-logvar", "learned"], "expected a finite number, got 'learned'"),
+    (["--conditional", "--iw-samples", "5"], "drop it with --conditional")])
+def test_likelihood_and_conditional_flags_are_checked(bad, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        train_mnist_vae.main(TINY + bad + ["--out", str(tmp_path / "run")])
+    assert err.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_learning_on_bundled_digits(tmp_path):
     """Real training on real digits must beat, by far, the best model that ignores z.
 

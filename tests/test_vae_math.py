@@ -439,48 +439,67 @@ def _set_param(model, dotted_name, tensor):
     setattr(owner, last, tensor)
 
 
-def _ref_vae_objective(p, x, eps, likelihood, x_logvar, beta, lam, mode):
-    """MLPVAE(6, (5,), 3, tanh).loss written out from the parameter arrays in autograd.numpy."""
-    h = anp.tanh(x @ p["encoder.layers.0.W"] + p["encoder.layers.0.b"])
+def _ref_vae_objective(p, x, eps, likelihood, x_logvar, beta, lam, mode, y_onehot=None):
+    """MLPVAE(6, (5,), 3, tanh).loss written out from the parameter arrays in autograd.numpy.
+
+    With y_onehot (B, C), the conditional VAE: the label is appended to the encoder's input x and
+    to the decoder's input z.
+    """
+    label = (lambda a: a) if y_onehot is None else (lambda a: anp.concatenate([a, y_onehot], axis=1))
+    x_in = label(x)
+    h = anp.tanh(x_in @ p["encoder.layers.0.W"] + p["encoder.layers.0.b"])
     out = h @ p["encoder.layers.1.W"] + p["encoder.layers.1.b"]
     mu, logvar = out[:, :3], out[:, 3:]
     z = ref_sample(mu, logvar, eps)
-    g = anp.tanh(z @ p["decoder.layers.0.W"] + p["decoder.layers.0.b"])
+    g = anp.tanh(label(z) @ p["decoder.layers.0.W"] + p["decoder.layers.0.b"])
     x_out = g @ p["decoder.layers.1.W"] + p["decoder.layers.1.b"]
     if likelihood == "bernoulli":
         log_px_z = ref_bernoulli(x, x_out)
     else:
-        log_px_z = ref_log_normal(x, x_out, p["x_logvar"] if x_logvar is None else x_logvar)
+        learned = x_logvar in (None, "learned-scalar", "learned-pixel")
+        log_px_z = ref_log_normal(x, x_out, p["x_logvar"] if learned else x_logvar)
     return -anp.mean(log_px_z) + beta * _ref_kl_term(ref_kl_per_dim(mu, logvar), lam, mode)
 
 
-MODEL_CASES = [(lik, x_logvar, mode) for lik, x_logvar in
-               (("bernoulli", None), ("gaussian", None), ("gaussian", -0.5))
+# (likelihood, x_logvar, n_classes): n_classes > 0 is the conditional VAE (Sohn et al. 2015)
+MODELS = [("bernoulli", None, 0), ("gaussian", None, 0), ("gaussian", -0.5, 0), ("gaussian", "learned-pixel", 0),
+          ("bernoulli", None, 4), ("gaussian", "learned-pixel", 4)]
+MODEL_CASES = [(lik, x_logvar, n_classes, mode) for lik, x_logvar, n_classes in MODELS
                for mode in (None, *FREE_BITS_MODES)]
 
 
-def _tiny_model_case(likelihood, x_logvar, mode):
-    """A float64 MLPVAE(6, (5,), 3), a batch, fixed eps, and a free-bits threshold off the kinks."""
+def _tiny_model_case(likelihood, x_logvar, n_classes, mode):
+    """A float64 MLPVAE(6, (5,), 3), a batch, fixed eps, and a free-bits threshold off the kinks.
+
+    kwargs holds the labels y of a conditional model (n_classes > 0), one of each class at least.
+    """
     rng = np.random.default_rng(12)
     model = MLPVAE(n_in=6, hidden=(5,), latent=3, activation="tanh", likelihood=likelihood,
-                   x_logvar=x_logvar, rng=rng, dtype=np.float64)
+                   x_logvar=x_logvar, rng=rng, dtype=np.float64, n_classes=n_classes)
     for p in model.parameters():  # larger than the default init, so the KLs differ a lot
         p.data *= 2.5
     x = rng.uniform(0, 1, (7, 6)) if likelihood == "bernoulli" else rng.standard_normal((7, 6))
     eps = rng.standard_normal((7, 3))
+    y = np.arange(7) % n_classes if n_classes else None
+    if likelihood == "gaussian" and isinstance(x_logvar, str):  # a learned per-pixel variance, not all equal
+        model.x_logvar.data[...] = rng.normal(0, 0.5, model.x_logvar.shape)
     lam = 0.0
     if mode is not None:
-        mu, logvar = (t.data for t in model.encode(Tensor(x)))
+        mu, logvar = (t.data for t in model.encode(Tensor(x), y))
         lam, margin = _lambda_between(_thresholded(_np_kl(mu, logvar), mode)[0])
         assert margin > 1e-4
-    return model, x, eps, dict(beta=0.6, free_bits=lam, free_bits_mode=mode or "batch_dim")
+    return model, x, eps, dict(beta=0.6, free_bits=lam, free_bits_mode=mode or "batch_dim", y=y)
 
 
-@pytest.mark.parametrize("likelihood, x_logvar, mode", MODEL_CASES)
-def test_mlpvae_objective_gradient_check(likelihood, x_logvar, mode):
-    model, x, eps, kwargs = _tiny_model_case(likelihood, x_logvar, mode)
+@pytest.mark.parametrize("likelihood, x_logvar, n_classes, mode", MODEL_CASES)
+def test_mlpvae_objective_gradient_check(likelihood, x_logvar, n_classes, mode):
+    model, x, eps, kwargs = _tiny_model_case(likelihood, x_logvar, n_classes, mode)
     names = [n for n, _ in model.named_parameters()]
-    assert len(names) == 8 + (likelihood == "gaussian" and x_logvar is None)
+    learned = likelihood == "gaussian" and not isinstance(x_logvar, float)  # x_logvar is a parameter
+    assert len(names) == 8 + learned
+    if learned:
+        assert model.x_logvar.shape == ((6,) if x_logvar == "learned-pixel" else ())
+    assert model.encoder.layers[0].W.shape == (6 + n_classes, 5) and model.decoder.layers[0].W.shape == (3 + n_classes, 5)
 
     def f(*params):
         for name, t in zip(names, params):
@@ -489,15 +508,16 @@ def test_mlpvae_objective_gradient_check(likelihood, x_logvar, mode):
     check_grads(f, *[p.data.copy() for p in model.parameters()])
 
 
-@pytest.mark.parametrize("likelihood, x_logvar, mode", MODEL_CASES)
-def test_mlpvae_objective_matches_autograd(likelihood, x_logvar, mode):
-    model, x, eps, kwargs = _tiny_model_case(likelihood, x_logvar, mode)
+@pytest.mark.parametrize("likelihood, x_logvar, n_classes, mode", MODEL_CASES)
+def test_mlpvae_objective_matches_autograd(likelihood, x_logvar, n_classes, mode):
+    model, x, eps, kwargs = _tiny_model_case(likelihood, x_logvar, n_classes, mode)
+    y_onehot = np.eye(n_classes)[kwargs["y"]] if n_classes else None
     names = [n for n, _ in model.named_parameters()]
     values = [p.data.copy() for p in model.parameters()]
 
     def ref(*vals):
         return _ref_vae_objective(dict(zip(names, vals)), x, eps, likelihood, x_logvar,
-                                  kwargs["beta"], kwargs["free_bits"], kwargs["free_bits_mode"])
+                                  kwargs["beta"], kwargs["free_bits"], kwargs["free_bits_mode"], y_onehot)
     obj, stats = model.loss(x, eps, **kwargs)
     obj.backward()
     assert obj.data == pytest.approx(ref(*values), rel=1e-12)
@@ -505,6 +525,40 @@ def test_mlpvae_objective_matches_autograd(likelihood, x_logvar, mode):
     for i, (name, p) in enumerate(model.named_parameters()):
         np.testing.assert_allclose(p.grad, autograd.grad(ref, i)(*values), rtol=1e-10, atol=1e-13,
                                    err_msg=name)
+
+
+def test_gaussian_decoder_elbo_is_in_true_nats():
+    """log p(x|z) of a Gaussian decoder includes -0.5*log(2*pi*var) per pixel: the squared error
+    alone (the "L2 loss") is not a log-likelihood, and its ELBO would not be comparable."""
+    rng = np.random.default_rng(3)
+    x, eps = rng.uniform(0, 1, (5, 6)), rng.standard_normal((5, 3))
+    for x_logvar in (-2.0, "learned-pixel"):
+        model = MLPVAE(6, (5,), 3, "tanh", "gaussian", x_logvar, rng=rng, dtype=np.float64)
+        if x_logvar == "learned-pixel":
+            model.x_logvar.data[...] = rng.normal(0, 1, 6)
+        var = np.exp(np.broadcast_to(np.asarray(getattr(model.x_logvar, "data", model.x_logvar)), (6,)))
+        mu, logvar = (t.data for t in model.encode(x))
+        mean = model.decode(mu + np.exp(0.5 * logvar) * eps).data
+        squared = np.sum((x - mean) ** 2 / (2 * var), axis=1)
+        _, stats = model.loss(x, eps)
+        assert stats["rec"] == pytest.approx(np.mean(squared) + 0.5 * np.sum(np.log(2 * np.pi * var)), rel=1e-12)
+
+
+def test_conditional_vae_uses_its_labels_and_refuses_misuse():
+    rng = np.random.default_rng(4)
+    x, eps = rng.uniform(0, 1, (6, 6)), rng.standard_normal((6, 3))
+    cvae = MLPVAE(6, (5,), 3, "tanh", n_classes=3, rng=rng, dtype=np.float64)
+    a, b = (cvae.loss(x, eps, y=y)[1]["neg_elbo"] for y in (np.zeros(6, int), np.arange(6) % 3))
+    assert a != pytest.approx(b)  # the label changes q(z|x, y) and p(x|z, y)
+    assert cvae.sample(4, rng, y=np.array([0, 1, 2, 0])).shape == (4, 6)
+    with pytest.raises(ValueError, match="needs the labels y"):
+        cvae.loss(x, eps)
+    with pytest.raises(ValueError, match="integers in 0..2"):
+        cvae.loss(x, eps, y=np.full(6, 3))
+    with pytest.raises(ValueError, match="not conditional"):
+        MLPVAE(6, (5,), 3, rng=rng).loss(x, eps, y=np.zeros(6, int))
+    with pytest.raises(ValueError, match="x_logvar must be one of"):
+        MLPVAE(6, (5,), 3, likelihood="gaussian", x_logvar="learned-pxl")
 
 
 # ================================================================== 7. diagnostics
