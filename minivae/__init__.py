@@ -24,16 +24,21 @@ Reading order (each module builds only on the ones before it):
   text_diagnostics.py  sentence diagnostics: reconstruction scores, probes
   plot.py              figures
   train.py             what the training scripts share
+  saved.py             load_model: a trained model rebuilt from its checkpoint
 """
-__all__ = ["Tensor", "no_grad", "PRIMITIVES"]
+__all__ = ["Tensor", "no_grad", "PRIMITIVES", "load_model"]
 __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    """`from minivae import Tensor` loads the engine and ops (which gives Tensor its operators).
+    """`from minivae import Tensor` loads the engine and ops (which gives Tensor its operators);
+    `minivae.load_model` loads saved.py and the modules it needs.
 
     Imported lazily (PEP 562) so that `import minivae.engine` loads the engine alone.
     """
+    if name == "load_model":
+        from .saved import load_model
+        return load_model
     if name in __all__:
         from . import engine, ops  # noqa: F401
         return getattr(engine, name)
