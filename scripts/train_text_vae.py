@@ -26,7 +26,7 @@ from minivae.engine import no_grad
 from minivae.fileio import atomic_writer, write_json
 from minivae.layers import dropout_mask
 from minivae.optim import Adam, clip_grad_norm
-from minivae.sentence_vae import SentenceVAE
+from minivae.saved import sentence_model
 from minivae.text_diagnostics import (encode_sentences, factor_probe, greedy_reconstructions,
                                       reconstruction_scores)
 
@@ -92,6 +92,7 @@ def parse_args(argv=None):
     o.add_argument("--n-samples", type=int, default=10, help="sentences in samples.txt etc.")
     o.add_argument("--max-gen-len", type=int, default=40, help="longest generated sentence (tokens)")
     train.add_run_flags(o, out="runs/text-vae")
+    p.set_defaults(model="sentence_vae")  # not a flag: the checkpoint's config names the model for load_model
     args = p.parse_args(argv)
     train.check_flags(p, args, positive=("lr", "sfb_rate", "mdr_lr"), in_0_1=("word_dropout", "contiguous_dropout"),
                       at_least_1=("epochs", "batch_size", "latent", "embedding", "hidden", "toy_sentences",
@@ -148,11 +149,7 @@ def main(argv=None):
     word_p = 1.0 if args.historyless else args.word_dropout
 
     rng = np.random.default_rng(args.seed)
-    posterior_norm = "bn" if args.bn_vae else "tau" if args.bn_vae_tau is not None else None
-    model = SentenceVAE(len(vocab), args.embedding, args.hidden, args.latent, args.bidirectional,
-                        args.z_to_every_step, posterior_norm, bn_gamma=args.bn_vae or 0.5,
-                        bn_tau=0.5 if args.bn_vae_tau is None else args.bn_vae_tau,
-                        bow_hidden=args.bow_hidden if args.bow else 0, rng=rng, dtype=dtype)
+    model = sentence_model(vars(args), len(vocab), rng)  # the one construction load_model uses too
     optimizer = Adam(model.parameters(), lr=args.lr)
     sfb = SoftFreeBits(args.soft_free_bits, args.sfb_rate, weight=0.1 * args.beta,
                        max_weight=args.beta) if args.soft_free_bits else None

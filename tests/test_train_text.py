@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from minivae.checkpoint import load_checkpoint
+from minivae.sentence_vae import SentenceVAE
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_text_vae.py"
 spec = importlib.util.spec_from_file_location("train_text_vae", SCRIPT)
@@ -89,7 +90,7 @@ def test_resume_is_exactly_a_continued_run(tmp_path):
 
 def test_nan_stops_training_naming_step_and_term_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     run = tmp_path / "run"
-    real_loss = train_text_vae.SentenceVAE.loss
+    real_loss = SentenceVAE.loss
     calls = {"n": 0}
 
     def loss_that_goes_nan(self, *args, **kwargs):
@@ -99,7 +100,7 @@ def test_nan_stops_training_naming_step_and_term_and_keeps_last_checkpoint(tmp_p
             if calls["n"] == 21:  # step 20, in epoch 2 (17 steps per epoch)
                 stats = {**stats, "rec": float("nan")}
         return objective, stats
-    monkeypatch.setattr(train_text_vae.SentenceVAE, "loss", loss_that_goes_nan)
+    monkeypatch.setattr(SentenceVAE, "loss", loss_that_goes_nan)
     with pytest.raises(SystemExit, match="step 20: the rec term is nan"):
         train_text_vae.main(TINY + ["--epochs", "3", "--out", str(run), "--no-plots"])
     assert load_checkpoint(run / "checkpoint.npz")["epoch"] == 1  # the last good one survives
