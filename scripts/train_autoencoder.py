@@ -61,7 +61,8 @@ def parse_args(argv=None):
     g.add_argument("--commitment", type=float, default=0.25, help="vqvae: commitment weight")
     g.add_argument("--ema", action="store_true", help="vqvae: EMA codebook update instead of its loss")
     g.add_argument("--ema-decay", type=float, default=0.99)
-    g.add_argument("--no-restarts", action="store_true", help="vqvae: keep dead codes where they are")
+    g.add_argument("--restart-every", type=int, default=50, help="vqvae: every N steps, move the codes "
+                   "unused in them onto encoder outputs (0: never; the codebook still starts on them)")
     g.add_argument("--prior-epochs", type=int, default=10, help="vqvae: epochs of the GRU prior")
     g.add_argument("--iaf-steps", type=int, default=2, help="iaf: number of flow steps T")
     g.add_argument("--made-hidden", type=int, default=80, help="iaf: MADE hidden units")
@@ -78,7 +79,7 @@ def parse_args(argv=None):
                                            "code_dim", "made_hidden"), positive=("lr",),
                       at_least_0=("beta", "sparsity_weight", "contraction", "commitment", "prior_epochs",
                                   "iaf_steps", "iw_samples", "iw_examples", "limit", "max_seconds",
-                                  "k_warmup_epochs", "noise_level"), in_0_1=("ema_decay",))
+                                  "k_warmup_epochs", "noise_level", "restart_every"), in_0_1=("ema_decay",))
     return args
 
 
@@ -202,14 +203,18 @@ def run(args):
     optimizer = Adam(params, lr=args.lr)
     config, ckpt_path = train.run_config(args), out("checkpoint.npz")
     history, step, start_epoch, seconds = [], 0, 0, 0.0
+    usage = np.zeros(getattr(model, "n_codes", 1), int)  # vqvae: how often each code was chosen lately
     if args.resume:
         state = train.resume(args.resume, args, ARCHITECTURE, model, optimizer, rng, ema=ema)
-        history, step, start_epoch = state["history"], state["step"], state["epoch"]
+        history, step, start_epoch, usage = state["history"], state["step"], state["epoch"], state["usage"]
         seconds = sum(r["seconds"] for r in history)
+    elif args.model == "vqvae":  # start every code on an encoder output, where it will be used
+        with no_grad():
+            z_e = model.encode(Tensor(x_train[:args.batch_size])).data
+        vqvae.restart_dead_codes(model.codebook, np.zeros_like(usage), z_e, rng, ema)
 
     for epoch in range(start_epoch, args.epochs):
-        t0, totals, n_seen = time.perf_counter(), {}, 0
-        usage = np.zeros(getattr(model, "n_codes", 1), int)  # vqvae: how often each code was chosen
+        t0, totals, n_seen, restarted = time.perf_counter(), {}, 0, 0
         bar = train.progress(data.batches(len(x_train), args.batch_size, rng), steps_per_epoch,
                              f"epoch {epoch + 1}", enabled=not args.no_progress)
         for idx in bar:
@@ -223,6 +228,9 @@ def run(args):
                 usage += np.bincount(stats["codes"].ravel(), minlength=len(usage))
                 if ema is not None:
                     ema.step(stats["z_e"], stats["codes"])
+                if args.restart_every and (step + 1) % args.restart_every == 0:
+                    restarted += vqvae.restart_dead_codes(model.codebook, usage, stats["z_e"], rng, ema)
+                    usage[:] = 0
             step += 1
             for key in ("objective", "rec", "kl", "neg_elbo"):
                 if key in stats:
@@ -231,9 +239,6 @@ def run(args):
             bar.set_postfix(objective=f"{totals['objective'] / n_seen:.2f}")
             if args.max_seconds and seconds + time.perf_counter() - t0 > args.max_seconds:
                 break
-        restarted = 0
-        if args.model == "vqvae" and not args.no_restarts:
-            restarted = vqvae.restart_dead_codes(model.codebook, usage, stats["z_e"], rng, ema)
         seconds += time.perf_counter() - t0
         test = evaluate(model, x_test, np.random.default_rng([args.seed, epoch, 1]), args)
         record = {"epoch": epoch + 1, "steps": step, **{f"train_{k}": v / n_seen for k, v in totals.items()},
@@ -245,7 +250,7 @@ def run(args):
               f"test rec {record['test_rec']:7.2f}" + (f"  test -ELBO {record['test_neg_elbo']:7.2f}"
               if "test_neg_elbo" in record else "") + f"  {record['seconds']:5.1f} s", flush=True)
         train.save_state(ckpt_path, model, optimizer, rng, config=config, step=step, epoch=epoch + 1,
-                         history=history, ema=None if ema is None else ema.state_dict())
+                         history=history, usage=usage, ema=None if ema is None else ema.state_dict())
         if args.max_seconds and seconds > args.max_seconds:
             print(f"stopping: --max-seconds {args.max_seconds:g} reached after {step} steps")
             break
