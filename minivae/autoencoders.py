@@ -22,26 +22,30 @@ from .layers import MLP, Module
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 CODES = {"linear": lambda h: h, "sigmoid": ops.sigmoid, "relu": ops.relu}
+CORRUPTIONS = ("gaussian", "masking")
 
 
 class Autoencoder(Module):
     """x (B, n_in) -> MLP -> code h (B, latent) -> MLP -> x_logits or x_mean (B, n_in).
 
     `code` is the activation of the code layer: "linear" (plain and k-sparse), "sigmoid" (sparse and
-    contractive: a unit's activation is then a firing rate in (0, 1)) or "relu".
+    contractive: a unit's activation is then a firing rate in (0, 1)) or "relu". The encoder's
+    hidden sizes are `hidden` unless `encoder_hidden` says otherwise (the contractive encoder is
+    one layer); the decoder mirrors `hidden`.
     Reference: Hinton & Salakhutdinov 2006, Science 313, "Reducing the dimensionality of data
     with neural networks"; Bourlard & Kamp 1988 (a linear autoencoder learns the PCA subspace).
     """
 
     def __init__(self, n_in=784, hidden=(400,), latent=32, activation="relu", likelihood="bernoulli",
-                 code="linear", rng=None, dtype=np.float32):
+                 code="linear", rng=None, dtype=np.float32, encoder_hidden=None):
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"unknown likelihood '{likelihood}'; choose from {LIKELIHOODS}")
         if code not in CODES:
             raise ValueError(f"unknown code activation '{code}'; choose from {sorted(CODES)}")
         rng = rng if rng is not None else np.random.default_rng(0)
         self.latent, self.likelihood, self.code = int(latent), likelihood, code
-        self.encoder = MLP([n_in, *hidden, self.latent], activation, rng, dtype)
+        encoder_hidden = hidden if encoder_hidden is None else encoder_hidden
+        self.encoder = MLP([n_in, *encoder_hidden, self.latent], activation, rng, dtype)
         self.decoder = MLP([self.latent, *reversed(hidden), n_in], activation, rng, dtype)
 
     def encode(self, x):
@@ -96,7 +100,7 @@ def corrupt(x, kind, level, rng):
         return (x + level * rng.standard_normal(x.shape)).astype(x.dtype)
     if kind == "masking":
         return (x * (rng.random(x.shape) >= level)).astype(x.dtype)
-    raise ValueError(f"unknown corruption '{kind}'; choose gaussian or masking")
+    raise ValueError(f"unknown corruption '{kind}'; choose from {CORRUPTIONS}")
 
 
 class DenoisingAutoencoder(Autoencoder):
@@ -110,7 +114,8 @@ class DenoisingAutoencoder(Autoencoder):
 
     def __init__(self, *args, corruption="masking", noise_level=0.3, **kwargs):
         super().__init__(*args, **kwargs)
-        corrupt(np.zeros(1), corruption, noise_level, np.random.default_rng(0))  # check the name
+        if corruption not in CORRUPTIONS:
+            raise ValueError(f"unknown corruption '{corruption}'; choose from {CORRUPTIONS}")
         self.corruption, self.noise_level = corruption, float(noise_level)
 
     def noise(self, x, rng):
@@ -132,11 +137,13 @@ class SparseAutoencoder(Autoencoder):
     """Sigmoid code; penalty = beta * sum_j KL(rho || rho_hat_j), rho_hat_j = batch mean of h_j.
 
     Each code unit is pushed to fire on a fraction rho of the inputs, so each learns a feature
-    that only some digits have (its decoder column is a stroke: see the filters figure).
+    that only some digits have. The encoder is one layer, as in the notes, so each unit's weights
+    are an image of what it detects (the training script's filters figure): strokes.
     Reference: Ng 2011, "Sparse autoencoder", CS294A lecture notes, Sec. 3 (the KL-to-rho penalty).
     """
 
     def __init__(self, *args, rho=0.05, sparsity_weight=3.0, **kwargs):
+        kwargs.setdefault("encoder_hidden", ())
         super().__init__(*args, code="sigmoid", **kwargs)
         if not 0 < rho < 1:
             raise ValueError(f"target activation rho must be in (0, 1), got {rho}")
@@ -165,10 +172,12 @@ class KSparseAutoencoder(Autoencoder):
     k_at(step) is the schedule of the paper's Sec. 3.3: k goes linearly from `latent` (dense) to k
     over the first `k_warmup` steps, so every unit gets gradient before the support narrows (units
     that never win otherwise stay dead). Training passes the step; evaluation uses the final k.
+    The encoder is one linear layer, as in the paper, so its weights are the units' filters.
     Reference: Makhzani & Frey 2013, arXiv:1312.5663, "k-Sparse Autoencoders".
     """
 
     def __init__(self, *args, k=25, k_warmup=0, **kwargs):
+        kwargs.setdefault("encoder_hidden", ())
         super().__init__(*args, code="linear", **kwargs)
         if not 1 <= k <= self.latent:
             raise ValueError(f"k must be in 1..latent = 1..{self.latent}, got {k}")
@@ -209,9 +218,8 @@ class ContractiveAutoencoder(Autoencoder):
 
     def __init__(self, n_in=784, hidden=(400,), latent=32, activation="relu", likelihood="bernoulli",
                  rng=None, dtype=np.float32, contraction=0.1):
-        super().__init__(n_in, hidden, latent, activation, likelihood, "sigmoid", rng, dtype)
-        rng = rng if rng is not None else np.random.default_rng(0)
-        self.encoder = MLP([n_in, self.latent], activation, rng, dtype)  # one layer: the closed form
+        # one encoder layer, so that the penalty has its closed form
+        super().__init__(n_in, hidden, latent, activation, likelihood, "sigmoid", rng, dtype, encoder_hidden=())
         self.contraction = float(contraction)
 
     def penalty(self, x, h):

@@ -11,6 +11,9 @@ unchanged (ops.straight_through). Two terms train what that copy cannot:
     commitment = beta * ||z_e - stop_gradient(z_q)||^2  keeps the encoder near its codes
 (each summed over L and D, averaged over the batch). With ema=True the codebook term is dropped
 and EMACodebook moves each code to a running average of the encoder outputs assigned to it.
+A code that no encoder output is near gets no gradient and no EMA update, so it stays unused
+for good: restart_dead_codes moves such codes onto encoder outputs (the training script starts
+the whole codebook there and restarts the unused codes every few dozen steps).
 The prior is learned afterwards: CodePrior, a GRU over the L code indices, so that sampling
 codes from it and decoding them generates new images.
 Reference: van den Oord et al. 2017, arXiv:1711.00937, eq. 3 (loss), Appendix A.1 (EMA).

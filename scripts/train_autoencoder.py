@@ -21,7 +21,7 @@ from minivae.models import MLPVAE
 from minivae.optim import Adam
 
 MODELS = ("ae", "dae", "sparse", "ksparse", "contractive", "vae", "beta_vae", "vqvae", "iaf")
-LATENT = {"ae": 32, "dae": 32, "sparse": 64, "ksparse": 100, "contractive": 64, "vae": 20,
+LATENT = {"ae": 32, "dae": 32, "sparse": 196, "ksparse": 256, "contractive": 64, "vae": 20,
           "beta_vae": 10, "vqvae": 8, "iaf": 20}  # vqvae: the number of code vectors L
 GENERATIVE = ("vae", "beta_vae", "vqvae", "iaf")
 ARCHITECTURE = ("model", "dataset", "hidden", "latent", "activation", "likelihood", "dtype", "n_codes",
@@ -50,7 +50,7 @@ def parse_args(argv=None):
     g = p.add_argument_group("model hyperparameters")
     g.add_argument("--noise", choices=["masking", "gaussian"], default="masking", help="dae corruption")
     g.add_argument("--noise-level", type=float, default=0.3, help="dae: drop fraction, or noise std")
-    g.add_argument("--rho", type=float, default=0.05, help="sparse: target mean activation")
+    g.add_argument("--rho", type=float, default=0.1, help="sparse: target mean activation")
     g.add_argument("--sparsity-weight", type=float, default=3.0, help="sparse: beta of the KL penalty")
     g.add_argument("--k", type=int, default=25, help="ksparse: code units kept per example")
     g.add_argument("--k-warmup-epochs", type=float, default=1.0, help="ksparse: epochs to go from dense to k")
@@ -139,7 +139,10 @@ def evaluate(model, x, rng, args, batch_size=1000):
     """Held-out stats averaged over x: test_rec (nats per image), test_neg_elbo (VAEs), and more.
 
     Deterministic autoencoders are scored on the clean input (no corruption); the VAEs with one
-    z ~ q(z|x) per image, so test_rec + KL is the held-out -ELBO.
+    z ~ q(z|x) per image, so test_rec + KL is the held-out -ELBO. Active units: for the VAEs,
+    dimensions whose posterior mean varies over x by at least 0.01 (Burda et al.); for the codes
+    of the autoencoders, whose scales differ (a sigmoid unit's variance is at most 0.25), units
+    whose variance is at least 1% of the average unit's: a unit that barely moves carries nothing.
     """
     totals = {}
     with no_grad():
@@ -156,7 +159,8 @@ def evaluate(model, x, rng, args, batch_size=1000):
         else:
             code = diagnostics.encode_all(model, x)[0] if args.model in GENERATIVE else \
                 np.concatenate([model.encode(Tensor(x[i:i + batch_size])).data for i in range(0, len(x), batch_size)])
-            result["active_units"] = diagnostics.active_units(code)[0]
+            threshold = 0.01 if args.model in GENERATIVE else 0.01 * code.var(0).mean()
+            result["active_units"] = diagnostics.active_units(code, threshold)[0]
             result["code"] = code
     return result
 
@@ -315,16 +319,20 @@ def make_figures(args, out, model, x_test, test, prior):
             bar_chart(usage / usage.sum(), out("code_usage.png"), "code k", "fraction of test codes",
                       f"code usage (perplexity {test['code_perplexity']:.1f} of {model.n_codes})")
         if args.model in ("sparse", "ksparse", "contractive"):
-            W = model.encoder.layers[0].W.data[:, :64].T  # (64, 784): the first layer's filters
+            order = np.argsort(-test["code"].var(0))[:64]  # the most variable code units
+            W = model.encoder.layers[0].W.data[:, order].T  # (64, 784): their filters (one-layer encoders)
             lo, hi = W.min(1, keepdims=True), W.max(1, keepdims=True)
-            plot.image_grid((W - lo) / (hi - lo), out("filters.png"), title="encoder filters (first layer)")
-        if args.model in ("sparse", "ksparse"):  # what each code unit draws when it alone is on
+            plot.image_grid((W - lo) / (hi - lo), out("filters.png"), title="encoder filters of the code units")
+        if args.model in ("sparse", "ksparse"):  # what switching each unit on adds to the average code
             code = test["code"]
             order = np.argsort(-code.var(0))[:64]
-            h = np.zeros((len(order), model.latent), code.dtype)
-            h[np.arange(len(order)), order] = np.percentile(code, 99, axis=0)[order]
-            plot.image_grid(model.mean_image(model.decode(Tensor(h))), out("code_units.png"),
-                            title="decoder image of each code unit alone (most variable first)")
+            h = np.repeat(code.mean(0, keepdims=True), len(order) + 1, axis=0)  # row 0: the average
+            h[np.arange(1, len(order) + 1), order] = np.percentile(code, 99, axis=0)[order]
+            images = model.mean_image(model.decode(Tensor(h)))
+            diff = images[1:] - images[0]
+            lo, hi = diff.min(1, keepdims=True), diff.max(1, keepdims=True)
+            plot.image_grid((diff - lo) / np.maximum(hi - lo, 1e-8), out("code_units.png"),
+                            title="what each code unit adds to the average code's image")
         if args.model in ("vae", "beta_vae"):
             mu = test["code"]
             dims = np.argsort(-mu.var(0))[:10]
