@@ -34,7 +34,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--iw-samples", type=int, default=100, help="K of the importance-weighted NLL")
     p.add_argument("--iw-examples", type=int, default=1000, help="test images for the IW NLL")
-    p.add_argument("--shapes-epochs", type=int, default=30, help="epochs of each model on the shapes")
+    p.add_argument("--shapes-epochs", type=int, default=100, help="epochs of each model on the shapes "
+                   "(at most 10 with --quick)")
     p.add_argument("--shapes-beta", type=float, default=4.0, help="beta of the beta-VAE on the shapes")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
@@ -91,14 +92,16 @@ def main(argv=None):
     shapes_rows = []
     for model, beta in (("vae", 1.0), ("beta_vae", args.shapes_beta)):
         flags = ["--model", model, "--dataset", "shapes", "--beta", str(beta), "--seed", str(args.seed),
-                 "--epochs", str(args.shapes_epochs), "--batch-size", "64", "--latent", "10",
+                 "--epochs", str(min(args.shapes_epochs, 10) if args.quick else args.shapes_epochs),
+                 "--batch-size", "64", "--latent", "10",
                  "--out", os.path.join(args.out, f"shapes-{model}")] + ["--no-progress"] * args.no_progress
         print(f"== shapes, beta = {beta:g}: train_autoencoder.py {' '.join(flags)}", flush=True)
         metrics = train_autoencoder.main(flags)
         shapes_rows.append({"beta": beta, "mig": metrics["mig"], "mig_per_factor": metrics["mig_per_factor"],
                             "test_neg_elbo": metrics["test_neg_elbo"], "active_units": metrics["active_units"]})
         print(f"beta = {beta:g}: MIG {metrics['mig']:.3f}, test -ELBO {metrics['test_neg_elbo']:.2f}")
-    write_json(out("disentanglement.json"), {"config": {"epochs": args.shapes_epochs, "seed": args.seed},
+    write_json(out("disentanglement.json"), {"config": {"epochs": int(flags[flags.index("--epochs") + 1]),
+                                                        "seed": args.seed},
                                              "rows": shapes_rows})
     plot = train.plot_module()
     if plot is not None:

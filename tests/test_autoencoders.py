@@ -176,3 +176,46 @@ def test_traversal_changes_one_dimension_per_row():
     rows = shapes.traversal(lambda z: z.copy(), np.zeros(3), [2, 0], np.array([-1.0, 1.0]))
     assert rows.shape == (2, 2, 3)
     np.testing.assert_array_equal(rows[0], [[0, 0, -1], [0, 0, 1]])
+
+
+def _reference_loss(model, p, x, x_in, keep):
+    """The objective written again with autograd.numpy from the parameter arrays p (tanh MLPs)."""
+    def mlp(prefix, n_layers, h):
+        for i in range(n_layers):
+            h = h @ p[f"{prefix}.layers.{i}.W"] + p[f"{prefix}.layers.{i}.b"]
+            h = anp.tanh(h) if i < n_layers - 1 else h
+        return h
+    h = mlp("encoder", len(model.encoder.layers), x_in)
+    h = 1 / (1 + anp.exp(-h)) if model.code == "sigmoid" else h
+    h = anp.where(keep, h, 0.0) if keep is not None else h
+    out = mlp("decoder", len(model.decoder.layers), h)
+    if model.likelihood == "bernoulli":
+        rec = anp.mean(anp.sum(anp.logaddexp(0, out) - x * out, axis=1))
+    else:
+        rec = anp.mean(anp.sum(0.5 * (x - out) ** 2 + 0.5 * np.log(2 * np.pi), axis=1))
+    if isinstance(model, A.SparseAutoencoder):
+        r, rho = anp.mean(h, axis=0), model.rho
+        rec = rec + model.sparsity_weight * anp.sum(rho * anp.log(rho / r) + (1 - rho) * anp.log((1 - rho) / (1 - r)))
+    if isinstance(model, A.ContractiveAutoencoder):
+        W = p["encoder.layers.0.W"]
+        rec = rec + model.contraction * anp.mean(anp.sum((h * (1 - h)) ** 2 * anp.sum(W ** 2, axis=0), axis=1))
+    return rec
+
+
+@pytest.mark.parametrize("cls, kwargs", [
+    (A.Autoencoder, {"likelihood": "gaussian"}), (A.DenoisingAutoencoder, {"corruption": "masking"}),
+    (A.SparseAutoencoder, {"rho": 0.2}), (A.KSparseAutoencoder, {"k": 2}), (A.ContractiveAutoencoder, {})],
+    ids=["ae-gaussian", "dae", "sparse", "ksparse", "contractive"])
+def test_losses_match_autograd(cls, kwargs):
+    model, x, rng = small(cls, **kwargs)
+    noise = model.noise(x, rng)
+    x_in = x if noise is None else noise
+    keep = model.encode(Tensor(x_in)).data != 0 if isinstance(model, A.KSparseAutoencoder) else None
+    names = [n for n, _ in model.named_parameters()]
+    values = [p.data.copy() for p in model.parameters()]
+    ref = lambda *vals: _reference_loss(model, dict(zip(names, vals)), x, x_in, keep)
+    objective, _ = model.loss(x, noise)
+    assert float(objective.data) == pytest.approx(ref(*values), rel=1e-12)
+    objective.backward()
+    for i, (name, p) in enumerate(model.named_parameters()):
+        np.testing.assert_allclose(p.grad, autograd.grad(ref, i)(*values), rtol=1e-10, atol=1e-12, err_msg=name)
