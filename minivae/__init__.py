@@ -13,6 +13,10 @@ Reading order (each module builds only on the ones before it):
   optim.py             SGD, Adam, clip_grad_norm
   models.py            the image VAE (MLPVAE)
   diagnostics.py       held-out ELBO, importance-weighted likelihood, active units, mutual information
+  autoencoders.py      deterministic autoencoders: plain, denoising, sparse, k-sparse, contractive
+  shapes.py            generated images with known factors; the mutual information gap (MIG)
+  vqvae.py             VQ-VAE: codebook, straight-through, EMA update, dead-code restarts, GRU prior
+  iaf.py               MADE masked layers and the VAE with an inverse-autoregressive-flow posterior
   fileio.py, checkpoint.py   atomic writes, saving and resuming training
   data.py              image datasets (with an offline fallback)
   toy_language.py      a toy grammar with known latent factors

@@ -35,7 +35,6 @@ RESULTS = ("checkpoint.npz", "metrics.json")  # a folder holding either holds a 
 OUTPUTS = (".npz", ".json", ".png", ".txt")  # what a run writes: stale temporary files of these are ours
 SAVED = {"params": dict, "optimizer": dict, "rng": dict, "config": dict, "step": int, "epoch": int,
          "history": list}  # what every checkpoint of save_state holds, and its type
-COUNT_PARAMS = ("total_steps", "n_cycles", "warmup_steps")  # --beta-params that must be whole numbers
 
 
 # ------------------------------------------------------------------ flags
@@ -96,7 +95,8 @@ def check_flags(parser, args, at_least_1=(), positive=(), at_least_0=(), in_0_1=
 
 def beta_params_problem(args):
     """What is wrong with --beta-params (syntax, a non-finite or fractional count, a bad value), or None."""
-    for item in filter(None, args.beta_params.split(",")):
+    schedule, params = getattr(args, "beta_schedule", "constant"), getattr(args, "beta_params", "")  # a script may have none
+    for item in filter(None, params.split(",")):
         key, _, value = (part.strip() for part in item.partition("="))
         if key == "shape":
             continue
@@ -106,10 +106,10 @@ def beta_params_problem(args):
             return f"--beta-params: {item!r} is not key=number"
         if not math.isfinite(number):
             return f"--beta-params: {key}={value} must be a finite number"
-        if key in COUNT_PARAMS and number != int(number):
+        if key in ("total_steps", "n_cycles", "warmup_steps") and number != int(number):  # counts
             return f"--beta-params: {key}={value} must be a whole number"
     try:  # the schedule's own checks; total_steps is known only after the data is read
-        schedules.from_flags(args.beta_schedule, args.beta_params, total_steps=10 ** 9)
+        schedules.from_flags(schedule, params, total_steps=10 ** 9)
     except ValueError as err:
         return str(err)
     return None
@@ -118,7 +118,7 @@ def beta_params_problem(args):
 def resume_problem(args):
     """What is wrong with the --resume checkpoint that can be seen without the model, or None."""
     try:
-        return args.resume and check_fields(load_checkpoint(args.resume), SAVED, args.resume)
+        return getattr(args, "resume", None) and check_fields(load_checkpoint(args.resume), SAVED, args.resume)
     except CheckpointError as err:
         return f"--resume: {err}"
 
@@ -143,8 +143,8 @@ def out_problem(args):
     except OSError as err:
         return f"--out {path}: cannot write in {existing} ({err.strerror or err})"
     held = [name for name in RESULTS if os.path.isfile(os.path.join(path, name))]
-    own = args.resume and os.path.samefile(os.path.dirname(os.path.abspath(args.resume)), existing)
-    if held and not (own or args.overwrite):
+    own = getattr(args, "resume", None) and os.path.samefile(os.path.dirname(os.path.abspath(args.resume)), existing)
+    if held and not (own or getattr(args, "overwrite", False)):
         ckpt = os.path.join(path, "checkpoint.npz")
         keep = f"continue it with --resume {ckpt}, or " if "checkpoint.npz" in held else ""
         return f"--out {path} holds another run ({', '.join(held)}): {keep}replace it with --overwrite"

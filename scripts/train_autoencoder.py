@@ -1,0 +1,349 @@
+"""Train one model of the autoencoder family on MNIST (or the generated shapes) on a laptop CPU.
+
+--model picks it: ae, dae (denoising), sparse (KL-to-rho), ksparse, contractive, vae, beta_vae
+(trained on the generated shapes by default, with traversals and the MIG score), vqvae (with its
+GRU prior over the codes) or iaf (a VAE with an inverse-autoregressive-flow posterior). Without the
+full data set and a network it trains on the MNIST test set bundled with minivae and says so.
+
+    python scripts/train_autoencoder.py --model dae --noise masking --noise-level 0.3 --out runs/dae
+    python scripts/train_autoencoder.py --model vqvae --ema --data-dir path/to/mnist --epochs 5 --out runs/vq
+"""
+import argparse
+import time
+import warnings
+
+import numpy as np
+
+from minivae import autoencoders, data, diagnostics, iaf, shapes, train, vqvae
+from minivae.engine import Tensor, no_grad
+from minivae.fileio import write_json
+from minivae.models import MLPVAE
+from minivae.optim import Adam
+
+MODELS = ("ae", "dae", "sparse", "ksparse", "contractive", "vae", "beta_vae", "vqvae", "iaf")
+LATENT = {"ae": 32, "dae": 32, "sparse": 196, "ksparse": 256, "contractive": 64, "vae": 20,
+          "beta_vae": 10, "vqvae": 8, "iaf": 20}  # vqvae: the number of code vectors L
+GENERATIVE = ("vae", "beta_vae", "vqvae", "iaf")
+ARCHITECTURE = ("model", "dataset", "hidden", "latent", "activation", "likelihood", "dtype", "n_codes",
+                "code_dim", "iaf_steps", "made_hidden", "ema")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", choices=MODELS, default="ae")
+    p.add_argument("--dataset", choices=["mnist", "shapes"], help="default: shapes for beta_vae, else mnist")
+    p.add_argument("--data-dir", help="folder holding the four MNIST IDX .gz files (else the cache, "
+                   "downloading when online, else the bundled digits)")
+    p.add_argument("--no-download", action="store_true", help="never use the network")
+    p.add_argument("--limit", type=int, default=0, help="train on the first N images only (0: all)")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--max-seconds", type=float, default=0.0, help="stop training after this many "
+                   "seconds (0: no limit), e.g. to compare two models at equal time")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--latent", type=int, help=f"code size (vqvae: code vectors L); default {LATENT}")
+    p.add_argument("--hidden", type=int, nargs="*", default=[400], help="hidden layer sizes")
+    p.add_argument("--activation", choices=["relu", "tanh", "softplus"], default="relu")
+    p.add_argument("--likelihood", choices=["bernoulli", "gaussian"], default="bernoulli",
+                   help="bernoulli: BCE reconstruction; gaussian: L2 (unit variance)")
+    g = p.add_argument_group("model hyperparameters")
+    g.add_argument("--noise", choices=["masking", "gaussian"], default="masking", help="dae corruption")
+    g.add_argument("--noise-level", type=float, default=0.3, help="dae: drop fraction, or noise std")
+    g.add_argument("--rho", type=float, default=0.1, help="sparse: target mean activation")
+    g.add_argument("--sparsity-weight", type=float, default=3.0, help="sparse: beta of the KL penalty")
+    g.add_argument("--k", type=int, default=25, help="ksparse: code units kept per example")
+    g.add_argument("--k-warmup-epochs", type=float, default=1.0, help="ksparse: epochs to go from dense to k")
+    g.add_argument("--contraction", type=float, default=0.1, help="contractive: lambda")
+    g.add_argument("--beta", type=float, help="KL weight (default 1 for vae and iaf, 4 for beta_vae)")
+    g.add_argument("--n-codes", type=int, default=64, help="vqvae: codebook size K")
+    g.add_argument("--code-dim", type=int, default=16, help="vqvae: code vector size D")
+    g.add_argument("--commitment", type=float, default=0.25, help="vqvae: commitment weight")
+    g.add_argument("--ema", action="store_true", help="vqvae: EMA codebook update instead of its loss")
+    g.add_argument("--ema-decay", type=float, default=0.99)
+    g.add_argument("--restart-every", type=int, default=50, help="vqvae: every N steps, move the codes "
+                   "unused in them onto encoder outputs (0: never; the codebook still starts on them)")
+    g.add_argument("--prior-epochs", type=int, default=10, help="vqvae: epochs of the GRU prior")
+    g.add_argument("--iaf-steps", type=int, default=2, help="iaf: number of flow steps T")
+    g.add_argument("--made-hidden", type=int, default=80, help="iaf: MADE hidden units")
+    g.add_argument("--iw-samples", type=int, default=0, help="K of the importance-weighted test NLL "
+                   "(vae, beta_vae, iaf; 0: skip)")
+    g.add_argument("--iw-examples", type=int, default=1000, help="test images for the IW NLL (0: all)")
+    train.add_run_flags(p, out=None)
+    args = p.parse_args(argv)
+    args.dataset = args.dataset or ("shapes" if args.model == "beta_vae" else "mnist")
+    args.latent = args.latent or LATENT[args.model]
+    args.beta = args.beta if args.beta is not None else (4.0 if args.model == "beta_vae" else 1.0)
+    args.out = args.out or f"runs/{args.model}"
+    train.check_flags(p, args, at_least_1=("epochs", "batch_size", "latent", "hidden", "k", "n_codes",
+                                           "code_dim", "made_hidden"), positive=("lr",),
+                      at_least_0=("beta", "sparsity_weight", "contraction", "commitment", "prior_epochs",
+                                  "iaf_steps", "iw_samples", "iw_examples", "limit", "max_seconds",
+                                  "k_warmup_epochs", "noise_level", "restart_every"), in_0_1=("ema_decay",))
+    return args
+
+
+def load_data(args, dtype):
+    """x_train, x_test (N, 784) in [0, 1], test labels (digits, or shape factors (N, 4)), and provenance."""
+    if args.dataset == "shapes":
+        x_train, _, x_test, v_test = shapes.make_shapes(seed=args.seed, dtype=dtype)
+        info = {"dataset": "shapes", "n_train": len(x_train), "n_test": len(x_test), "fallback": False}
+    else:
+        try:
+            with warnings.catch_warnings():  # the fallback warning: we print our own line below
+                warnings.simplefilter("ignore", UserWarning)
+                x_train, _, x_test, v_test, info = data.load_train_test(
+                    "mnist", data_dir=args.data_dir, download=not args.no_download, dtype=dtype)
+        except (data.DataError, data.DataUnavailable) as err:
+            raise SystemExit(f"data: {err}") from None
+        if info["fallback"]:
+            print(f"Full MNIST unavailable ({info['reason']}); training on the bundled MNIST test set: "
+                  f"{info['n_train']} train / {info['n_test']} held-out images.")
+    return x_train[:args.limit or len(x_train)], x_test, v_test, info
+
+
+def build_model(args, rng, dtype):
+    """The model named by --model, with its hyperparameters from the flags."""
+    common = dict(n_in=784, hidden=tuple(args.hidden), activation=args.activation, rng=rng, dtype=dtype)
+    ae = dict(common, latent=args.latent, likelihood=args.likelihood)
+    if args.model == "ae":
+        return autoencoders.Autoencoder(**ae)
+    if args.model == "dae":
+        return autoencoders.DenoisingAutoencoder(**ae, corruption=args.noise, noise_level=args.noise_level)
+    if args.model == "sparse":
+        return autoencoders.SparseAutoencoder(**ae, rho=args.rho, sparsity_weight=args.sparsity_weight)
+    if args.model == "ksparse":
+        return autoencoders.KSparseAutoencoder(**ae, k=args.k, k_warmup=0)  # k_warmup set in run()
+    if args.model == "contractive":
+        return autoencoders.ContractiveAutoencoder(**ae, contraction=args.contraction)
+    if args.model in ("vae", "beta_vae"):
+        return MLPVAE(**ae)
+    if args.model == "vqvae":
+        return vqvae.VQVAE(**common, n_latents=args.latent, code_dim=args.code_dim, n_codes=args.n_codes,
+                           likelihood=args.likelihood, commitment=args.commitment, ema=args.ema)
+    return iaf.IAFVAE(**common, latent=args.latent, n_steps=args.iaf_steps, made_hidden=(args.made_hidden,))
+
+
+def loss(model, x, rng, args, step=None):
+    """(objective, stats) of a batch: each model's loss with its noise drawn here, from rng."""
+    if isinstance(model, MLPVAE):
+        return model.loss(x, rng.standard_normal((len(x), model.latent)).astype(x.dtype), args.beta)
+    if isinstance(model, iaf.IAFVAE):
+        return model.loss(x, model.noise(x, rng), args.beta)
+    if isinstance(model, autoencoders.KSparseAutoencoder):
+        return model.loss(x, step=step)
+    return model.loss(x, model.noise(x, rng))
+
+
+def evaluate(model, x, rng, args, batch_size=1000):
+    """Held-out stats averaged over x: test_rec (nats per image), test_neg_elbo (VAEs), and more.
+
+    Deterministic autoencoders are scored on the clean input (no corruption); the VAEs with one
+    z ~ q(z|x) per image, so test_rec + KL is the held-out -ELBO. Active units: for the VAEs,
+    dimensions whose posterior mean varies over x by at least 0.01 (Burda et al.); for the codes
+    of the autoencoders, whose scales differ (a sigmoid unit's variance is at most 0.25), units
+    whose variance is at least 1% of the average unit's: a unit that barely moves carries nothing.
+    """
+    totals = {}
+    with no_grad():
+        for start in range(0, len(x), batch_size):
+            xb = x[start:start + batch_size]
+            _, stats = loss(model, xb, rng, args) if args.model in GENERATIVE else model.loss(xb, None)
+            for key in ("rec", "neg_elbo", "kl", "perplexity"):
+                if key in stats:
+                    totals[key] = totals.get(key, 0.0) + stats[key] * len(xb)
+    result = {f"test_{k}": v / len(x) for k, v in totals.items()}
+    with no_grad():
+        if isinstance(model, vqvae.VQVAE):
+            result["code_perplexity"] = vqvae.perplexity(model.codes(x), model.n_codes)
+        else:
+            code = diagnostics.encode_all(model, x)[0] if args.model in GENERATIVE else \
+                np.concatenate([model.encode(Tensor(x[i:i + batch_size])).data for i in range(0, len(x), batch_size)])
+            threshold = 0.01 if args.model in GENERATIVE else 0.01 * code.var(0).mean()
+            result["active_units"] = diagnostics.active_units(code, threshold)[0]
+            result["code"] = code
+    return result
+
+
+def iw_nll(model, x, args):
+    """Importance-weighted test NLL (nats per image) with --iw-samples samples per image."""
+    rng, x = np.random.default_rng([args.seed, 2]), x[:args.iw_examples or len(x)]
+    if isinstance(model, iaf.IAFVAE):
+        return -float(np.mean(iaf.iw_log_likelihood(model, x, args.iw_samples, rng)))
+    return -float(np.mean(diagnostics.iw_log_likelihood(model, x, args.iw_samples, rng)))
+
+
+def train_prior(model, x_train, args, dtype):
+    """Fit the GRU prior to the codes of the training images; returns (prior, history of NLLs)."""
+    rng, codes = np.random.default_rng([args.seed, 5]), model.codes(x_train)
+    prior = vqvae.CodePrior(model.n_codes, model.n_latents, rng=rng, dtype=dtype)
+    optimizer, history = Adam(prior.parameters(), lr=args.lr), []
+    for epoch in range(args.prior_epochs):
+        total = 0.0
+        for idx in data.batches(len(codes), args.batch_size, rng):
+            objective, stats = prior.loss(codes[idx])
+            optimizer.zero_grad()
+            objective.backward()
+            optimizer.step()
+            total += stats["nll"] * len(idx)
+        history.append(total / len(codes))
+        print(f"prior epoch {epoch + 1:3d}/{args.prior_epochs}  code NLL {history[-1]:.2f} nats "
+              f"(uniform codes: {model.n_latents * np.log(model.n_codes):.2f})", flush=True)
+    return prior, history
+
+
+def run(args, argv=None):
+    """Train as the flags say (argv: the command line, for the resume command); returns (metrics, model, x_test)."""
+    train.reuse_freed_memory()  # large temporaries without page faults (see its docstring)
+    session = train.Run(args, argv, __file__)  # the output folder, the last checkpoint, the clean stop
+    dtype, out = np.dtype(args.dtype), session.path
+    x_train, x_test, v_test, data_info = load_data(args, dtype)
+    steps_per_epoch = -(-len(x_train) // args.batch_size)
+    rng = np.random.default_rng(args.seed)
+    model = build_model(args, rng, dtype)
+    if args.model == "ksparse":
+        model.k_warmup = int(args.k_warmup_epochs * steps_per_epoch)
+    ema = vqvae.EMACodebook(model.codebook, args.ema_decay) if args.model == "vqvae" and args.ema else None
+    params = [p for p in model.parameters() if ema is None or p is not model.codebook.E]
+    optimizer = Adam(params, lr=args.lr)
+    config = train.run_config(args)
+    history, step, start_epoch, seconds = [], 0, 0, 0.0
+    usage = np.zeros(getattr(model, "n_codes", 1), int)  # vqvae: how often each code was chosen lately
+    if args.resume:
+        state = train.resume(args.resume, args, ARCHITECTURE, model, optimizer, rng, ema=ema)
+        history, step, start_epoch, usage = state["history"], state["step"], state["epoch"], state["usage"]
+        seconds = sum(r["seconds"] for r in history)
+    elif args.model == "vqvae":  # start every code on an encoder output, where it will be used
+        with no_grad():
+            z_e = model.encode(Tensor(x_train[:args.batch_size])).data
+        vqvae.restart_dead_codes(model.codebook, np.zeros_like(usage), z_e, rng, ema)
+
+    with session.stop_cleanly():  # Ctrl-C or SIGTERM: say where, keep the last checkpoint, print how to resume
+        for epoch in range(start_epoch, args.epochs):
+            t0, totals, n_seen, restarted = time.perf_counter(), {}, 0, 0
+            bar = session.progress(data.batches(len(x_train), args.batch_size, rng), steps_per_epoch, epoch, step)
+            for idx in bar:
+                x = x_train[idx]  # (B, 784)
+                objective, stats = loss(model, x, rng, args, step)
+                train.stop_if_not_finite(stats, step, session.last_checkpoint)  # before the update
+                optimizer.zero_grad()
+                objective.backward()
+                optimizer.step()
+                if args.model == "vqvae":
+                    usage += np.bincount(stats["codes"].ravel(), minlength=len(usage))
+                    if ema is not None:
+                        ema.step(stats["z_e"], stats["codes"])
+                    if args.restart_every and (step + 1) % args.restart_every == 0:
+                        restarted += vqvae.restart_dead_codes(model.codebook, usage, stats["z_e"], rng, ema)
+                        usage[:] = 0
+                step += 1
+                for key in ("objective", "rec", "kl", "neg_elbo"):
+                    if key in stats:
+                        totals[key] = totals.get(key, 0.0) + stats[key] * len(idx)
+                n_seen += len(idx)
+                bar.set_postfix(objective=f"{totals['objective'] / n_seen:.2f}")
+                if args.max_seconds and seconds + time.perf_counter() - t0 > args.max_seconds:
+                    break
+            seconds += time.perf_counter() - t0
+            test = evaluate(model, x_test, np.random.default_rng([args.seed, epoch, 1]), args)
+            record = {"epoch": epoch + 1, "steps": step, **{f"train_{k}": v / n_seen for k, v in totals.items()},
+                      **{k: v for k, v in test.items() if k != "code"}, "seconds": time.perf_counter() - t0}
+            if args.model == "vqvae":
+                record.update(dead_codes_restarted=restarted)
+            history.append(record)
+            print(f"epoch {epoch + 1:3d}/{args.epochs}  train objective {record['train_objective']:8.2f}  "
+                  f"test rec {record['test_rec']:7.2f}" + (f"  test -ELBO {record['test_neg_elbo']:7.2f}"
+                  if "test_neg_elbo" in record else "") + f"  {record['seconds']:5.1f} s", flush=True)
+            session.save(model, optimizer, rng, config=config, step=step, epoch=epoch + 1,
+                         history=history, usage=usage, ema=None if ema is None else ema.state_dict())
+            if args.max_seconds and seconds > args.max_seconds:
+                print(f"stopping: --max-seconds {args.max_seconds:g} reached after {step} steps")
+                break
+
+    test = evaluate(model, x_test, np.random.default_rng([args.seed, 3]), args)
+    metrics = {"config": config, "data": data_info, "epochs": history, "train_seconds": seconds,
+               **{k: v for k, v in test.items() if k != "code"}}
+    prior = None
+    if args.model == "vqvae":
+        prior, metrics["prior_nll"] = train_prior(model, x_train, args, dtype)
+        with no_grad():
+            sampled = prior.sample(1000, np.random.default_rng([args.seed, 6]))
+            metrics["prior_sample_nll"] = -float(np.mean(prior.log_prob(sampled).data))
+            metrics["prior_test_nll"] = -float(np.mean(prior.log_prob(model.codes(x_test)).data))
+        metrics["uniform_code_nll"] = model.n_latents * float(np.log(model.n_codes))
+    if args.iw_samples and args.model in ("vae", "beta_vae", "iaf"):
+        metrics["test_iw_nll"] = iw_nll(model, x_test, args)
+        print(f"importance-weighted test NLL (K={args.iw_samples}): {metrics['test_iw_nll']:.2f} nats")
+    if args.dataset == "shapes" and "code" in test:  # scored on all 2,700 images: less estimator bias
+        x_seen, v_seen, _, _ = shapes.make_shapes(seed=args.seed, dtype=dtype)
+        code = np.concatenate([diagnostics.encode_all(model, x_seen)[0], test["code"]])
+        mig, gaps, _ = shapes.mutual_information_gap(code, np.concatenate([v_seen, v_test]))
+        metrics.update(mig=mig, mig_per_factor=dict(zip(shapes.FACTORS, gaps.tolist())))
+        print(f"mutual information gap (MIG): {mig:.3f}  per factor: {metrics['mig_per_factor']}")
+    write_json(out("metrics.json"), metrics)
+    if not args.no_plots:
+        make_figures(args, out, model, x_test, test, prior)
+    print(f"wrote {args.out}/metrics.json, checkpoint.npz" + ("" if args.no_plots else " and figures"))
+    return metrics, model, x_test
+
+
+def main(argv=None):
+    return run(parse_args(argv), argv)[0]
+
+
+def bar_chart(values, path, xlabel, ylabel, title):
+    """A bar chart PNG (matplotlib's Agg canvas, no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(7, 3))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.bar(np.arange(len(values)), values)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def make_figures(args, out, model, x_test, test, prior):
+    """Reconstructions for all; samples, code units, code usage or traversals where they teach something."""
+    plot = train.plot_module()
+    if plot is None:
+        return
+    rng = np.random.default_rng([args.seed, 4])
+    with no_grad():
+        plot.reconstructions(x_test[:10], model.reconstruct(x_test[:10]), out("reconstructions.png"), n=10)
+        if args.model in ("vae", "beta_vae", "iaf"):
+            plot.image_grid(model.sample(64, rng), out("samples.png"), title="samples, z ~ N(0, I)")
+        if prior is not None:
+            codes = prior.sample(64, rng)
+            plot.image_grid(model.mean_image(model.decode_codes(codes)), out("samples.png"),
+                            title="codes sampled from the GRU prior, decoded")
+            usage = np.bincount(model.codes(x_test).ravel(), minlength=model.n_codes)
+            bar_chart(usage / usage.sum(), out("code_usage.png"), "code k", "fraction of test codes",
+                      f"code usage (perplexity {test['code_perplexity']:.1f} of {model.n_codes})")
+        if args.model in ("sparse", "ksparse", "contractive"):
+            order = np.argsort(-test["code"].var(0))[:64]  # the most variable code units
+            W = model.encoder.layers[0].W.data[:, order].T  # (64, 784): their filters (one-layer encoders)
+            lo, hi = W.min(1, keepdims=True), W.max(1, keepdims=True)
+            plot.image_grid((W - lo) / (hi - lo), out("filters.png"), title="encoder filters of the code units")
+        if args.model in ("sparse", "ksparse"):  # what switching each unit on adds to the average code
+            code = test["code"]
+            order = np.argsort(-code.var(0))[:64]
+            h = np.repeat(code.mean(0, keepdims=True), len(order) + 1, axis=0)  # row 0: the average
+            h[np.arange(1, len(order) + 1), order] = np.percentile(code, 99, axis=0)[order]
+            images = model.mean_image(model.decode(Tensor(h)))
+            diff = images[1:] - images[0]
+            lo, hi = diff.min(1, keepdims=True), diff.max(1, keepdims=True)
+            plot.image_grid((diff - lo) / np.maximum(hi - lo, 1e-8), out("code_units.png"),
+                            title="what each code unit adds to the average code's image")
+        if args.model in ("vae", "beta_vae"):
+            mu = test["code"]
+            dims = np.argsort(-mu.var(0))[:10]
+            rows = shapes.traversal(lambda z: model.mean_image(model.decode(Tensor(z.astype(mu.dtype)))),
+                                    mu[0], dims, np.linspace(-3, 3, 9))
+            plot.interpolation_grid(rows, out("traversals.png"), row_labels=[f"z{j}" for j in dims],
+                                    title=f"latent traversals, z_j from -3 to 3 (beta = {args.beta:g})")
+
+
+if __name__ == "__main__":
+    main()
