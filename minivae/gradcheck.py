@@ -12,6 +12,12 @@ would have to be cancelled exactly by the random draws to slip through).
 
 `numerical_grad` computes the full gradient one coordinate at a time: slow, but the clearest
 thing to print next to `x.grad` while you debug a new op.
+
+`find_wrong_vjp` is the debugger: it checks each node of a recorded graph on its own -- the op's
+VJP at that node's input values against central differences of its forward function
+(`check_vjp`) -- and reports the first wrong node in forward order: the op, its inputs' shapes
+and dtypes, the largest wrong entries and the node's path to the output. When check_grads fails
+its message starts with that report; when every node is right, the engine is at fault.
 """
 import inspect
 from dataclasses import dataclass
