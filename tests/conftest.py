@@ -81,7 +81,7 @@ class _OutcomeRecorder:
             crash = getattr(report.longrepr, "reprcrash", None)
             text = crash.message if crash is not None else str(report.longrepr)
             self.messages.setdefault(report.nodeid, (text.strip().splitlines() or [""])[0][:300])
-            self.details.setdefault(report.nodeid, [line[:200] for line in text.strip().splitlines()[:14]])
+            self.details.setdefault(report.nodeid, [line[:400] for line in text.strip().splitlines()[:14]])
         elif report.skipped and previous != "failed":
             self.outcomes[report.nodeid] = "skipped"
         elif report.when == "call" and previous is None:

@@ -420,20 +420,23 @@ def _break(monkeypatch, owner, name, *change):
     monkeypatch.setattr(owner, name, scope[name])
 
 
-def _is_the_reference_engine():
-    """True if every snippet the negative controls change is in the engine's source."""
-    return all(change[0] in textwrap.dedent(inspect.getsource(getattr(owner, name)))
-               for _, changes in MISTAKES.values() for owner, name, *change in changes
-               if len(change) == 2 and owner in (engine, Tensor) and name != "detach")
+def _engine_passes_every_mistake_test():
+    """True if the engine as it is passes all the tests above: only then can a planted mistake
+    prove anything (on a student's engine that already fails one, these controls skip)."""
+    for tests, _ in MISTAKES.values():
+        for test in tests:
+            try:
+                test()
+            except (AssertionError, ValueError, NotImplementedError):
+                return False
+    return True
 
 
 @pytest.mark.parametrize("mistake", MISTAKES)
 def test_negative_control_each_engine_mistake_fails_its_test(mistake, monkeypatch):
-    if not _is_the_reference_engine():
-        pytest.skip("the negative controls break the reference engine; this engine is someone else's")
+    if not _engine_passes_every_mistake_test():
+        pytest.skip("the engine fails a test above already: nothing for the negative controls to prove")
     tests, changes = MISTAKES[mistake]
-    for test in tests:
-        test()  # passes on the engine as it is
     with monkeypatch.context() as m:
         for change in changes:
             _break(m, *change)
