@@ -286,7 +286,9 @@ def test_topological_order_puts_parents_first_and_each_node_once():
                                                                      if p.requires_grad}
     assert all(id(c) != id(n) for n in order)
     position = {id(n): i for i, n in enumerate(order)}
-    assert all(position[id(p)] < position[id(n)] for n in order for p in n._parents if p.requires_grad)
+    late = [(p._op.name if p._op else "leaf", n._op.name) for n in order for p in n._parents
+            if p.requires_grad and position[id(p)] > position[id(n)]]
+    assert not late, f"parents listed after their children (parent op, child op): {late}"
 
 
 def test_topological_order_of_a_deep_chain_needs_no_recursion():
