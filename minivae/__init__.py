@@ -5,7 +5,8 @@ Reading order (each module builds only on the ones before it):
   ops.py               every primitive with its VJP beside it, then composites (mean, softmax,
                        ...); at the bottom, Tensor's operators (+, *, @, .sum(), .T, ...)
   fused.py             fused primitives: gru_sequence, a whole GRU with its backward through time
-  gradcheck.py         finite-difference gradient checks (random projections and full gradients)
+  gradcheck.py         finite-difference gradient checks, and the debugger that names the wrong op
+  graph.py             pictures of the recorded graph (matplotlib PNG, or Graphviz text)
   layers.py            Module, Dense, MLP, Embedding, dropout_mask, GRUCell (textbook), GRU
   distributions.py     reparameterised sample, analytic KL, Gaussian and Bernoulli log densities
   elbo.py              the ELBO, the training objective, every KL floor (free bits), the NaN check

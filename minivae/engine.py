@@ -229,12 +229,17 @@ class Primitive:
 
     def vjp(self, g, ans, inputs, params, needs):
         """Gradients for the inputs flagged in `needs` (others may be None)."""
-        if self._vjp_all is not None:
-            return self._vjp_all(g, ans, *inputs, **params)
-        if self._vjps is None:
+        if self._vjp_all is None and self._vjps is None:
             raise NotImplementedError(f"primitive '{self.name}' has no VJP: call defvjp on it")
-        return [f(g, ans, *inputs, **params) if need and f is not None else None
-                for f, need in zip(self._vjps, needs)]
+        try:
+            if self._vjp_all is not None:
+                return self._vjp_all(g, ans, *inputs, **params)
+            return [f(g, ans, *inputs, **params) if need and f is not None else None
+                    for f, need in zip(self._vjps, needs)]
+        except (ValueError, IndexError) as err:  # a VJP's shapes that do not fit: say whose
+            shapes = ", ".join(str(np.shape(x)) for x in inputs)
+            raise type(err)(f"op '{self.name}': its VJP failed for inputs of shapes {shapes} and "
+                            f"g of shape {np.shape(g)}: {err}") from err
 
     def __call__(self, *args, **params):
         if self.n_inputs is not None and len(args) > self.n_inputs:  # e.g. ops.sum(x, 0)

@@ -1,43 +1,102 @@
-"""Grade a copy of minivae topic by topic: run its test suite and score each assignment topic.
+"""Grade a copy of minivae as a rubric: a score for each assigned topic, from the tests it is for.
 
-    python scripts/grade.py                                  # this checkout: what a student runs
-    python scripts/grade.py --copy ../submissions/ada --json runs/grades/ada.json
+    python scripts/grade.py --explain                        # in a student copy: what to fix first
+    python scripts/grade.py --copy ../submissions/ada --json runs/grades/ada.json --topics all
 
-A topic's tests are the tests that fail when that topic's solution regions are blanked, as
-measured on the reference (tests/assignment_topics.json, see scripts/make_assignment.py); its
-score is the share of them that pass. Most tests need more than one topic -- nothing can be
-differentiated without the engine -- so "also needs" names the other topics that at least half of
-a topic's tests need too: fix those first (topics are listed in the order to do them). "regions
-written" counts the topic's regions that no longer hold the NotImplementedError stub. Tests in
-no topic must pass in every copy; a failure there means code outside the regions was changed.
-Skipped tests (e.g. the PyTorch comparison when torch is not installed) count for no one.
-Exit status: 0 if every test passed, 1 otherwise.
+Each test counts for ONE topic, the one it is for: the topic its file marks it with
+(`pytestmark = pytest.mark.engine`), or else the last, in teaching order, of the topics it needs
+in the topic map (tests/assignment_topics.json, measured by scripts/make_assignment.py); the
+earlier ones are what it builds on. `pytest -m engine` runs exactly the tests graded for engine.
+
+Only the copy's assigned topics are scored (its tests/assignment.json; every topic in the
+reference, or with --topics all). A failing test that also needs another topic which is not done
+yet -- a region still blank, or a test needing that topic alone failing -- is "blocked": it does
+not count against its own topic, so an unfinished engine does not lower the score of ops. A
+topic's score is passed / (tests - skipped - blocked). "regions written" counts the topic's
+regions no longer holding their stub. Tests for no topic must pass in every copy; a failure there
+means code outside the regions was changed. Exit status: 0 if every test passed, 1 otherwise.
 """
 import argparse
 import sys
 import time
 from pathlib import Path
 
-import make_assignment  # a sibling script: Python puts this folder on sys.path
+import make_assignment
 from make_assignment import TOPICS
 
 
-def score(outcomes, needs):
-    """Per-topic results: {topic: {"passed", "failed", "skipped", "tests", "also_needs"}}, plus
-    "(no topic)" and "(not in the topic map)" rows. A test in the map that did not run (its file
-    failed to import) counts as failed."""
+def topic_for(test, needs, marked=None):
+    """The topic a test is graded under: its marker, else the last topic it needs, else None."""
+    if marked and marked.get(test):
+        return marked[test]
+    wanted = needs.get(test) or []
+    return max(wanted, key=list(TOPICS).index) if wanted else None
+
+
+def score(outcomes, needs, marked=None, written=None, topics=None):
+    """{topic: {"tests", "passed", "failed", "skipped", "blocked", "waits_for", "failing"}} for the
+    given topics (default all), plus "(no topic)", "(other topics)" and "(not in the topic map)".
+
+    A test in the map that did not run (its file failed to import) counts as failed.
+    """
+    topics = list(TOPICS) if topics is None else list(topics)
+    tests = set(outcomes) | set(needs)
+    result = {t: outcomes.get(t, "failed") for t in tests}
+    alone = {u: [t for t in tests if needs.get(t) == [u]] for u in TOPICS}
+    done = {u: (written is None or written[u][0] == written[u][1])
+            and all(result[t] != "failed" for t in alone[u]) for u in TOPICS}
+    groups = {name: [] for name in [*topics, "(no topic)", "(other topics)", "(not in the topic map)"]}
+    for t in sorted(tests):
+        u = topic_for(t, needs, marked)
+        name = (u if u in topics else "(other topics)") if u else (
+            "(no topic)" if t in needs else "(not in the topic map)")
+        groups[name].append(t)
     rows = {}
-    groups = {topic: [t for t, n in needs.items() if topic in n] for topic in TOPICS}
-    groups["(no topic)"] = [t for t, n in needs.items() if not n]
-    groups["(not in the topic map)"] = sorted(set(outcomes) - set(needs))
-    for name, tests in groups.items():
-        results = [outcomes.get(t, "failed") for t in tests]
-        also = [u for u in TOPICS if u != name and tests
-                and sum(u in needs[t] for t in tests if t in needs) >= len(tests) / 2]
-        rows[name] = {"tests": len(tests), "passed": results.count("passed"),
-                      "failed": results.count("failed"), "skipped": results.count("skipped"),
-                      "also_needs": also}
+    for name, group in groups.items():
+        failing = [t for t in group if result[t] == "failed"]
+        waits = {t: [u for u in needs.get(t, []) if u != name and not done[u]] for t in failing}
+        rows[name] = {"tests": len(group), "passed": sum(result[t] == "passed" for t in group),
+                      "failed": len(failing), "skipped": sum(result[t] == "skipped" for t in group),
+                      "blocked": sum(bool(w) for w in waits.values()),
+                      "waits_for": [u for u in TOPICS if any(u in w for w in waits.values())],
+                      "failing": failing}
     return rows
+
+
+def report(rows, written=None):
+    """The score table as text."""
+    lines = [f"{'topic':24s}{'score':>6s}{'passed':>9s} / counted  {'blocked':>7s}  "
+             f"{'regions written':>15s}  waits for"]
+    for name, row in rows.items():
+        if row["tests"] == 0 and name.startswith("("):
+            continue
+        counted = row["tests"] - row["skipped"] - row["blocked"]
+        pct = f"{100 * row['passed'] / counted:.0f}%" if counted else "-"
+        done = f"{written[name][0]} / {written[name][1]}" if written and name in written else ""
+        lines.append(f"{name:24s}{pct:>6s}{row['passed']:>9d} / {counted:<7d}  {row['blocked'] or '':>7}  "
+                     f"{done:>15s}  {', '.join(row['waits_for'])}".rstrip())
+    return "\n".join(lines)
+
+
+def smallest(failing, needs, durations):
+    """The failing test that needs the fewest topics, then ran the shortest time."""
+    return min(failing, key=lambda t: (len(needs.get(t, [])), durations.get(t, 0.0), len(t)))
+
+
+def explain(rows, needs, record, topics):
+    """Per failing topic: its smallest failing test that is not blocked, and its first message."""
+    lines = []
+    for name in [*topics, "(no topic)"]:
+        row = rows.get(name)
+        if not row or not row["failing"]:
+            continue
+        own = [t for t in row["failing"] if not [u for u in needs.get(t, []) if u in row["waits_for"]]]
+        test = smallest(own or row["failing"], needs, record.get("durations", {}))
+        head = f"{name}: {len(row['failing'])} failing" + (
+            f" ({row['blocked']} wait for {', '.join(row['waits_for'])})" if row["blocked"] else "")
+        lines += [head, f"  smallest: pytest '{test}'"]
+        lines += [f"    {line}" for line in record.get("details", {}).get(test, [])[:8]]
+    return "\n".join(lines)
 
 
 def regions_written(repo):
@@ -51,45 +110,46 @@ def regions_written(repo):
     return done
 
 
-def report(rows, written=None):
-    """The score table as text."""
-    lines = [f"{'topic':24s}{'score':>6s}{'passed':>9s} / tests  {'skipped':>7s}  "
-             f"{'regions written':>15s}  also needs"]
-    for name, row in rows.items():
-        if row["tests"] == 0 and name.startswith("("):
-            continue
-        run = row["passed"] + row["failed"]
-        pct = f"{100 * row['passed'] / run:.0f}%" if run else "-"
-        done = f"{written[name][0]} / {written[name][1]}" if written and name in written else ""
-        lines.append(f"{name:24s}{pct:>6s}{row['passed']:>9d} / {row['tests']:<5d}  "
-                     f"{row['skipped'] or '':>7}  {done:>15s}  {', '.join(row['also_needs'])}".rstrip())
-    return "\n".join(lines)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--copy", type=Path, default=Path(__file__).resolve().parents[1],
                         help="the repository to grade (default: the one this script is in)")
+    parser.add_argument("--topics", nargs="+", metavar="TOPIC",
+                        help="score these topics ('all': every one); default: the copy's assigned topics")
+    parser.add_argument("--explain", action="store_true",
+                        help="for each failing topic, show its smallest failing test and its message")
     parser.add_argument("--json", type=Path, help="also write the scores and each test's outcome here")
     parser.add_argument("--timeout", type=float, default=1800,
                         help="give up after this many seconds (an endless loop in the code under test)")
     args = parser.parse_args(argv)
     if not (args.copy / "minivae").is_dir() or not (args.copy / "tests").is_dir():
         parser.error(f"{args.copy} is not a copy of minivae (it needs minivae/ and tests/)")
+    assigned = make_assignment.lib.read_record(args.copy)
+    topics = assigned["topics"] if assigned else list(TOPICS)
+    if args.topics:
+        topics = list(TOPICS) if args.topics == ["all"] else args.topics
+    unknown = [t for t in topics if t not in TOPICS]
+    if unknown:
+        parser.error(f"unknown topic(s) {unknown}; choose from {list(TOPICS)}")
 
     try:
         needs = make_assignment.load_topic_map(args.copy)
     except FileNotFoundError as err:
         parser.error(str(err))
+    left_out = assigned["left_out"] if assigned else []  # files, and tests about them, not in the copy
+    needs = {t: n for t, n in needs.items()
+             if (args.copy / t.split("::")[0]).is_file() and not any(f in t for f in left_out)}
     start = time.perf_counter()
-    outcomes, messages = make_assignment.run_tests(args.copy, timeout=args.timeout, messages=True)
-    rows = score(outcomes, needs)
-    print(f"minivae assignment: {args.copy.resolve()}  ({len(outcomes)} tests ran in "
-          f"{time.perf_counter() - start:.0f} s)")
-    print(report(rows, regions_written(args.copy)))
-    print("(a topic's tests are those that fail when its regions are blank; 'also needs': topics that "
-          "at least half of them need too -- do those first)")
+    record = make_assignment.run_tests(args.copy, timeout=args.timeout, everything=True)
+    outcomes, messages = record["outcomes"], record["messages"]
+    written = regions_written(args.copy)
+    rows = score(outcomes, needs, record.get("topics"), written, topics)
+    print(f"minivae assignment: {args.copy.resolve()}  (topics {', '.join(topics)}; {len(outcomes)} "
+          f"tests ran in {time.perf_counter() - start:.0f} s)")
+    print(report(rows, written))
+    print("(each test counts for the topic it is for; 'blocked': failing tests that wait for an unfinished "
+          "topic listed under 'waits for', not counted)")
     missing = sorted(set(needs) - set(outcomes))
     if missing:
         broken = sorted(f for f in messages if "::" not in f)  # test files that failed to import
@@ -98,6 +158,8 @@ def main(argv=None):
     if rows["(not in the topic map)"]["tests"]:
         print("Tests not in the topic map were added after it was measured: "
               "python scripts/make_assignment.py --update-map (on the reference) re-measures it.")
+    if args.explain:
+        print("\n" + (explain(rows, needs, record, topics) or "nothing fails"))
     if args.json:
         from minivae.fileio import write_json
         write_json(args.json, {"copy": str(args.copy.resolve()), "topics": rows, "outcomes": outcomes})

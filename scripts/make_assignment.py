@@ -36,15 +36,17 @@ blanking a topic fails exactly that topic's tests (a sample by default, all with
 """
 import argparse
 import ast
-import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+import assignment_lib as lib
+from assignment_lib import (ASSIGNMENT_TEST, LEFT_OUT, TOPIC_MAP, collect_tests,  # noqa: F401 (re-exported)
+                            load_topic_map, run_tests)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,8 +66,6 @@ SOURCE_DIRS = ("minivae",)  # where regions may be; scripts/ and tests/ are copi
 EXCLUDED = {".git", "runs", "build", "dist", "__pycache__", ".pytest_cache", ".benchmarks",
             ".venv", "venv", ".mypy_cache", ".ruff_cache", ".ipynb_checkpoints"}
 EXCLUDED_SUFFIXES = (".pyc", ".egg-info")
-TOPIC_MAP = "tests/assignment_topics.json"
-ASSIGNMENT_TEST = "tests/test_assignment.py"  # never run inside a copy: it would make copies of copies
 
 BEGIN = re.compile(r"^(?P<indent>[ ]*)# BEGIN SOLUTION (?P<topic>\w+): (?P<hint>\S.*?)\s*$")
 END = re.compile(r"^(?P<indent>[ ]*)# END SOLUTION\s*$")
@@ -206,13 +206,15 @@ def _excluded(name):
     return name in EXCLUDED or name.endswith(EXCLUDED_SUFFIXES)
 
 
-def make_assignment(out, topics=None, root=ROOT, select=None):
+def make_assignment(out, topics=None, root=ROOT, select=None, student=None):
     """Write a student copy of the repository at `out`, with the regions of `topics` blanked.
 
     topics: names from TOPICS (None = all of them, () = none: a plain copy). `select` (a
-    function Region -> bool) overrides topics, e.g. to blank a single region. The copy is built
-    next to `out` and renamed into place, so `out` is either complete or absent. Returns the
-    list of blanked regions.
+    function Region -> bool) overrides topics, e.g. to blank a single region. A student copy
+    (student=None: whenever something is blanked) also leaves out LEFT_OUT, stubs the benchmark
+    and gets ASSIGNMENT.md and its record of topics (scripts/assignment_lib.py); the copies that
+    measure the topic map are not student copies. The copy is built next to `out` and renamed
+    into place, so `out` is either complete or absent. Returns the list of blanked regions.
     """
     root, out = Path(root).resolve(), Path(out).resolve()
     topics = list(TOPICS) if topics is None else list(topics)
@@ -234,9 +236,13 @@ def make_assignment(out, topics=None, root=ROOT, select=None):
             lines = _read_lines(build / f)
             chosen = [r for r in find_regions(lines, f) if select(r)]
             if chosen:
+                for i, line in lib.vjp_docstring_edits(lines, chosen).items():
+                    lines[i] = line
                 with open(build / f, "w", encoding="utf-8", newline="") as fh:
                     fh.writelines(blank_lines(lines, f, select))
                 blanked += chosen
+        if student if student is not None else bool(blanked):
+            _make_student_copy(build, [t for t in TOPICS if any(r.topic == t for r in blanked)], blanked)
         if out.exists():
             out.rmdir()
         os.replace(build, out)
@@ -246,19 +252,34 @@ def make_assignment(out, topics=None, root=ROOT, select=None):
     return blanked
 
 
-def restore(copy, topics=None, root=ROOT):
+def _make_student_copy(build, topics, blanked):
+    """Leave out the worked solutions, write ASSIGNMENT.md and the record, point the README there."""
+    left_out = [f for f in LEFT_OUT if (build / f).is_file()]
+    for f in left_out:
+        (build / f).unlink()
+    (build / lib.STUB_SCRIPT).write_text(lib.STUB_TEXT)
+    (build / "ASSIGNMENT.md").write_text(lib.assignment_md(topics, TOPICS, blanked, left_out))
+    lib.write_record(build, topics, left_out)
+    readme = build / "README.md"
+    readme.write_text("> **A student copy.** Your topics and how to test them are in "
+                      "[ASSIGNMENT.md](ASSIGNMENT.md).\n\n" + readme.read_text())
+
+
+def restore(copy, topics=None, root=ROOT, select=None):
     """Put the reference code of `topics` (None = all) back into the regions of a student copy.
 
-    Whatever the student wrote in those regions is replaced; other regions are left alone.
-    The copy's regions must be the reference's (same files, topics and hints, in order).
-    Returns the list of restored regions.
+    Whatever the student wrote in those regions is replaced, and the VJP formulas in the
+    docstrings come back; other regions are left alone. `select` (Region -> bool) overrides
+    topics, e.g. to restore one region. The copy's regions must be the reference's (same files,
+    topics and hints, in order). Returns the list of restored regions.
     """
     topics = list(TOPICS) if topics is None else list(topics)
+    select = select or (lambda region: region.topic in topics)
     restored = []
     for f in source_files(root):
         ref_lines = _read_lines(Path(root) / f)
         ref = find_regions(ref_lines, f)
-        if not any(r.topic in topics for r in ref):
+        if not any(select(r) for r in ref):
             continue
         target = Path(copy) / f
         if not target.is_file():
@@ -269,60 +290,20 @@ def restore(copy, topics=None, root=ROOT):
                              f"({len(mine)} regions, the reference has {len(ref)}); were markers edited?")
         out, last = [], 0
         for r_ref, r in zip(ref, mine):
-            if r.topic in topics:
+            if select(r_ref):
                 out += lines[last:r.begin + 1] + ref_lines[r_ref.begin + 1:r_ref.end]
                 last = r.end
                 restored.append(r_ref)
         out += lines[last:]
+        for i, stripped in lib.vjp_docstring_edits(ref_lines, [r for r in ref if select(r)]).items():
+            if stripped in out:
+                out[out.index(stripped)] = ref_lines[i]
         with _atomic_writer(target, "wb") as fh:  # bytes: keep the file's own line endings
             fh.write("".join(out).encode("utf-8"))
     return restored
 
 
-# ----------------------------------------------------------------------------- running the tests
-
-def _pytest(repo, args, timeout=None):
-    """Run `python -m pytest ARGS` in repo without tests/test_assignment.py (in a copy it would copy
-    the copy) and without third-party plugins (the suite needs none, and a grade should not
-    depend on what else is installed)."""
-    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--ignore={ASSIGNMENT_TEST}", *args]
-    env = {**os.environ, "MINIVAE_ASSIGNMENT_CHILD": "1", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    try:
-        return subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError(f"the tests in {repo} did not finish within {timeout} s (an endless loop?); "
-                           "run `pytest -x -v` there to see which test hangs") from None
-
-
-def run_tests(repo, tests=(), extra_args=(), timeout=None, messages=False):
-    """Run the default test suite (or the given test ids) in `repo`; return {test id: outcome}.
-
-    outcome is "passed", "failed" or "skipped" (a setup error counts as failed). With
-    messages=True, return also {test id or file: the first line of its failure}. pytest runs in a
-    subprocess with the repository as working directory, so the tests import that repository's
-    minivae (tests/conftest.py makes sure of it).
-    """
-    with tempfile.TemporaryDirectory(prefix="minivae-outcomes-") as tmp:
-        results = Path(tmp) / "outcomes.json"
-        proc = _pytest(repo, ["-q", "--continue-on-collection-errors", f"--outcomes={results}",
-                              *extra_args, *tests], timeout)
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-        if not results.is_file():
-            raise RuntimeError(f"pytest in {repo} wrote no results (exit code {proc.returncode}); "
-                               f"its output ends:\n{tail}")
-        result = json.loads(results.read_text())
-    if proc.returncode not in (0, 1):  # 0: all passed, 1: some failed; anything else: it did not run
-        raise RuntimeError(f"pytest in {repo} exited with code {proc.returncode}:\n{tail}")
-    return (result["outcomes"], result["messages"]) if messages else result["outcomes"]
-
-
-def collect_tests(repo=ROOT):
-    """The ids of the tests the default run of `repo` would run (without running them), or None."""
-    proc = _pytest(repo, ["-q", "--collect-only"])
-    if proc.returncode != 0:
-        return None  # e.g. pytest is not installed: nothing to compare
-    return [line for line in proc.stdout.splitlines() if "::" in line]
-
+# ----------------------------------------------------------------------------- the topic map
 
 def measure_topic_map(root=ROOT, log=print):
     """{test id: [topics it needs]} for the whole default suite, by blanking one topic at a time.
@@ -340,7 +321,7 @@ def measure_topic_map(root=ROOT, log=print):
         needs = {test: [] for test in outcomes}
         log(f"reference: {len(outcomes)} tests, all pass")
         for topic in TOPICS:
-            make_assignment(Path(tmp) / topic, topics=[topic], root=root)
+            make_assignment(Path(tmp) / topic, topics=[topic], root=root, student=False)
             result = run_tests(Path(tmp) / topic)
             if set(result) != set(outcomes):
                 raise RuntimeError(f"blanking {topic} changed which tests exist: "
@@ -351,27 +332,6 @@ def measure_topic_map(root=ROOT, log=print):
             log(f"{topic}: {sum(topic in t for t in needs.values())} tests fail when it is blanked")
             shutil.rmtree(Path(tmp) / topic)
     return needs
-
-
-def load_topic_map(repo=ROOT):
-    """{test id: [topics]} from tests/assignment_topics.json of `repo`."""
-    path = Path(repo) / TOPIC_MAP
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; make it with: "
-                                "python scripts/make_assignment.py --update-map")
-    with open(path) as f:
-        return json.load(f)["tests"]
-
-
-def write_topic_map(needs, repo=ROOT):
-    """Write the topic map, one test per line so that a diff shows which tests changed."""
-    lines = [f"  {json.dumps(test)}: {json.dumps(topics)}" for test, topics in needs.items()]
-    with _atomic_writer(Path(repo) / TOPIC_MAP, "w") as f:
-        f.write('{\n  "about": "for each test of the default suite, the assignment topics whose solution '
-                'regions it needs (it fails when they are blanked); measured by '
-                'python scripts/make_assignment.py --update-map",\n')
-        f.write(f'  "topics": {json.dumps(list(TOPICS))},\n  "tests": {{\n')
-        f.write(",\n".join("  " + line for line in lines) + "\n  }\n}\n")
 
 
 def main(argv=None):
@@ -389,6 +349,8 @@ def main(argv=None):
     action.add_argument("--list", action="store_true", help="list the topics and their regions")
     parser.add_argument("--only", nargs="+", metavar="TOPIC", choices=list(TOPICS),
                         help="topics to blank (or restore); default: all")
+    parser.add_argument("--no-check", action="store_true",
+                        help="skip collecting the tests to see whether the topic map is current")
     args = parser.parse_args(argv)
 
     if args.list:
@@ -398,7 +360,7 @@ def main(argv=None):
                 print(f"    {r.path}:{r.begin + 1}  {r.where}  -- {r.hint}")
         return 0
     if args.update_map:
-        write_topic_map(needs := measure_topic_map())
+        lib.write_topic_map(needs := measure_topic_map(), TOPICS, ROOT / TOPIC_MAP)
         print(f"wrote {TOPIC_MAP}: {len(needs)} tests, {sum(not t for t in needs.values())} in no topic")
         return 0
     try:
@@ -413,8 +375,9 @@ def main(argv=None):
     for topic in [t for t in TOPICS if any(r.topic == t for r in blanked)]:
         files = sorted({r.path for r in blanked if r.topic == topic})
         print(f"{topic:14s}{sum(r.topic == topic for r in blanked):3d} regions in {', '.join(files)}")
-    collected = collect_tests(ROOT)
+    collected = collect_tests(ROOT) if not args.no_check else None
     stale = set(collected or ()) ^ set(load_topic_map(ROOT) if (ROOT / TOPIC_MAP).is_file() else {})
+    stale = {t for t in stale if t.split("::")[0] not in LEFT_OUT}
     if collected is not None and stale:
         print(f"warning: {TOPIC_MAP} is out of date ({len(stale)} tests added or removed since it "
               "was measured); grading will list them apart. Run --update-map to re-measure.")

@@ -4,9 +4,15 @@
    tests even when another minivae is pip-installed. A student editing a copy made by
    scripts/make_assignment.py is tested without reinstalling, and a grader can never grade the
    installed reference by mistake.
-2. `pytest --outcomes FILE` writes {"outcomes": {test id: "passed" | "failed" | "skipped"},
-   "messages": {test id or test file: first line of its failure}} when the run ends, for
-   scripts/grade.py and scripts/make_assignment.py.
+2. Every test is marked with the assignment topic it is FOR, so `pytest -m engine` runs the
+   engine's tests: a marker written in the test file (`pytestmark = pytest.mark.engine`) wins;
+   otherwise the topic map (tests/assignment_topics.json, measured by scripts/make_assignment.py)
+   gives the topics a test needs, and the test is for the last of them in the order they are
+   taught (the earlier ones are what it builds on).
+3. `pytest --outcomes FILE` writes {"outcomes": {test id: "passed" | "failed" | "skipped"},
+   "messages": {test id or test file: first line of its failure}, "details": {test id: the
+   failure's first lines}, "topics": {test id: topic or null}, "durations": {test id: seconds}}
+   when the run ends, for scripts/grade.py and scripts/make_assignment.py.
 """
 import importlib.util
 import json
@@ -15,12 +21,39 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 _spec = importlib.util.find_spec("minivae")  # finds the package without importing it
 if _spec is None or Path(_spec.origin).resolve().parent != ROOT / "minivae":
     raise ImportError(f"the tests would import minivae from {_spec and _spec.origin}, not from "
                       f"this checkout ({ROOT}); was minivae imported before pytest started?")
+
+
+def _topic_map():
+    """(topics in teaching order, {test id: topics it needs}) from the topic map, if there is one."""
+    try:
+        with open(ROOT / "tests" / "assignment_topics.json") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return [], {}
+    return data.get("topics", []), data.get("tests", {})
+
+
+TOPICS, NEEDS = _topic_map()
+TOPIC_OF = {}  # test id -> the topic it is for (None: no topic), filled at collection
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        marked = [m.name for m in item.iter_markers() if m.name in TOPICS]
+        needs = NEEDS.get(item.nodeid)
+        topic = marked[0] if marked else max(needs, key=TOPICS.index) if needs else None
+        if topic and not marked:
+            item.add_marker(topic)
+        TOPIC_OF[item.nodeid] = topic
 
 
 def pytest_addoption(parser):
@@ -38,14 +71,17 @@ class _OutcomeRecorder:
 
     def __init__(self, path):
         self.path, self.outcomes, self.messages = os.path.abspath(path), {}, {}
+        self.details, self.durations = {}, {}
 
     def pytest_runtest_logreport(self, report):
         previous = self.outcomes.get(report.nodeid)
+        self.durations[report.nodeid] = self.durations.get(report.nodeid, 0.0) + report.duration
         if report.failed:
             self.outcomes[report.nodeid] = "failed"
             crash = getattr(report.longrepr, "reprcrash", None)
             text = crash.message if crash is not None else str(report.longrepr)
             self.messages.setdefault(report.nodeid, (text.strip().splitlines() or [""])[0][:300])
+            self.details.setdefault(report.nodeid, [line[:400] for line in text.strip().splitlines()[:14]])
         elif report.skipped and previous != "failed":
             self.outcomes[report.nodeid] = "skipped"
         elif report.when == "call" and previous is None:
@@ -61,5 +97,7 @@ class _OutcomeRecorder:
         directory = os.path.dirname(self.path)
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".outcomes.", suffix=".tmp")
         with os.fdopen(fd, "w") as f:
-            json.dump({"outcomes": self.outcomes, "messages": self.messages}, f, indent=1)
+            json.dump({"outcomes": self.outcomes, "messages": self.messages, "details": self.details,
+                       "topics": {t: TOPIC_OF.get(t) for t in self.outcomes},
+                       "durations": self.durations}, f, indent=1)
         os.replace(tmp, self.path)

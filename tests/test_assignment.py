@@ -100,8 +100,8 @@ def test_malformed_regions_are_reported_with_file_and_line(text, problem):
 
 
 def test_stubs_raise_in_functions_and_are_comments_at_module_level():
-    text = ("@primitive\ndef exp(x):\n    return np.exp(x)\n# BEGIN SOLUTION ops: e**x\n"
-            "exp.defvjp(lambda g, ans, x: g * ans)\n# END SOLUTION\n\n\ndef f(x):\n    y = 2 * x\n"
+    text = ("@primitive\ndef cube(x):\n    return x ** 3\n# BEGIN SOLUTION ops: e**x\n"
+            "cube.defvjp(lambda g, ans, x: 3 * g * x * x)\n# END SOLUTION\n\n\ndef f(x):\n    y = 2 * x\n"
             "    # BEGIN SOLUTION engine: say \"twice\"\n    y = y + 1\n    return y\n    # END SOLUTION\n")
     out = "".join(make_assignment.blank_lines(text.splitlines(keepends=True), "m.py", lambda r: True))
     assert "# BEGIN SOLUTION ops: e**x\n# TODO(ops): e**x\n# END SOLUTION\n" in out
@@ -119,22 +119,31 @@ def test_regions_are_found_in_a_file_with_a_syntax_error():
         ("engine", True, False), ("ops", False, True)]
 
 
+STUDENT_FILES = {"ASSIGNMENT.md", make_assignment.lib.RECORD}  # what a student copy adds
+CHANGED = {"README.md", make_assignment.lib.STUB_SCRIPT}    # ... and changes outside minivae/
+
+
 def test_copy_changes_only_the_regions_and_restore_gives_the_reference_back(tmp_path):
     blanked = make_assignment.make_assignment(tmp_path / "student")
     assert {(r.path, r.begin) for r in blanked} == {(r.path, r.begin) for r in REGIONS}
     ref, copy = _tree(ROOT), _tree(tmp_path / "student")
-    assert set(copy) == set(ref)
+    left_out = set(make_assignment.LEFT_OUT)
+    assert set(copy) == set(ref) - left_out | STUDENT_FILES
+    ref = {p: b for p, b in ref.items() if p not in left_out}
     for name in ("README.md", "setup.cfg", "pyproject.toml", ".ci/run", "docs/guide.md",
                  make_assignment.TOPIC_MAP, "scripts/grade.py", "minivae/bundled/README.md"):
         assert name in copy
     assert not any(p.startswith(("runs/", ".git/")) or "__pycache__" in p for p in copy)
     changed = {p for p in ref if ref[p] != copy[p]}
-    assert changed == {r.path for r in REGIONS}
-    for path in changed:  # same lines outside the regions; inside, just the stub
+    assert changed == {r.path for r in REGIONS} | CHANGED
+    for path in changed - CHANGED:  # same lines outside the regions, but for VJP formulas; inside, the stub
         lines = make_assignment._read_lines(tmp_path / "student" / path)
         regions = make_assignment.find_regions(lines, path)
         assert regions and all(make_assignment.is_stub(lines, r) for r in regions)
         reference = make_assignment._read_lines(ROOT / path)
+        edits = make_assignment.lib.vjp_docstring_edits(reference, make_assignment.find_regions(reference, path))
+        assert bool(edits) == (path == "minivae/ops.py")
+        reference = [edits.get(i, line) for i, line in enumerate(reference)]
         assert _outside_regions(lines, path) == _outside_regions(reference, path)
     assert grade.regions_written(tmp_path / "student") == {
         t: [0, sum(r.topic == t for r in REGIONS)] for t in TOPICS}
@@ -143,7 +152,57 @@ def test_copy_changes_only_the_regions_and_restore_gives_the_reference_back(tmp_
     assert {r.topic for r in restored} == {"gru"}
     assert grade.regions_written(tmp_path / "student")["gru"][0] == 1
     make_assignment.restore(tmp_path / "student")
-    assert _tree(tmp_path / "student") == ref
+    restored = _tree(tmp_path / "student")
+    assert {p: b for p, b in restored.items() if p not in STUDENT_FILES | CHANGED} == {
+        p: b for p, b in ref.items() if p not in CHANGED}
+
+
+def test_blanked_ops_lose_their_vjp_formula_but_keep_the_forwards_meaning(tmp_path):
+    make_assignment.make_assignment(tmp_path / "hw", ["ops"])
+    text = (tmp_path / "hw" / "minivae" / "ops.py").read_text()
+    assert '"""x * y.  VJP: yours to derive (ops)."""' in text
+    assert "VJP: g*y and g*x" not in text and "g * softmax(x) = g * exp(x - ans)" not in text
+    assert '"""x + y.  VJP: g for both inputs."""' in text  # ops the student does not write keep theirs
+    make_assignment.restore(tmp_path / "hw", select=lambda r: r.where == "multiply.defvjp")
+    text = (tmp_path / "hw" / "minivae" / "ops.py").read_text()
+    assert '"""x * y.  VJP: g*y and g*x."""' in text and "VJP: yours to derive (ops)." in text
+
+
+# Test files whose expected values are worked by hand: the formula is the test's specification.
+SPECIFICATIONS = {"tests/test_optim.py", "tests/test_layers.py"}
+
+
+def test_no_solution_line_is_left_anywhere_in_a_copy(tmp_path):
+    """Every distinctive line of every blanked region (one holding arithmetic) is searched for in
+    every text file of a fully blanked copy: none may be there."""
+    wanted = {}
+    for r in REGIONS:
+        for line in make_assignment.lib.solution_lines(make_assignment._read_lines(ROOT / r.path), r):
+            if any(op in line for op in "*/@+-"):
+                wanted[line] = r
+    make_assignment.make_assignment(tmp_path / "hw")
+    leaks = [(f, line) for f, line in make_assignment.lib.find_leaks(tmp_path / "hw", wanted)
+             if f not in SPECIFICATIONS]
+    assert not leaks, [(f, wanted[line].path, wanted[line].where, line) for f, line in leaks]
+    plain = tmp_path / "plain"  # the search itself works: without blanking, it finds every region
+    make_assignment.make_assignment(plain, select=lambda r: True, student=False)
+    make_assignment.restore(plain)
+    found = {line for f, line in make_assignment.lib.find_leaks(plain, wanted)}
+    assert found == set(wanted)
+
+
+def test_a_student_copy_says_what_was_assigned_and_how_to_test_it(tmp_path):
+    make_assignment.make_assignment(tmp_path / "hw", ["engine", "ops"])
+    record = make_assignment.lib.read_record(tmp_path / "hw")
+    assert record["topics"] == ["engine", "ops"] and "tests/test_benchmark.py" in record["left_out"]
+    text = (tmp_path / "hw" / "ASSIGNMENT.md").read_text()
+    assert text.index("## 1. engine") < text.index("## 2. ops") and "## 3." not in text
+    for needed in ("pytest -m engine", "pytest -m ops", "python scripts/grade.py --explain",
+                   "`minivae/engine.py`, line", "_topological_order", "python scripts/labs.py graph"):
+        assert needed in text
+    assert (tmp_path / "hw" / "README.md").read_text().startswith("> **A student copy.**")
+    assert not (tmp_path / "hw" / "scripts" / "bench_numpy.py").exists()
+    assert make_assignment.lib.read_record(ROOT) is None  # the reference is no copy
 
 
 def test_copy_refuses_an_existing_folder_and_a_folder_inside_the_repository(tmp_path):
@@ -167,16 +226,48 @@ def test_topic_map_names_every_topic_and_only_known_tests():
     assert any(not n for n in needs.values())  # tests in no topic: they must pass in any copy
 
 
-def test_grade_scores_each_topic_by_its_tests():
-    needs = {"a": ["engine"], "b": ["engine", "gru"], "c": [], "d": ["gru", "engine"], "e": ["engine"]}
-    outcomes = {"a": "passed", "b": "failed", "c": "passed", "e": "skipped", "new": "passed"}  # no d
-    rows = grade.score(outcomes, needs)
-    assert (rows["engine"]["passed"], rows["engine"]["failed"], rows["engine"]["skipped"]) == (1, 2, 1)
-    assert (rows["gru"]["passed"], rows["gru"]["tests"], rows["gru"]["also_needs"]) == (0, 2, ["engine"])
-    assert rows["engine"]["also_needs"] == ["gru"]  # 2 of its 4 tests need gru too
+def test_grade_counts_each_test_for_one_topic_and_blocks_tests_waiting_for_another():
+    needs = {"a": ["engine"], "b": ["engine", "gru"], "c": [], "d": ["gru", "engine"], "e": ["engine"],
+             "f": ["engine", "ops"], "g": ["gru"]}
+    outcomes = {"a": "passed", "b": "failed", "c": "passed", "e": "failed", "f": "failed", "g": "failed",
+                "new": "passed"}  # d did not run; e needs the engine alone and fails: the engine is not done
+    marked = {"f": "engine"}  # a marker in the test file wins over the map
+    rows = grade.score(outcomes, needs, marked)
+    assert (rows["engine"]["tests"], rows["engine"]["passed"], rows["engine"]["blocked"]) == (3, 1, 0)
+    assert (rows["gru"]["tests"], rows["gru"]["failed"]) == (3, 3)  # b, d and g: gru is the last they need
+    assert rows["gru"]["blocked"] == 2 and rows["gru"]["waits_for"] == ["engine"]  # b and d; g needs gru alone
     assert (rows["(no topic)"]["passed"], rows["(not in the topic map)"]["tests"]) == (1, 1)
+    only = grade.score(outcomes, needs, marked, topics=["gru"])
+    assert "engine" not in only and only["(other topics)"]["tests"] == 3
     table = grade.report(rows)
     assert "engine" in table and "33%" in table and "schedules" in table
+    written = {t: [1, 1] for t in TOPICS}
+    written["engine"] = [0, 3]
+    assert grade.score({**outcomes, "e": "passed"}, needs, marked)["gru"]["blocked"] == 0
+    assert grade.score({**outcomes, "e": "passed"}, needs, marked, written)["gru"]["waits_for"] == ["engine"]
+
+
+def test_pytest_markers_select_the_tests_a_topic_is_graded_by():
+    proc = make_assignment.lib._pytest(ROOT, ["-q", "--collect-only", "-m", "engine",
+                                             "tests/test_engine.py", "tests/test_vjps.py"])
+    ids = [line for line in proc.stdout.splitlines() if "::" in line]
+    assert ids and all(t.startswith("tests/test_engine.py::") for t in ids)
+    assert any("negative_control" in t for t in ids)
+
+
+def test_writing_one_region_moves_its_score(tmp_path):
+    """In a copy with the engine blank, writing _topological_order alone passes its own tests."""
+    copy = tmp_path / "hw"
+    make_assignment.make_assignment(copy, ["engine"])
+    args = ["tests/test_engine.py", "-k", "not deep_chain"]
+    before = make_assignment.run_tests(copy, args, everything=True)
+    make_assignment.restore(copy, select=lambda r: r.where == "_topological_order")
+    after = make_assignment.run_tests(copy, args, everything=True)
+    assert grade.regions_written(copy)["engine"] == [1, 3]
+    passed = [grade.score(r["outcomes"], {}, r["topics"])["engine"]["passed"] for r in (before, after)]
+    assert passed[1] > passed[0]
+    assert after["outcomes"]["tests/test_engine.py::test_topological_order_puts_parents_first_and_each_node_once"] == "passed"
+    assert before["outcomes"]["tests/test_engine.py::test_topological_order_puts_parents_first_and_each_node_once"] == "failed"
 
 
 def _spread(items, k):
@@ -192,7 +283,7 @@ def _sample(needs, topic):
     """(tests that must fail, tests that must pass) with `topic` blanked: two of its tests in its home
     file and two elsewhere; two tests of the home file that do not need it, a test of each of the
     next two topics that does not need it, and a test in no topic."""
-    fast = [t for t in needs if not any(s in t for s in SLOW)]
+    fast = [t for t in needs if not any(s in t for s in SLOW) and "negative_control" not in t]  # those skip in copies
     home = f"tests/{HOME[topic]}::"
     mine, others = [t for t in fast if topic in needs[t]], [t for t in fast if topic not in needs[t]]
     by_file = {}
@@ -257,7 +348,8 @@ def test_whole_suite_fails_exactly_by_topic(tmp_path, capsys):
     make_assignment.make_assignment(blank)
     assert grade.main(["--copy", str(blank), "--json", str(tmp_path / "blank.json")]) == 1
     outcomes = json.loads((tmp_path / "blank.json").read_text())["outcomes"]
-    assert {t for t, o in outcomes.items() if o == "failed"} == {t for t, n in stored.items() if n}
+    in_copy = {t: n for t, n in stored.items() if t.split("::")[0] not in make_assignment.LEFT_OUT}
+    assert {t for t, o in outcomes.items() if o == "failed"} == {t for t, n in in_copy.items() if n}
     make_assignment.restore(blank)
     assert grade.main(["--copy", str(blank)]) == 0
     with capsys.disabled():
