@@ -13,6 +13,7 @@ from minivae.engine import PRIMITIVES, primitive
 from minivae.gradcheck import GradientCheckError, check_grads, check_vjp, find_wrong_vjp
 from minivae.graph import draw_graph, gradient_norms, to_dot
 from minivae.models import MLPVAE
+from test_engine import _breadth_first  # the classic wrong order, written once
 
 
 @pytest.fixture
@@ -69,16 +70,6 @@ def test_a_wrong_engine_is_blamed_on_the_engine(monkeypatch):
         check_grads(lambda x: x + ops.softplus(ops.softplus(x)), x)
 
 
-def _breadth_first(root):
-    order, frontier, seen = [], [root], {id(root)}
-    while frontier:
-        node = frontier.pop(0)
-        order.append(node)
-        for p in node._parents:
-            if p.requires_grad and id(p) not in seen:
-                seen.add(id(p))
-                frontier.append(p)
-    return order[::-1]
 
 
 @pytest.fixture
