@@ -60,10 +60,16 @@ def check_grads(f, *inputs, eps=1e-6, rtol=1e-6, atol=1e-9, seed=0):
     disagree by more than atol + rtol * max(|reverse|, |numeric|). Returns the report lines.
     Keep f deterministic: pass noise (eps for sampling, dropout masks) in from outside.
     """
+    if not callable(f) or not inputs:
+        raise TypeError(f"check_grads(f, *inputs) needs a function and at least one input array, got "
+                        f"f={type(f).__name__} and {len(inputs)} inputs")
     arrays = _float64_arrays(inputs)
     rng = np.random.default_rng(seed)
     tensors = [Tensor(a.copy(), requires_grad=True) for a in arrays]
     out = f(*tensors)
+    if not isinstance(out, Tensor):
+        raise TypeError(f"check_grads: f must return a Tensor built with minivae ops, got {type(out).__name__} "
+                        "(did f convert to NumPy or return a constant?)")
     u = rng.standard_normal(out.shape)
     name = getattr(f, "__name__", f)
     if out.requires_grad:

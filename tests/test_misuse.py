@@ -3,7 +3,8 @@ operators, layer constructors and calls, optimisers (including a step with NaN g
 import numpy as np
 import pytest
 
-from minivae import Tensor
+from minivae import Tensor, ops
+from minivae.gradcheck import check_grads
 from minivae.layers import GRU, MLP, Dense, Embedding, GRUCell, dropout_mask
 from minivae.optim import SGD, Adam, NonFiniteGradientError
 
@@ -91,3 +92,15 @@ def test_skip_mode_skips_loudly_and_counts():
     b.grad = np.array([0.5], np.float32)
     opt.step()                                               # finite again: a normal step
     assert opt.skipped_steps == 1 and a.data[0] < 1.0 and b.data[0] < 3.0
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: check_grads(3, np.ones(2)), "needs a function and at least one input array, got f=int"),
+    (lambda: check_grads(lambda: Tensor(1.0)), "and 0 inputs"),
+    (lambda: check_grads(lambda x: 1.0, np.ones(2)), "f must return a Tensor built with minivae ops, got float"),
+    (lambda: check_grads(lambda x: np.sum(x.data), np.ones(2)), "got float64"),
+    (lambda: check_grads(lambda x: ops.sum(x * x), np.ones(2, int)), "needs float64 inputs"),
+])
+def test_check_grads_misuse_names_the_problem(call, message):
+    with pytest.raises(TypeError, match=message):
+        call()
