@@ -97,8 +97,11 @@ def test_stale_temporary_files_of_ours_are_removed_at_start_and_nothing_else(tmp
 
 
 CHILD = """
-import os, runpy, sys, time
+import os, runpy, signal, sys, time
 import numpy as np
+# A shell that starts a job in the background makes it ignore SIGINT, and Python then installs no
+# KeyboardInterrupt handler; restore it, as an interactive terminal would have it.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import minivae.fileio
 from minivae.optim import Adam
 mode, at, script, *argv = sys.argv[1:]
