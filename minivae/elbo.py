@@ -28,7 +28,7 @@ With lambda = 0 every floor is the plain KL, mean_i sum_j KL_ij.
 import numpy as np
 
 from . import ops
-from .distributions import kl_standard_normal_per_dim
+from .distributions import gaussian_log_density, kl_standard_normal_per_dim, standard_normal_log_density
 
 FREE_BITS_MODES = ("batch_dim", "example_dim", "total")
 
@@ -96,6 +96,34 @@ def vae_objective(log_px_z, mu, logvar, beta=1.0, free_bits=0.0, free_bits_mode=
     stats = {"objective": float(objective.data), "rec": float(rec.data), "kl": kl,
              "elbo": -float(rec.data) - kl, "neg_elbo": float(rec.data) + kl,
              "kl_term": float(floored.data), "beta": float(beta), "kl_per_dim": kl_dims}
+    return objective, stats
+
+
+def iw_objective(log_px_z, z, mu, logvar, beta=1.0):
+    """The K-sample importance-weighted bound (IWAE) as a training objective, nats per example.
+
+        log w_k = log p(x|z_k) + beta * (log p(z_k) - log q(z_k|x)),   z_k ~ q(z|x), k = 1..K
+        bound   = logsumexp_k log w_k - log K       (K = 1: the ELBO; it tightens as K grows)
+        objective = -mean over the batch of the bound
+
+    log_px_z: (K, B) Tensor; z: (K, B, d) reparameterised samples; mu, logvar: (B, d) Tensors.
+    beta < 1 is KL warm-up applied inside every weight (beta = 1: the true bound). The gradient is
+    that of the bound: each sample's ELBO gradient, weighted by its normalised weight softmax_k(log w).
+    Returns (objective Tensor, stats dict of floats: objective, iw_bound, elbo, neg_elbo, rec, kl,
+    beta, kl_per_dim), where elbo, rec and kl are the usual one-sample terms averaged over the K samples.
+    Reference: Burda et al. 2016, arXiv:1509.00519, eq. 8.
+    """
+    beta, K = float(beta), log_px_z.shape[0]
+    log_prior_ratio = standard_normal_log_density(z) - gaussian_log_density(z, mu, logvar)  # (K, B)
+    # BEGIN SOLUTION iwae: log w per sample, then the log-mean-exp over the K samples
+    log_w = log_px_z + beta * log_prior_ratio  # (K, B)
+    bound = ops.logsumexp(log_w, axis=0) - float(np.log(K))  # (B,)
+    # END SOLUTION
+    objective = -ops.mean(bound)
+    kl_dims = kl_standard_normal_per_dim(mu, logvar).data.mean(axis=0)
+    rec, kl = -float(log_px_z.data.mean()), float(kl_dims.sum())
+    stats = {"objective": float(objective.data), "iw_bound": float(bound.data.mean()), "rec": rec,
+             "kl": kl, "elbo": -rec - kl, "neg_elbo": rec + kl, "beta": beta, "kl_per_dim": kl_dims}
     return objective, stats
 
 

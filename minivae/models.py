@@ -9,7 +9,7 @@ import numpy as np
 
 from . import ops
 from .distributions import bernoulli_log_likelihood, gaussian_log_likelihood, sample_gaussian
-from .elbo import vae_objective
+from .elbo import iw_objective, vae_objective
 from .engine import Tensor
 from .layers import MLP, Module, parameter
 
@@ -94,6 +94,22 @@ class MLPVAE(Module):
         z = sample_gaussian(mu, logvar, eps)
         return vae_objective(self.log_likelihood(x, self.decode(z, y)), mu, logvar, beta, free_bits,
                              free_bits_mode)
+
+    def iw_loss(self, x, eps, beta=1.0, y=None):
+        """(objective, stats) of the K-sample importance-weighted bound (elbo.iw_objective).
+
+        eps (K, B, latent): K reparameterisation draws per example. The encoder runs once; the
+        decoder on all K*B samples at once. K = 1 gives the ELBO with the analytic KL replaced by
+        its one-sample estimate.
+        """
+        x = x if isinstance(x, Tensor) else Tensor(x)
+        K, B, d = eps.shape
+        mu, logvar = self.encode(x, y)  # (B, d) each
+        z = sample_gaussian(mu, logvar, eps)  # (K, B, d)
+        y_k = None if y is None else np.tile(y, K)  # the labels of every sample, for the CVAE
+        x_out = self.decode(ops.reshape(z, shape=(K * B, d)), y_k)  # (K*B, n_in)
+        log_px_z = self.log_likelihood(x, ops.reshape(x_out, shape=(K, B, -1)))  # (K, B): x broadcasts over K
+        return iw_objective(log_px_z, z, mu, logvar, beta)
 
     def mean_image(self, x_out):
         """E[x|z] as an array: sigmoid of the logits, or the Gaussian mean (unbounded: not clipped)."""
