@@ -67,38 +67,58 @@ def mutual_information(mu, logvar, z):
     return float(neg_entropy - np.mean(log_qz))
 
 
-def iw_log_likelihood(model, x, K, rng, batch_size=None, chunk=500):
+def iw_log_likelihood(model, x, K, rng, batch_size=None, chunk=500, progress=None):
     """Importance-weighted estimate of log p(x) per example, with K samples from q(z|x).
 
         log p_K(x) = logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K
 
-    K = 1 is the ELBO; the bound tightens (never loosens, in expectation) as K grows. Samples are
-    drawn `chunk` at a time so memory stays bounded for K = 5000. Returns an (N,) float64 array.
+    K = 1 is the ELBO; the bound tightens (never loosens, in expectation) as K grows. Each batch of
+    examples is encoded once; its samples are decoded `chunk` at a time (all chunk * batch_size rows
+    in one pass), so memory stays bounded for K = 5000. progress: None, or a function wrapping an
+    iterable and its length (e.g. a tqdm bar) that sees the batches. Returns an (N,) float64 array.
     Reference: Burda et al. 2016, arXiv:1509.00519, eq. 8.
     """
     if K < 1:
         raise ValueError(f"K must be >= 1 importance samples, got {K}")
     batch_size = batch_size or max(1, 4000 // min(K, chunk))
+    starts = range(0, len(x), batch_size)
     out = []
     with no_grad():
-        for start in range(0, len(x), batch_size):
+        for start in (progress(starts, len(starts)) if progress else starts):
             xb = x[start:start + batch_size]  # (b, n_in)
-            mu, logvar = (t.data for t in model.encode(Tensor(xb)))
-            log_w = []
+            mu, logvar = (t.data for t in model.encode(Tensor(xb)))  # (b, d) each
+            log_w = np.empty((K, len(xb)))
             for k0 in range(0, K, chunk):
                 k = min(chunk, K - k0)
                 eps = rng.standard_normal((k, *mu.shape)).astype(mu.dtype)  # (k, b, d)
                 z = sample_gaussian(mu, logvar, eps).data
-                x_out = model.decode(Tensor(z.reshape(-1, mu.shape[1])))  # (k*b, n_in)
-                xk = np.broadcast_to(xb, (k, *xb.shape)).reshape(-1, xb.shape[1])
-                log_px_z = model.log_likelihood(Tensor(xk), x_out).data.reshape(k, -1)
+                x_out = model.decode(Tensor(z.reshape(-1, mu.shape[1]))).data.reshape(k, len(xb), -1)  # (k, b, n_in)
+                if getattr(model, "likelihood", None) == "bernoulli" and x_out.dtype == np.float32:
+                    log_px_z = _bernoulli_log_likelihood_fast(xb, x_out)  # (k, b)
+                else:
+                    log_px_z = model.log_likelihood(Tensor(xb), Tensor(x_out)).data  # xb broadcasts over k
                 # BEGIN SOLUTION iwae: log w = log p(x|z) + log p(z) - log q(z|x), in float64
                 z64 = z.astype(np.float64)
                 log_pz = standard_normal_log_density(z64).data
                 log_qz = gaussian_log_density(z64, mu.astype(np.float64), logvar.astype(np.float64)).data
-                log_w.append(log_px_z.astype(np.float64) + log_pz - log_qz)  # (k, b)
+                log_w[k0:k0 + k] = log_px_z.astype(np.float64) + log_pz - log_qz  # (k, b)
                 # END SOLUTION
             # BEGIN SOLUTION iwae: log p_K(x) = logsumexp of log w over the K samples, minus log K
-            out.append(ops.logsumexp(np.concatenate(log_w), axis=0).data - np.log(K))
+            out.append(ops.logsumexp(log_w, axis=0).data - np.log(K))
             # END SOLUTION
     return np.concatenate(out)
+
+
+def _bernoulli_log_likelihood_fast(x, x_logits):
+    """distributions.bernoulli_log_likelihood(x, x_logits) for float32 logits (k, b, n) and x (b, n).
+
+    The same sum(x*l - softplus(l)) with fewer passes over the logits: x*l summed by einsum, and
+    softplus(l) = log(1 + exp(l)) in place, l capped at 80 (where softplus(l) = l in float32) so
+    exp cannot overflow. log(1 + e) drops e < 6e-8, at most 5e-5 nats over 784 pixels.
+    """
+    # 3.5x faster than ops.softplus on (4000, 784) float32 logits, most of the K = 5000 evaluation
+    softplus = np.minimum(x_logits, 80.0)
+    np.exp(softplus, out=softplus)
+    softplus += 1.0
+    np.log(softplus, out=softplus)
+    return np.einsum("kbn,bn->kb", x_logits, x) - softplus.sum(axis=-1)

@@ -10,13 +10,16 @@ the planned end of training, and raise ValueError on a negative t or a bad hyper
 
 Reading order: constant, linear, linear_warmup, logistic, exponential, cyclical,
 cyclical_zero_linear, then make_schedule (what the scripts' --beta-schedule flag calls).
+At the end, the learning-rate schedules: functions of the fraction of the run done, because a run
+with a time budget does not know its number of steps in advance.
 """
 import inspect
 import math
 import numbers
 
 __all__ = ["constant", "linear_warmup", "linear", "logistic", "exponential", "cyclical",
-           "cyclical_zero_linear", "SCHEDULES", "make_schedule", "from_flags"]
+           "cyclical_zero_linear", "SCHEDULES", "make_schedule", "from_flags", "constant_lr", "cosine_lr",
+           "burda_lr", "LR_SCHEDULES", "learning_rate"]
 
 
 def _check_step(t):
@@ -250,3 +253,59 @@ def _usage(name=None):
     """'name(required, optional=default, ...)' for one schedule or all of them."""
     names = [name] if name else list(SCHEDULES)
     return ", ".join(f"{n}{inspect.signature(SCHEDULES[n])}".replace("(t, ", "(", 1) for n in names)
+
+
+# ------------------------------------------------------------------- learning-rate schedules
+# lr as a pure function of progress p in [0, 1], the fraction of the run done (of its steps, or of
+# its time budget): the same schedule then fits a 10-epoch run and a 15-minute one.
+def _check_progress(p):
+    _check("progress", p, lambda v: 0 <= v, "a finite number >= 0 (the fraction of the run done)")
+
+
+def constant_lr(p, lr):
+    """The same learning rate throughout."""
+    _check_progress(p)
+    return float(lr)
+
+
+def cosine_lr(p, lr):
+    """Cosine decay from lr to 0 over the run: lr * 0.5 * (1 + cos(pi * p)); lr stays 0 past p = 1.
+
+    Reference: Loshchilov & Hutter 2017, arXiv:1608.03983, eq. 5 (one period, no restart).
+    """
+    _check_progress(p)
+    return 0.5 * lr * (1 + math.cos(math.pi * min(p, 1.0)))
+
+
+BURDA_STAGES = 8  # i = 0..7: 3**i passes each, 3,280 passes in all
+
+
+def burda_lr(p, lr):
+    """Burda et al.'s schedule scaled to the run: stage i = 0..7 lasts 3**i / 3280 of it, at lr * 10**(-i/7).
+
+    The paper trains 3**i epochs at 0.001 * 10**(-i/7); here the run's length replaces 3,280 epochs,
+    so stage 7 (lr / 10) takes the last two thirds of it.
+    Reference: Burda et al. 2016, arXiv:1509.00519, Sec. 5.
+    """
+    _check_progress(p)
+    total, end, i = sum(3 ** i for i in range(BURDA_STAGES)), 0, 0
+    for i in range(BURDA_STAGES):
+        end += 3 ** i
+        if p < end / total:
+            break
+    return lr * 10 ** (-i / 7)
+
+
+LR_SCHEDULES = {"constant": constant_lr, "cosine": cosine_lr, "burda": burda_lr}
+
+
+def learning_rate(name, lr, progress, step=0, warmup_steps=0):
+    """The learning rate of schedule `name` at `progress`, times a linear warm-up over the first steps.
+
+    Warm-up: lr grows from lr / warmup_steps at step 0 to the schedule's value at step warmup_steps - 1
+    (Goyal et al. 2017, arXiv:1706.02677, Sec. 2.2); warmup_steps = 0 turns it off.
+    """
+    if name not in LR_SCHEDULES:
+        raise ValueError(f"unknown learning-rate schedule {name!r}; choose from {sorted(LR_SCHEDULES)}")
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    return warm * LR_SCHEDULES[name](progress, lr)

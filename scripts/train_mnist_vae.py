@@ -13,12 +13,13 @@ with minivae (8,000 train / 2,000 held out) and says so. --conditional trains a 
         --beta-params n_cycles=4,ratio=0.5 --free-bits 0.1 --out runs/mnist-z2
 """
 import argparse
+import sys
 import time
 import warnings
 
 import numpy as np
 
-from minivae import data, diagnostics, train
+from minivae import data, diagnostics, schedules, train
 from minivae.engine import no_grad
 from minivae.fileio import write_json
 from minivae.models import LEARNED_X_LOGVAR, MLPVAE, make_model  # noqa: F401  (MLPVAE: tests patch its loss here)
@@ -56,6 +57,15 @@ def parse_args(argv=None):
                    help="none: grayscale in [0,1]; dynamic: resample Bernoulli(x) every batch; "
                    "static: sample once (seeded); threshold: x > 0.5")
     train.add_kl_flags(p)
+    p.add_argument("--iw-train", type=int, default=1, help="train on the K-sample importance-weighted "
+                   "bound (IWAE, Burda et al. 2016) with this K; 1 is the ELBO")
+    p.add_argument("--lr-schedule", choices=sorted(schedules.LR_SCHEDULES), default="constant",
+                   help="learning rate over the run: constant, cosine decay to 0, or Burda et al.'s "
+                   "3^i-epoch stages scaled to the run (steps, or the --time-budget)")
+    p.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up over "
+                   "this many steps (0: off)")
+    p.add_argument("--time-budget", type=train.finite_float, default=0.0, help="stop training after "
+                   "this many minutes of wall-clock (0: off; --epochs still caps the run), then evaluate")
     p.add_argument("--iw-samples", type=int, default=0, help="K for the importance-weighted test "
                    "NLL after training (0: skip; 5000 is the usual, and slow)")
     p.add_argument("--iw-examples", type=int, default=0, help="evaluate the IW NLL on this many test "
@@ -65,10 +75,13 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.likelihood != "gaussian" and args.x_logvar != "learned-scalar":
         p.error("--x-logvar sets the variance of --likelihood gaussian; the Bernoulli decoder has none")
+    if args.iw_train > 1 and args.free_bits:
+        p.error("--iw-train K > 1 trains on the importance-weighted bound, which has no free bits: drop --free-bits")
     if args.conditional and args.iw_samples:
         p.error("--iw-samples estimates log p(x) of an unconditional model; drop it with --conditional")
-    train.check_flags(p, args, at_least_1=("epochs", "batch_size", "latent", "hidden"), positive=("lr",),
-                      at_least_0=("beta", "free_bits", "clip", "iw_samples", "iw_examples"))
+    train.check_flags(p, args, at_least_1=("epochs", "batch_size", "latent", "hidden", "iw_train"), positive=("lr",),
+                      at_least_0=("beta", "free_bits", "clip", "iw_samples", "iw_examples", "warmup_steps",
+                                  "time_budget"))
     try:  # an explicit --data-dir must be complete: the bundled fallback is for runs that asked for none
         args.data_dir is None or data.check_data_dir(args.dataset, args.data_dir)
     except data.DataError as err:
@@ -103,7 +116,8 @@ def main(argv=None):
     out = run.path  # out(name) is the path of an output file
     x_train, y_train, x_test, y_test, data_info = load_data(args, dtype)
     steps_per_epoch = -(-len(x_train) // args.batch_size)
-    beta_fn = train.beta_schedule(args, args.epochs * steps_per_epoch)
+    total_steps = args.epochs * steps_per_epoch
+    beta_fn = train.beta_schedule(args, total_steps)
 
     rng = np.random.default_rng(args.seed)
     config = train.run_config(args)
@@ -115,18 +129,31 @@ def main(argv=None):
         state = train.resume(args.resume, args, ARCHITECTURE, model, optimizer, rng)
         history, step, start_epoch = state["history"], state["step"], state["epoch"]
 
+    budget = 60 * args.time_budget  # seconds of training (0: none); the epochs' times count against it
+    spent = sum(record["seconds"] for record in history)
     with run.stop_cleanly():  # Ctrl-C or SIGTERM: say where, keep the last checkpoint, print how to resume
         for epoch in range(start_epoch, args.epochs):
+            if budget and spent >= budget:
+                break
             t0, totals, n_seen = time.perf_counter(), {"neg_elbo": 0.0, "rec": 0.0, "kl": 0.0}, 0
             bar = run.progress(data.batches(len(x_train), args.batch_size, rng), steps_per_epoch, epoch, step)
             for idx in bar:
+                elapsed = spent + time.perf_counter() - t0
+                if budget and elapsed >= budget:  # out of time: end the epoch here and evaluate
+                    break
+                progress = max(step / total_steps, elapsed / budget if budget else 0.0)  # fraction of the run done
+                optimizer.lr = schedules.learning_rate(args.lr_schedule, args.lr, progress, step, args.warmup_steps)
                 x = x_train[idx]  # (B, 784)
                 if args.binarize == "dynamic":
                     x = data.binarize(x, "dynamic", rng)
-                eps = rng.standard_normal((len(idx), args.latent)).astype(dtype)  # reparameterisation noise
                 beta = beta_fn(step)
                 y = y_train[idx] if args.conditional else None  # the labels, for the conditional VAE
-                objective, stats = model.loss(x, eps, beta, args.free_bits, args.free_bits_mode, y=y)
+                if args.iw_train > 1:  # K reparameterisation draws per image: (K, B, latent)
+                    eps = rng.standard_normal((args.iw_train, len(idx), args.latent)).astype(dtype)
+                    objective, stats = model.iw_loss(x, eps, beta, y=y)
+                else:
+                    eps = rng.standard_normal((len(idx), args.latent)).astype(dtype)  # reparameterisation noise
+                    objective, stats = model.loss(x, eps, beta, args.free_bits, args.free_bits_mode, y=y)
                 train.stop_if_not_finite(stats, step, run.last_checkpoint)  # before the update
                 optimizer.zero_grad()
                 objective.backward()
@@ -137,13 +164,16 @@ def main(argv=None):
                 for key in totals:
                     totals[key] += stats[key] * len(idx)
                 n_seen += len(idx)
-                bar.set_postfix(neg_elbo=f"{totals['neg_elbo'] / n_seen:.2f}", beta=f"{beta:.3f}")
+                bar.set_postfix(neg_elbo=f"{totals['neg_elbo'] / n_seen:.2f}", beta=f"{beta:.3f}",
+                                lr=f"{optimizer.lr:.2g}")
 
             test = diagnostics.evaluate_elbo(model, x_test, np.random.default_rng([args.seed, epoch, 1]), **labels)
             record = {"epoch": epoch + 1, "train_neg_elbo": totals["neg_elbo"] / n_seen,
                       "train_rec": totals["rec"] / n_seen, "train_kl": totals["kl"] / n_seen,
                       "test_neg_elbo": test["neg_elbo"], "test_rec": test["rec"], "test_kl": test["kl"],
-                      "beta": beta_fn(step - 1), "seconds": time.perf_counter() - t0}
+                      "beta": beta_fn(step - 1), "lr": optimizer.lr, "steps": step,
+                      "seconds": time.perf_counter() - t0}
+            spent += record["seconds"]
             history.append(record)
             print(f"epoch {epoch + 1:3d}/{args.epochs}  train -ELBO {record['train_neg_elbo']:8.2f}  "
                   f"test -ELBO {record['test_neg_elbo']:8.2f}  rec {record['test_rec']:7.2f}  "
@@ -151,6 +181,8 @@ def main(argv=None):
                   flush=True)
             run.save(model, optimizer, rng, config=config, step=step, epoch=epoch + 1, history=history)
 
+        if budget and spent >= budget:
+            print(f"time budget of {args.time_budget:g} min used after {len(history)} epochs ({step} steps)")
         with no_grad():
             mu = model.encode(x_test, y_test)[0].data if args.conditional else diagnostics.encode_all(model, x_test)[0]
         n_active, _ = diagnostics.active_units(mu)
@@ -159,7 +191,7 @@ def main(argv=None):
             x_iw = x_test[:args.iw_examples or len(x_test)]
             t0 = time.perf_counter()
             iw_nll = -float(np.mean(diagnostics.iw_log_likelihood(
-                model, x_iw, args.iw_samples, np.random.default_rng([args.seed, 2]))))
+                model, x_iw, args.iw_samples, np.random.default_rng([args.seed, 2]), progress=iw_progress(args))))
             print(f"importance-weighted test NLL (K={args.iw_samples}, {len(x_iw)} images): "
                   f"{iw_nll:.2f} nats ({time.perf_counter() - t0:.0f} s)")
         print(f"active units: {n_active} of {args.latent}")
@@ -172,6 +204,20 @@ def main(argv=None):
             make_figures(args, out, model, x_test, y_test, mu, history, beta_fn, steps_per_epoch, final_kl)
         print(f"wrote {args.out}/metrics.json, checkpoint.npz" + ("" if args.no_plots else " and figures"))
     return history
+
+
+def iw_progress(args):
+    """Progress of the IW evaluation: a bar on a terminal, else a line at every tenth of the batches."""
+    def wrap(batches, total):
+        if not args.no_progress and sys.stderr.isatty():
+            yield from train.progress(batches, total, "IW test NLL")
+            return
+        t0 = time.perf_counter()
+        for i, batch in enumerate(batches):
+            yield batch
+            if (i + 1) * 10 // total > i * 10 // total:
+                print(f"  IW evaluation {100 * (i + 1) // total:3d}% ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return wrap
 
 
 def make_figures(args, out, model, x_test, y_test, mu, history, beta_fn, steps_per_epoch, kl_per_dim):

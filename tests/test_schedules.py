@@ -244,3 +244,36 @@ def test_from_flags_reads_the_scripts_beta_params():
         schedules.from_flags("linear", "x0", total_steps=7)
     with pytest.raises(ValueError, match=r"--beta-schedule: .*unknown parameter"):
         schedules.from_flags("linear", "x0=2,bogus=1", total_steps=7)
+
+
+# ---- learning-rate schedules: functions of the fraction of the run done ----
+
+def test_burda_lr_reproduces_the_papers_epoch_schedule():
+    """Over 3,280 epochs the scaled schedule is the paper's: 3**i epochs at 1e-3 * 10**(-i/7)."""
+    epochs = [schedules.burda_lr(e / 3280, 1e-3) for e in range(3280)]
+    expected = [1e-3 * 10 ** (-i / 7) for i in range(8) for _ in range(3 ** i)]  # Burda et al. 2016, Sec. 5
+    np.testing.assert_allclose(epochs, expected, rtol=1e-12)
+    assert schedules.burda_lr(1.0, 1e-3) == schedules.burda_lr(5.0, 1e-3) == pytest.approx(1e-4)
+
+
+def test_cosine_lr_values():
+    assert schedules.cosine_lr(0, 0.01) == 0.01
+    assert schedules.cosine_lr(0.5, 0.01) == pytest.approx(0.005)
+    assert schedules.cosine_lr(0.25, 0.01) == pytest.approx(0.005 * (1 + math.sqrt(0.5)))
+    assert schedules.cosine_lr(1.0, 0.01) == pytest.approx(0, abs=1e-18) and schedules.cosine_lr(3.0, 0.01) == \
+        pytest.approx(0, abs=1e-18)
+    values = [schedules.cosine_lr(p, 1.0) for p in np.linspace(0, 1, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+    assert schedules.constant_lr(0.7, 0.02) == 0.02
+
+
+def test_learning_rate_warmup_and_errors():
+    lr = [schedules.learning_rate("constant", 1e-3, 0.0, step, warmup_steps=4) for step in range(6)]
+    np.testing.assert_allclose(lr, [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3])
+    assert schedules.learning_rate("cosine", 1e-3, 0.5, step=10) == pytest.approx(5e-4)
+    with pytest.raises(ValueError, match="unknown learning-rate schedule 'step'.*burda"):
+        schedules.learning_rate("step", 1e-3, 0.1)
+    with pytest.raises(ValueError, match="progress must be"):
+        schedules.cosine_lr(-0.1, 1e-3)
+    with pytest.raises(ValueError, match="progress must be"):
+        schedules.burda_lr(float("nan"), 1e-3)
