@@ -37,7 +37,7 @@ def scripts(tmp_path_factory):
         mp.setenv("MINIVAE_DATA", str(tmp_path_factory.mktemp("empty-cache")))
         mp.setattr(data, "DATASETS", {name: {**spec, "mirrors": ["http://127.0.0.1:9/"]}
                                       for name, spec in data.DATASETS.items()})
-        yield {name: _script(name) for name in ("train_mnist_vae", "train_text_vae", "sample")}
+        yield {name: _script(name) for name in ("train_mnist_vae", "train_text_vae", "sample", "bench_iw_eval")}
 
 
 TINY_MNIST = ["--hidden", "32", "--latent", "3", "--batch-size", "400", "--epochs", "1", "--no-progress",
@@ -163,3 +163,20 @@ def test_load_model_config_is_the_config_in_metrics_json(runs):
     """What load_model reads is what metrics.json reports: one record of the run's flags."""
     metrics = json.loads((runs["cvae"].parent / "metrics.json").read_text())
     assert load_model(runs["cvae"]).config == metrics["config"]
+
+
+# ------------------------------------------------------------------ bench_iw_eval.py
+def test_bench_iw_eval_times_three_paths_that_agree(scripts, runs, tmp_path, capsys):
+    """The fast float32 evaluation, the textbook one and the float64 reference, on one checkpoint."""
+    out = tmp_path / "iw.json"
+    results = scripts["bench_iw_eval"].main([str(runs["vae"]), "--images", "12", "--samples", "40",
+                                            "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert set(results) == {"fast", "textbook", "float64"} and "textbook time / fast time" in printed
+    for path in ("fast", "textbook"):
+        assert abs(results[path]["nll"] - results["float64"]["nll"]) < 0.01
+    assert json.loads(out.read_text())["results"]["fast"]["seconds"] > 0
+    with pytest.raises(SystemExit, match="not a readable minivae checkpoint|not a minivae"):
+        scripts["bench_iw_eval"].main([str(out)])
+    with pytest.raises(SystemExit, match="unconditional Bernoulli"):
+        scripts["bench_iw_eval"].main([str(runs["cvae"])])

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from minivae import schedules
 from minivae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_mnist_vae.py"
@@ -148,12 +149,45 @@ def test_conditional_vae_writes_one_row_per_class_and_resumes(tmp_path):
 @pytest.mark.parametrize("bad, message", [
     (["--x-logvar", "-1"], "--x-logvar sets the variance of --likelihood gaussian"),
     (["--likelihood", "gaussian", "--x-logvar", "learned"], "expected a finite number, got 'learned'"),
-    (["--conditional", "--iw-samples", "5"], "drop it with --conditional")])
+    (["--conditional", "--iw-samples", "5"], "drop it with --conditional"),
+    (["--iw-train", "5", "--free-bits", "0.1"], "has no free bits: drop --free-bits"),
+    (["--iw-train", "0"], "--iw-train must be >= 1"),
+    (["--time-budget", "-1"], "--time-budget must be >= 0"),
+    (["--lr-schedule", "step"], "invalid choice: 'step'"),
+    (["--warmup-steps", "-5"], "--warmup-steps must be >= 0")])
 def test_likelihood_and_conditional_flags_are_checked(bad, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         train_mnist_vae.main(TINY + bad + ["--out", str(tmp_path / "run")])
     assert err.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_iw_training_cosine_schedule_and_warmup(tmp_path):
+    """--iw-train 4 trains on the importance-weighted bound; the learning rate follows the cosine
+    decay over the run's steps after a linear warm-up; every epoch records its last lr."""
+    out = tmp_path / "iw"
+    history = train_mnist_vae.main(TINY + ["--epochs", "2", "--iw-train", "4", "--lr-schedule", "cosine",
+                                           "--warmup-steps", "30", "--out", str(out), "--no-plots"])
+    steps = 40  # 8,000 bundled training images in batches of 200
+    assert [e["steps"] for e in history] == [steps, 2 * steps]
+    expected = [schedules.learning_rate("cosine", 1e-3, (s - 1) / (2 * steps), s - 1, 30) for s in (steps, 2 * steps)]
+    np.testing.assert_allclose([e["lr"] for e in history], expected, rtol=1e-12)
+    assert history[1]["lr"] < 1e-5 and all(np.isfinite(e["test_neg_elbo"]) for e in history)
+    assert json.loads((out / "metrics.json").read_text())["config"]["iw_train"] == 4
+
+
+def test_time_budget_stops_training_and_still_evaluates(tmp_path, capsys):
+    """A budget far shorter than an epoch ends the first epoch early; the run is evaluated and
+    saved as usual, and says why it stopped."""
+    out = tmp_path / "budget"
+    history = train_mnist_vae.main(TINY + ["--epochs", "50", "--time-budget", "0.0005", "--out", str(out),
+                                           "--no-plots", "--lr-schedule", "burda", "--iw-samples", "4",
+                                           "--iw-examples", "20"])
+    printed = capsys.readouterr().out
+    assert len(history) == 1 and 1 <= history[0]["steps"] < 40  # 0.03 s: a few steps, not the whole epoch
+    assert "time budget of 0.0005 min used after 1 epochs" in printed and "IW evaluation 100%" in printed
+    assert np.isfinite(json.loads((out / "metrics.json").read_text())["test_iw_nll"])
+    assert load_checkpoint(out / "checkpoint.npz")["step"] == history[0]["steps"]
 
 
 def test_learning_on_bundled_digits(tmp_path):
