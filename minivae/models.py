@@ -111,6 +111,18 @@ class MLPVAE(Module):
         log_px_z = self.log_likelihood(x, ops.reshape(x_out, shape=(K, B, -1)))  # (K, B): x broadcasts over K
         return iw_objective(log_px_z, z, mu, logvar, beta)
 
+    def init_output_bias(self, x_mean):
+        """Start the decoder's output bias at the data's average image x_mean (n_in,): its log-odds
+        (Bernoulli, the mean clipped to [1e-3, 1 - 1e-3]) or the mean itself (Gaussian), so the first
+        steps need not learn what every image shares. The weights keep their random start.
+        """
+        x_mean = np.asarray(x_mean, dtype=np.float64)
+        if self.likelihood == "bernoulli":
+            p = np.clip(x_mean, 1e-3, 1 - 1e-3)
+            x_mean = np.log(p) - np.log1p(-p)
+        bias = self.decoder.layers[-1].b
+        bias.data[...] = x_mean.astype(bias.dtype)
+
     def mean_image(self, x_out):
         """E[x|z] as an array: sigmoid of the logits, or the Gaussian mean (unbounded: not clipped)."""
         return ops.sigmoid(x_out).data if self.likelihood == "bernoulli" else x_out.data

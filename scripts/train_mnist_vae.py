@@ -57,6 +57,8 @@ def parse_args(argv=None):
                    help="none: grayscale in [0,1]; dynamic: resample Bernoulli(x) every batch; "
                    "static: sample once (seeded); threshold: x > 0.5")
     train.add_kl_flags(p)
+    p.add_argument("--output-bias", choices=["random", "data"], default="random", help="data: start the "
+                   "decoder's output bias at the log-odds of the mean training image (its mean, Gaussian)")
     p.add_argument("--iw-train", type=int, default=1, help="train on the K-sample importance-weighted "
                    "bound (IWAE, Burda et al. 2016) with this K; 1 is the ELBO")
     p.add_argument("--lr-schedule", choices=sorted(schedules.LR_SCHEDULES), default="constant",
@@ -122,6 +124,8 @@ def main(argv=None):
     rng = np.random.default_rng(args.seed)
     config = train.run_config(args)
     model = make_model(config, rng)
+    if args.output_bias == "data":
+        model.init_output_bias(x_train.mean(axis=0))
     optimizer = Adam(model.parameters(), lr=args.lr)
     labels = {"y": y_test, "batch_size": len(x_test)} if args.conditional else {}  # for evaluate_elbo
     history, step, start_epoch = [], 0, 0

@@ -181,7 +181,7 @@ def test_time_budget_stops_training_and_still_evaluates(tmp_path, capsys):
     saved as usual, and says why it stopped."""
     out = tmp_path / "budget"
     history = train_mnist_vae.main(TINY + ["--epochs", "50", "--time-budget", "0.0005", "--out", str(out),
-                                           "--no-plots", "--lr-schedule", "burda", "--iw-samples", "4",
+                                           "--no-plots", "--lr-schedule", "burda", "--iw-samples", "4", "--output-bias", "data",
                                            "--iw-examples", "20"])
     printed = capsys.readouterr().out
     assert len(history) == 1 and 1 <= history[0]["steps"] < 40  # 0.03 s: a few steps, not the whole epoch

@@ -906,3 +906,16 @@ def test_iw_float32_evaluation_matches_float64_to_a_hundredth_of_a_nat():
     assert seen == [5]  # 30 images in batches of 7
     assert abs(ll32.mean() - ll64.mean()) < 0.01 and np.max(np.abs(ll32 - ll64)) < 0.05
     assert ll64.std() > 1.0  # the images differ, so agreement is not a coincidence of one value
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_output_bias_starts_at_the_average_image(likelihood):
+    """With the decoder's output weights zeroed, every z decodes to the average image (clipped to
+    [1e-3, 1 - 1e-3] for the Bernoulli log-odds, where a pixel that is always 0 would be -inf)."""
+    model, x = _small_vae(likelihood)
+    x_mean = np.concatenate([x.mean(axis=0)[:4], [0.0, 1.0]])
+    model.init_output_bias(x_mean)
+    model.decoder.layers[-1].W.data[...] = 0
+    z = np.random.default_rng(40).standard_normal((3, 3))
+    expected = np.clip(x_mean, 1e-3, 1 - 1e-3) if likelihood == "bernoulli" else x_mean
+    np.testing.assert_allclose(model.mean_image(model.decode(z)), np.broadcast_to(expected, (3, 6)), rtol=1e-12)
