@@ -142,10 +142,7 @@ def main(argv=None):
             t0, totals, n_seen = time.perf_counter(), {"neg_elbo": 0.0, "rec": 0.0, "kl": 0.0}, 0
             bar = run.progress(data.batches(len(x_train), args.batch_size, rng), steps_per_epoch, epoch, step)
             for idx in bar:
-                elapsed = spent + time.perf_counter() - t0
-                if budget and elapsed >= budget:  # out of time: end the epoch here and evaluate
-                    break
-                progress = max(step / total_steps, elapsed / budget if budget else 0.0)  # fraction of the run done
+                progress = max(step / total_steps, (spent + time.perf_counter() - t0) / budget if budget else 0.0)
                 optimizer.lr = schedules.learning_rate(args.lr_schedule, args.lr, progress, step, args.warmup_steps)
                 x = x_train[idx]  # (B, 784)
                 if args.binarize == "dynamic":
@@ -170,6 +167,8 @@ def main(argv=None):
                 n_seen += len(idx)
                 bar.set_postfix(neg_elbo=f"{totals['neg_elbo'] / n_seen:.2f}", beta=f"{beta:.3f}",
                                 lr=f"{optimizer.lr:.2g}")
+                if budget and spent + time.perf_counter() - t0 >= budget:  # out of time: evaluate this epoch
+                    break
 
             test = diagnostics.evaluate_elbo(model, x_test, np.random.default_rng([args.seed, epoch, 1]), **labels)
             record = {"epoch": epoch + 1, "train_neg_elbo": totals["neg_elbo"] / n_seen,
