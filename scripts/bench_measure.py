@@ -58,8 +58,11 @@ def mlp_gemms(B, mlp):
     return forward + weights + inputs
 
 
-def gru_gemms(B, T, V, gru):
-    """The products of one gru step with encoder length T: what the maths needs, nothing recomputed."""
+def gru_gemms(B, T, V, gru, n_tokens):
+    """The products of one gru step with encoder length T: what the maths needs, nothing recomputed.
+
+    The vocabulary layer's products have one row per real target (n_tokens), as minivae's model.
+    """
     E, H, d = gru["embed"], gru["hidden"], gru["latent"]
     out = []
     for steps in (T, T + 1):                                        # encoder, decoder
@@ -69,7 +72,7 @@ def gru_gemms(B, T, V, gru):
         out += [(H, n, 3 * H, "A"), (E, n, 3 * H, "A"), (n, 3 * H, E, "B")]  # dW_h, dW_x, d embedding
     for a, b in ((H, 2 * d), (d, H)):                               # to_latent, to_state
         out += [(B, a, b, ""), (a, B, b, "A"), (B, b, a, "B")]
-    n = B * (T + 1)
+    n = n_tokens
     out += [(n, H, V, ""), (H, n, V, "A"), (n, V, H, "B")]          # to_vocab
     return out
 
@@ -110,7 +113,8 @@ def gemm_steps(workload, job, config):
     if workload == "mlp":
         shapes = [mlp_gemms(len(idx), config) for idx, _ in job["steps"]]
     else:
-        shapes = [gru_gemms(len(b["lengths"]), b["enc_in"].shape[1], job["n_vocab"], config) for b in job["steps"]]
+        shapes = [gru_gemms(len(b["lengths"]), b["enc_in"].shape[1], job["n_vocab"], config, int(b["mask"].sum()))
+                  for b in job["steps"]]
 
     def step(products):
         for a, b, c in products:
