@@ -98,23 +98,25 @@ def time_steps(step, batches, check_steps, name):
 
 
 def gemm_steps(workload, job, config):
-    """A step function and its batches: each batch the operands of one job step's matrix products."""
-    rng = np.random.default_rng(0)
-    cache = {}
+    """A step function and its batches: each batch the operands of one job step's matrix products.
 
-    def operands(m, k, n, transposed):
-        if (m, k, n, transposed) not in cache:
-            a = rng.standard_normal((k, m) if transposed == "A" else (m, k)).astype(np.float32)
-            b = rng.standard_normal((n, k) if transposed == "B" else (k, n)).astype(np.float32)
-            cache[m, k, n, transposed] = (a.T if transposed == "A" else a, b.T if transposed == "B" else b,
-                                          np.empty((m, n), np.float32))
-        return cache[m, k, n, transposed]
-
+    Every operand is a view of one of three preallocated arrays (random A and B, the output C),
+    so steps whose token counts all differ need no more memory than their largest product.
+    """
     if workload == "mlp":
         shapes = [mlp_gemms(len(idx), config) for idx, _ in job["steps"]]
     else:
         shapes = [gru_gemms(len(b["lengths"]), b["enc_in"].shape[1], job["n_vocab"], config, int(b["mask"].sum()))
                   for b in job["steps"]]
+    size = max(max(m * k, k * n, m * n) for step_shapes in shapes for m, k, n, _ in step_shapes)
+    rng = np.random.default_rng(0)
+    a_pool, b_pool = (rng.standard_normal(size).astype(np.float32) for _ in range(2))
+    c_pool = np.empty(size, np.float32)
+
+    def operands(m, k, n, transposed):
+        a = a_pool[:m * k].reshape((k, m) if transposed == "A" else (m, k))
+        b = b_pool[:k * n].reshape((n, k) if transposed == "B" else (k, n))
+        return a.T if transposed == "A" else a, b.T if transposed == "B" else b, c_pool[:m * n].reshape(m, n)
 
     def step(products):
         for a, b, c in products:
