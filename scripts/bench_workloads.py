@@ -103,11 +103,10 @@ def minivae_sentence_vae(n_vocab, seed, config=GRU):
             _, h = self.encoder(self.embedding(b["enc_in"]), b["lengths"])     # (B, H)
             stats = self.to_latent(h)                                            # (B, 2d)
             mu, logvar = stats[:, :config["latent"]], stats[:, config["latent"]:]
-            z = sample_gaussian(mu, logvar, b["eps"])                        # (B, d)
+            z = sample_gaussian(mu, logvar, b["eps"])                            # (B, d)
             h0 = ops.tanh(self.to_state(z))                                      # (B, H)
             out, _ = self.decoder(self.embedding(b["dec_in"]), b["lengths"] + 1, h0)  # (B, T+1, H)
-            # buys 30% on gru_large with --bucket 0: the vocabulary layer sees the N real targets
-            # (as PyTorch's packed sequences), not the padded grid (half padding in random batches)
+            # buys 30% on gru_large --bucket 0: the vocabulary layer on the real targets, not the padded grid
             real = np.nonzero(b["mask"])                                         # N (row, step) pairs
             logits = self.to_vocab(out[real])                                    # (N, V)
             nll = softmax_cross_entropy(logits, target=b["dec_target"][real])    # -log softmax, (N,)

@@ -30,8 +30,9 @@ size, float32 arithmetic and thread count.
   gru_large  The same model at the Sentence-VAE paper's size: vocabulary 10,000, embedding
        300, GRU 256, latent 16, batch 32, word dropout 0.5, on the toy language with 10 topics
        and sentences of 4-40 tokens (or --corpus FILE); batches length-bucketed (--bucket 50),
-       or random with --bucket 0. PyTorch runs nn.GRU over packed sequences here. The
-       vocabulary softmax dominates: minivae computes it with fused.softmax_cross_entropy.
+       or random with --bucket 0. PyTorch runs nn.GRU over packed sequences here; HIPS
+       autograd runs 15 steps only. The vocabulary layer dominates: minivae computes its loss
+       with fused.softmax_cross_entropy.
 Every framework runs each workload in a fresh Python process whose BLAS thread variables are
 set before NumPy is imported (and torch.set_num_threads), so its peak memory is that process's
 ru_maxrss. The first --check-steps losses of every framework are compared (they must agree to
