@@ -4,7 +4,8 @@ Reading order (each module builds only on the ones before it):
   engine.py            Tensor, the primitive registry, no_grad and the iterative backward pass
   ops.py               every primitive with its VJP beside it, then composites (mean, softmax,
                        ...); at the bottom, Tensor's operators (+, *, @, .sum(), .T, ...)
-  fused.py             fused primitives: gru_sequence, a whole GRU with its backward through time
+  fused.py             fused primitives: gru_sequence, a whole GRU with its backward through time;
+                       softmax_cross_entropy, whose backward reuses its forward's softmax
   gradcheck.py         finite-difference gradient checks, and the debugger that names the wrong op
   graph.py             pictures of the recorded graph (matplotlib PNG, or Graphviz text)
   layers.py            Module, Dense, MLP, Embedding, dropout_mask, GRUCell (textbook), GRU

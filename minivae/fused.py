@@ -5,9 +5,15 @@ through time derived by hand. The same function unrolled from ops (layers.GRUCel
 time step, through layers.GRU(fused=False)) records about twenty nodes per step; that composed
 form is the readable reference, and tests/test_layers.py checks that both give the same outputs
 and gradients.
+
+softmax_cross_entropy is the per-token loss of a language model, -log softmax(logits)[target],
+as one node whose VJP reuses the softmax its forward computed. Its composed form,
+softmax_cross_entropy_composed (ops.logsumexp minus the picked logit), sits beside it as the
+reference, and tests/test_fused.py checks that both give the same values and gradients.
 """
 import numpy as np
 
+from . import ops
 from .engine import primitive
 from .ops import _stacked_times_matrix
 
@@ -119,3 +125,57 @@ def _gru_sequence_vjp(g, ans, x_proj, h0, W_h, b_h, mask, reverse):
     dW_h = h_prev.reshape(B * T, H).T @ dp
     return (dx_proj[:, ::-1] if reverse else dx_proj), g_t, dW_h, dp.sum(axis=0)
 gru_sequence.defvjp_all(_gru_sequence_vjp)
+
+
+# ============================================================================ softmax cross-entropy
+def softmax_cross_entropy_composed(logits, target):
+    """-log softmax(logits)[target] over the last axis, from ops: logsumexp(logits) - logits[target].
+
+    logits (..., V) a Tensor, target (...) integer ids. The textbook form and the tested reference
+    of softmax_cross_entropy: ops.logsumexp is stable, and its VJP and the index's make the gradient.
+    """
+    picked = logits[np.indices(target.shape, sparse=True) + (target,)]     # logits[..., target]
+    return ops.logsumexp(logits, axis=-1) - picked
+
+
+@primitive
+def softmax_cross_entropy(logits, *, target):
+    """Per-token cross-entropy nll = -log softmax(logits)[target] over the last axis, stably.
+
+    logits (..., V), target (...) integer ids in 0..V-1; returns nll (...). With m = max(logits),
+        p = exp(logits - m) / sum(exp(logits - m))      (every exp in (0, 1]: nothing overflows)
+        nll = (m - logits[target]) + log(sum(exp(logits - m)))
+    VJP: d nll / d logits = p - onehot(target), so d logits = g[..., None] * (p - onehot(target)).
+    The forward has p in hand; the VJP reuses it rather than computing exp again. A VJP sees only
+    the inputs and the output, so the forward writes p and nll into one (..., V + 1) array and
+    returns its last column, a view whose .base is that array: the VJP reads p from ans.base.
+    """
+    V = logits.shape[-1]
+    target = np.asarray(target)
+    if target.shape != logits.shape[:-1] or target.dtype.kind not in "iu":
+        raise ValueError(f"target must hold integer ids shaped like logits without its last axis "
+                         f"{logits.shape[:-1]}, got {target.dtype} {target.shape}")
+    if target.size and (target.min() < 0 or target.max() >= V):
+        raise ValueError(f"target ids must lie in 0..{V - 1} (the logits' last axis), got "
+                         f"{target.min()}..{target.max()}")
+    out = np.empty(logits.shape[:-1] + (V + 1,), dtype=logits.dtype)     # [p, nll]
+    p = out[..., :V]
+    m = np.max(logits, axis=-1, keepdims=True)
+    np.exp(np.subtract(logits, m, out=p), out=p)
+    total = np.sum(p, axis=-1, keepdims=True)
+    p /= total
+    picked = np.take_along_axis(logits, target[..., None], axis=-1)
+    out[..., V:] = (m - picked) + np.log(total)    # m - picked first: exact when the target is the max
+    return out[..., V]
+
+
+def _softmax_cross_entropy_vjp(g, ans, logits, target):
+    V = logits.shape[-1]
+    if ans.base is None or ans.base.shape != logits.shape[:-1] + (V + 1,):
+        raise ValueError("softmax_cross_entropy's VJP needs the forward's own output, whose .base "
+                         "holds the softmax; it was given a copy")
+    grad = g[..., None] * ans.base[..., :V]                                 # g * p
+    rows = np.indices(target.shape, sparse=True)
+    grad[rows + (np.asarray(target),)] -= g                                 # - g * onehot(target)
+    return grad
+softmax_cross_entropy.defvjp(_softmax_cross_entropy_vjp)

@@ -10,6 +10,7 @@ from . import ops
 from .collapse import BNVAEMean, TauBatchNorm, bag_of_words_nll
 from .distributions import kl_standard_normal, sample_gaussian
 from .elbo import vae_objective
+from .fused import softmax_cross_entropy
 from .layers import GRU, MLP, Dense, Embedding, Module
 from .text import bag_of_words
 
@@ -118,13 +119,11 @@ class SentenceVAE(Module):
     def log_likelihood(self, logits, dec_target, mask):
         """log p(x|z) per sentence (B,): sum_t mask_t * log_softmax(logits_t)[target_t].
 
-        log_softmax at the target is written logits[target] - logsumexp(logits): the same number,
-        without materialising a second (B, T, V) array.
+        -log_softmax at the target is fused.softmax_cross_entropy, one node whose backward reuses
+        the forward's softmax; fused.softmax_cross_entropy_composed is the same number from ops.
         """
-        B, T = dec_target.shape
-        picked = logits[np.arange(B)[:, None], np.arange(T)[None, :], dec_target]   # (B, T)
-        log_p = picked - ops.logsumexp(logits, axis=-1)                # (B, T)
-        return ops.sum(log_p * mask.astype(logits.dtype), axis=1)     # (B,)
+        nll = softmax_cross_entropy(logits, target=dec_target)        # (B, T)
+        return -ops.sum(nll * mask.astype(logits.dtype), axis=1)      # (B,)
 
     # ----------------------------------------------------------------- objective
     def loss(self, batch, eps, beta=1.0, free_bits=0.0, free_bits_mode="batch_dim", ha_bits=0.0,

@@ -1,4 +1,4 @@
-"""The benchmark's two models in HIPS autograd: NumPy functions differentiated by tracing.
+"""The benchmark's models in HIPS autograd: NumPy functions differentiated by tracing.
 
 scripts/benchmark.py imports this file; it is not a script of its own. The models are written
 as an autograd user writes them (autograd.numpy expressions, a Python loop over time for the

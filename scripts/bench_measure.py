@@ -58,8 +58,11 @@ def mlp_gemms(B, mlp):
     return forward + weights + inputs
 
 
-def gru_gemms(B, T, V, gru):
-    """The products of one gru step with encoder length T: what the maths needs, nothing recomputed."""
+def gru_gemms(B, T, V, gru, n_tokens):
+    """The products of one gru step with encoder length T: what the maths needs, nothing recomputed.
+
+    The vocabulary layer's products have one row per real target (n_tokens), as minivae's model.
+    """
     E, H, d = gru["embed"], gru["hidden"], gru["latent"]
     out = []
     for steps in (T, T + 1):                                        # encoder, decoder
@@ -69,7 +72,7 @@ def gru_gemms(B, T, V, gru):
         out += [(H, n, 3 * H, "A"), (E, n, 3 * H, "A"), (n, 3 * H, E, "B")]  # dW_h, dW_x, d embedding
     for a, b in ((H, 2 * d), (d, H)):                               # to_latent, to_state
         out += [(B, a, b, ""), (a, B, b, "A"), (B, b, a, "B")]
-    n = B * (T + 1)
+    n = n_tokens
     out += [(n, H, V, ""), (H, n, V, "A"), (n, V, H, "B")]          # to_vocab
     return out
 
@@ -95,22 +98,25 @@ def time_steps(step, batches, check_steps, name):
 
 
 def gemm_steps(workload, job, config):
-    """A step function and its batches: each batch the operands of one job step's matrix products."""
-    rng = np.random.default_rng(0)
-    cache = {}
+    """A step function and its batches: each batch the operands of one job step's matrix products.
 
-    def operands(m, k, n, transposed):
-        if (m, k, n, transposed) not in cache:
-            a = rng.standard_normal((k, m) if transposed == "A" else (m, k)).astype(np.float32)
-            b = rng.standard_normal((n, k) if transposed == "B" else (k, n)).astype(np.float32)
-            cache[m, k, n, transposed] = (a.T if transposed == "A" else a, b.T if transposed == "B" else b,
-                                          np.empty((m, n), np.float32))
-        return cache[m, k, n, transposed]
-
+    Every operand is a view of one of three preallocated arrays (random A and B, the output C),
+    so steps whose token counts all differ need no more memory than their largest product.
+    """
     if workload == "mlp":
         shapes = [mlp_gemms(len(idx), config) for idx, _ in job["steps"]]
     else:
-        shapes = [gru_gemms(len(b["lengths"]), b["enc_in"].shape[1], job["n_vocab"], config) for b in job["steps"]]
+        shapes = [gru_gemms(len(b["lengths"]), b["enc_in"].shape[1], job["n_vocab"], config, int(b["mask"].sum()))
+                  for b in job["steps"]]
+    size = max(max(m * k, k * n, m * n) for step_shapes in shapes for m, k, n, _ in step_shapes)
+    rng = np.random.default_rng(0)
+    a_pool, b_pool = (rng.standard_normal(size).astype(np.float32) for _ in range(2))
+    c_pool = np.empty(size, np.float32)
+
+    def operands(m, k, n, transposed):
+        a = a_pool[:m * k].reshape((k, m) if transposed == "A" else (m, k))
+        b = b_pool[:k * n].reshape((n, k) if transposed == "B" else (k, n))
+        return a.T if transposed == "A" else a, b.T if transposed == "B" else b, c_pool[:m * n].reshape(m, n)
 
     def step(products):
         for a, b, c in products:

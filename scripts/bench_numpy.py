@@ -1,4 +1,4 @@
-"""The benchmark's two models written by hand in plain NumPy: gradients derived on paper, no graph.
+"""The benchmark's models written by hand in plain NumPy: gradients derived on paper, no graph.
 
 scripts/benchmark.py imports this file; it is not a script of its own. What a program with no
 graph, no per-op bookkeeping and no intermediate array the maths does not need costs is a floor
@@ -111,7 +111,7 @@ def sentence_vae_forward_backward(w):
     """A function of one batch -> (loss, [(weight, gradient)]) for the sentence VAE.
 
     w: {parameter name: array} named as benchmark.minivae_sentence_vae names them. Loss per
-    sentence: masked cross-entropy of the decoder's targets summed over tokens, plus the KL.
+    sentence: cross-entropy of the decoder's real targets summed over tokens, plus the KL.
     """
     emb = w["embedding.W"]
     H, d = w["encoder.cell.W_h"].shape[0], w["to_state.W"].shape[0]
@@ -136,26 +136,27 @@ def sentence_vae_forward_backward(w):
         h0 = np.tanh(z @ w["to_state.W"] + w["to_state.b"])
         x_dec, proj_dec = projection("decoder", b["dec_in"])
         out_dec = _gru_forward(proj_dec, h0, w["decoder.cell.W_h"], w["decoder.cell.b_h"], dec_mask)
-        out = out_dec.reshape(B * T1, H)
+        real = np.nonzero(b["mask"])                 # the vocabulary layer sees the N real targets only
+        out, target = out_dec[real], b["dec_target"][real]
+        n = len(out)
         p = out @ w["to_vocab.W"]                    # logits, turned in place into softmax below
         p += w["to_vocab.b"]
-        target = b["dec_target"].reshape(-1)
-        target_logit = p[np.arange(B * T1), target]
+        target_logit = p[np.arange(n), target]
         m = p.max(axis=1, keepdims=True)
         p -= m
         np.exp(p, out=p)
         total = p.sum(axis=1, keepdims=True)
         nll = np.log(total[:, 0]) + m[:, 0] - target_logit                   # -log softmax at target
         kl = 0.5 * np.sum(mu * mu + std * std - logvar - 1, axis=1)
-        weight = b["mask"].reshape(-1, 1) / np.float32(B)
-        loss = np.sum(nll * weight[:, 0]) + kl.mean()
-        # backward: d loss / d logits = weight * (softmax - onehot(target)), from the kept exp
-        p *= weight / total
-        p[np.arange(B * T1), target] -= weight[:, 0]
+        loss = np.sum(nll) / np.float32(B) + kl.mean()
+        # backward: d loss / d logits = (softmax - onehot(target)) / B, from the kept exp
+        p *= 1 / (B * total)
+        p[np.arange(n), target] -= np.float32(1 / B)
         g = {"to_vocab.W": out.T @ p, "to_vocab.b": p.sum(axis=0)}
+        g_out = np.zeros_like(out_dec)               # padded steps' outputs get no gradient
+        g_out[real] = p @ w["to_vocab.W"].T
         g_proj, g_h0, g["decoder.cell.W_h"], g["decoder.cell.b_h"] = _gru_backward(
-            (p @ w["to_vocab.W"].T).reshape(B, T1, H), out_dec, proj_dec, h0, w["decoder.cell.W_h"],
-            w["decoder.cell.b_h"], dec_mask)
+            g_out, out_dec, proj_dec, h0, w["decoder.cell.W_h"], w["decoder.cell.b_h"], dec_mask)
         g_proj = g_proj.reshape(B * T1, 3 * H)
         g["decoder.cell.W_x"], g["decoder.cell.b_x"] = x_dec.T @ g_proj, g_proj.sum(axis=0)
         g_x_dec = g_proj @ w["decoder.cell.W_x"].T

@@ -1,8 +1,9 @@
-"""The benchmark's two models in PyTorch: nn modules (nn.GRU), torch.optim.Adam with its defaults.
+"""The benchmark's models in PyTorch: nn modules (nn.GRU), torch.optim.Adam with its defaults.
 
 scripts/benchmark.py imports this file when torch is installed; it is not a script of its own.
 The modules start from minivae's initial weights, copied (minivae stores a weight matrix as
-(n_in, n_out), torch as (n_out, n_in)).
+(n_in, n_out), torch as (n_out, n_in)). On gru_large both GRUs run over packed sequences and
+the vocabulary layer sees the real tokens only (the packed decoder outputs), as PyTorch users write it.
 """
 import numpy as np
 
@@ -50,11 +51,14 @@ def train(workload, job, model):
         for name in ("to_latent", "to_state", "to_vocab"):
             load(net[name], [p[f"{name}.W"], p[f"{name}.b"]])
 
+        packed = job["torch_gru"] == "packed" or workload == "gru_large"
+
         def run_gru(gru, x, lengths, h0=None):
-            """Outputs (B, T, H) and the state after each sentence's last token (B, H)."""
-            if job["torch_gru"] == "packed":
-                packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-                out, h = gru(packed, h0)
+            """Outputs (B, T, H), or a PackedSequence on gru_large, and each sentence's last state (B, H)."""
+            if packed:
+                out, h = gru(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False), h0)
+                if workload == "gru_large":  # its real tokens alone go on to the vocabulary layer
+                    return out, h[0]
                 return pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0], h[0]
             out, _ = gru(x, h0)  # padding follows each sentence, so it cannot change earlier states
             return out, out[torch.arange(len(lengths)), lengths - 1]
@@ -68,10 +72,13 @@ def train(workload, job, model):
             z = mu + torch.exp(0.5 * logvar) * T(b["eps"])
             h0 = torch.tanh(net["to_state"](z))[None]                           # (1, B, H)
             out, _ = run_gru(net["decoder"], net["embedding"](T(b["dec_in"])), lengths + 1, h0)
+            kl = 0.5 * torch.sum(mu * mu + logvar.exp() - logvar - 1)
+            if workload == "gru_large":  # (tokens, H) -> (tokens, V): the packed targets, no padding
+                target = pack_padded_sequence(T(b["dec_target"]), lengths + 1, batch_first=True, enforce_sorted=False)
+                return (F.cross_entropy(net["to_vocab"](out.data), target.data, reduction="sum") + kl) / B
             logits = net["to_vocab"](out)                                        # (B, T+1, V)
             nll = F.cross_entropy(logits.reshape(B * T1, V), T(b["dec_target"]).reshape(-1),
                                   reduction="none").reshape(B, T1)
-            kl = 0.5 * torch.sum(mu * mu + logvar.exp() - logvar - 1)
             return (torch.sum(nll * T(b["mask"])) + kl) / B
 
     optimizer = torch.optim.Adam(net.parameters(), lr=job["lr"])

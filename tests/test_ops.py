@@ -87,6 +87,21 @@ def gru_sequence_ref(x_proj, h0, W_h, b_h, mask=GRU_MASK, reverse=False):
     return anp.stack(outputs, axis=1)
 
 
+CE_TARGET = np.array([[4, 0, 2, 4], [1, 3, 3, 0], [2, 2, 0, 1]])  # ids into a last axis of 5
+
+
+def _ce_target(logits):
+    """Target ids for logits (..., 5): CE_TARGET's first entries, shaped like logits without its last axis."""
+    shape = np.shape(logits)[:-1]
+    return CE_TARGET.reshape(-1)[:int(np.prod(shape))].reshape(shape)
+
+
+def softmax_cross_entropy_ref(x):
+    """fused.softmax_cross_entropy in autograd.numpy: log(sum(exp(x))) - x[..., target]."""
+    target = _ce_target(x)
+    return anp.log(anp.sum(anp.exp(x), axis=-1)) - x[np.indices(target.shape, sparse=True) + (target,)]
+
+
 # gru_sequence takes (x_proj (B, T, 3H), h0 (B, H), W_h (H, 3H), b_h (3H,)); B=3, T=4, H=2 with
 # two padded rows. Its inputs do not broadcast, so the broadcasting and scalar cases scale x_proj.
 GRU_CASES = [((3, 4, 6), (3, 2), (2, 6), (6,)), ((3, 4, 6), (3, 2), (2, 6), (6,), (6,)),
@@ -158,6 +173,8 @@ OP_SPECS = [
     OpSpec("gru_sequence", lambda *a: fused.gru_sequence(*a, mask=GRU_MASK), gru_sequence_ref, GRU_CASES, arity=4),
     OpSpec("gru_sequence", lambda *a: fused.gru_sequence(*a, mask=GRU_MASK, reverse=True),
            lambda *a: gru_sequence_ref(*a, reverse=True), GRU_CASES, arity=4),
+    OpSpec("softmax_cross_entropy", lambda x: fused.softmax_cross_entropy(x, target=_ce_target(x)),
+           softmax_cross_entropy_ref, [((3, 4, 5),), ((3, 4, 5), (5,)), ((5,),), ((4, 5), ())]),
 ]
 
 

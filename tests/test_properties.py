@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import minivae.ops as ops
 from minivae import Tensor
+from minivae.fused import softmax_cross_entropy
 
 SHAPES = [(3, 4), (4,), (3, 1), ()]
 UNARY = {  # name -> (minivae, autograd); each keeps values bounded
@@ -34,7 +35,15 @@ REDUCE = {
              lambda a: anp.sum(a, axis=0, keepdims=True) if a.ndim else a),
     "logsumexp": (lambda a: ops.logsumexp(a, axis=-1, keepdims=True) if a.ndim else a,
                   lambda a: anp.log(anp.sum(anp.exp(a), axis=-1, keepdims=True)) if a.ndim else a),
+    "cross_entropy": (lambda a: softmax_cross_entropy(a, target=_last(a)) if a.ndim else a,  # target: last id
+                      lambda a: anp.log(anp.sum(anp.exp(a), axis=-1)) - a[..., -1] if a.ndim else a),
 }
+
+
+def _last(a):
+    """The last id of a's last axis, at every position of the others."""
+    return np.full(a.shape[:-1], a.shape[-1] - 1)
+
 STEP = st.one_of(st.tuples(st.just("unary"), st.sampled_from(sorted(UNARY)), st.integers(0, 99)),
                  st.tuples(st.just("binary"), st.sampled_from(sorted(BINARY)), st.integers(0, 99),
                            st.integers(0, 99)),
