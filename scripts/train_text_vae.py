@@ -45,6 +45,11 @@ def parse_args(argv=None):
     d.add_argument("--valid-corpus", help="validation file (else 5%% of --corpus is held out)")
     d.add_argument("--test-corpus", help="test file (else 5%% of --corpus is held out)")
     d.add_argument("--toy-sentences", type=int, default=20000, help="size of the toy corpus")
+    d.add_argument("--toy-length", type=int, nargs=2, default=[5, 25], metavar=("MIN", "MAX"),
+                   help="toy corpus: sentence lengths in tokens, inclusive (4 <= MIN <= MAX <= 40); longer "
+                   "sentences are redrawn")
+    d.add_argument("--toy-topics", type=int, default=6, help="toy corpus: number of topics (2 to 10), each "
+                   "with its own nouns, verbs and adjectives")
     d.add_argument("--data-seed", type=int, default=0, help="seed of the toy corpus and of the held-out "
                    "split, apart from --seed so that runs with different seeds see the same data")
     d.add_argument("--max-vocab", type=int, default=2000, help="vocabulary size incl. 4 specials (0: all)")
@@ -101,6 +106,14 @@ def parse_args(argv=None):
                                   "bow", "span_lambda", "max_len", "bucket", "data_seed"))
     if args.soft_free_bits and args.beta <= 0:
         p.error("--soft-free-bits needs --beta > 0 (the largest KL weight it may reach)")
+    low, high = args.toy_length
+    if not 4 <= low <= high <= 40:
+        p.error(f"--toy-length must be MIN MAX with 4 <= MIN <= MAX <= 40, the lengths the toy grammar makes "
+                f"(got {low} {high})")
+    if not 2 <= args.toy_topics <= 10:
+        p.error(f"--toy-topics must be in 2..10 (got {args.toy_topics})")
+    if args.corpus != "toy" and (args.toy_length != p.get_default("toy_length") or args.toy_topics != p.get_default("toy_topics")):
+        p.error("--toy-length and --toy-topics shape the toy corpus; with --corpus PATH leave them out")
     if args.max_vocab and args.max_vocab <= len(text.SPECIALS):
         p.error(f"--max-vocab must be 0 (no cap) or > {len(text.SPECIALS)} (it counts the special tokens)")
     if not 0 <= args.embedding_dropout < 1:
@@ -125,7 +138,8 @@ def load_data(args):
         if args.corpus == "toy":
             if args.valid_corpus or args.test_corpus:
                 raise ValueError("--valid-corpus/--test-corpus need --corpus PATH, not the toy corpus")
-            return text.load_toy_data(args.toy_sentences, seed=args.data_seed, max_size=max_size)
+            return text.load_toy_data(args.toy_sentences, seed=args.data_seed, max_size=max_size,
+                                      n_topics=args.toy_topics, length_range=tuple(args.toy_length))
         return text.load_text_data(args.corpus, args.valid_corpus, args.test_corpus, seed=args.data_seed,
                                    max_size=max_size, lowercase=args.lowercase, max_len=args.max_len or None)
     except (OSError, ValueError) as err:
@@ -242,7 +256,8 @@ def main(argv=None):
 def evaluate(model, seqs, args, rng):
     """Held-out NLL and KL (nats per sentence), PPL (per token, from -ELBO), active units, MI.
 
-    Uses running BN statistics and no corruption; one z per sentence. MI is He et al.'s estimate,
+    Uses running BN statistics and no corruption, except that the --historyless decoder reads
+    <unk> at every step as in training (the words would be inputs it never saw); one z per sentence. MI is He et al.'s estimate,
     averaged over chunks of MI_CHUNK sentences, weighted by chunk size; with one z per sentence
     its Monte Carlo noise is about +-0.1 nats on 1,000 sentences (so a collapsed encoder can
     score slightly below 0).
@@ -254,7 +269,9 @@ def evaluate(model, seqs, args, rng):
         for batch in text.text_batches(seqs, args.eval_batch_size):
             B = len(batch["lengths"])
             eps = rng.standard_normal((B, args.latent)).astype(dtype)
-            _, stats = model.loss(batch, eps, training=False)
+            # The historyless decoder is scored on what it was trained to read: <unk> at every step.
+            dec_in = word_dropout(batch["dec_in"], 1.0, rng) if args.historyless else None
+            _, stats = model.loss(batch, eps, dec_in=dec_in, training=False)
             totals["rec"] += stats["rec"] * B
             totals["kl"] += stats["kl"] * B
             kl_dims += stats["kl_per_dim"] * B
