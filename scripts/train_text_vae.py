@@ -19,16 +19,16 @@ import time
 
 import numpy as np
 
-from minivae import decoding, diagnostics, text, train
+from minivae import diagnostics, text, train
 from minivae.collapse import MDR, SoftFreeBits, contiguous_dropout, word_dropout
 from minivae.distributions import sample_gaussian
 from minivae.engine import no_grad
-from minivae.fileio import atomic_writer, write_json
+from minivae.fileio import write_json
 from minivae.layers import dropout_mask
 from minivae.optim import Adam, clip_grad_norm
 from minivae.saved import sentence_model
 from minivae.text_diagnostics import (encode_sentences, factor_probe, greedy_reconstructions,
-                                      reconstruction_scores)
+                                      reconstruction_scores, write_text_outputs)
 
 ARCHITECTURE = ("corpus", "data_seed", "embedding", "hidden", "latent", "bidirectional", "z_to_every_step",
                 "bn_vae", "bn_vae_tau", "max_vocab", "dtype")
@@ -112,7 +112,8 @@ def parse_args(argv=None):
                 f"(got {low} {high})")
     if not 2 <= args.toy_topics <= 10:
         p.error(f"--toy-topics must be in 2..10 (got {args.toy_topics})")
-    if args.corpus != "toy" and (args.toy_length != p.get_default("toy_length") or args.toy_topics != p.get_default("toy_topics")):
+    toy_flags = {"toy_length": args.toy_length, "toy_topics": args.toy_topics}
+    if args.corpus != "toy" and any(value != p.get_default(name) for name, value in toy_flags.items()):
         p.error("--toy-length and --toy-topics shape the toy corpus; with --corpus PATH leave them out")
     if args.max_vocab and args.max_vocab <= len(text.SPECIALS):
         p.error(f"--max-vocab must be 0 (no cap) or > {len(text.SPECIALS)} (it counts the special tokens)")
@@ -245,7 +246,8 @@ def main(argv=None):
             "test": {k: test[k] for k in ("nll", "kl", "ppl", "neg_elbo", "active_units", "mi", "recon_accuracy",
                                           "levenshtein", "factor_accuracy")},
             "kl_per_dim": [float(v) for v in test["kl_per_dim"]], "tokens_per_sec": tokens_per_sec})
-        write_text_outputs(args, out, model, data)
+        write_text_outputs(model, data.vocab, data.test, args.out, np.random.default_rng([args.seed, 4]),
+                           n=args.n_samples, max_len=args.max_gen_len)
         if not args.no_plots:
             make_figures(args, out, data, history, test, beta_fn, n_train_batches)
         print(f"wrote {args.out}/metrics.json, samples.txt, reconstructions.txt, interpolations.txt, checkpoint.npz"
@@ -257,9 +259,9 @@ def evaluate(model, seqs, args, rng):
     """Held-out NLL and KL (nats per sentence), PPL (per token, from -ELBO), active units, MI.
 
     Uses running BN statistics and no corruption, except that the --historyless decoder reads
-    <unk> at every step as in training (the words would be inputs it never saw); one z per sentence. MI is He et al.'s estimate,
-    averaged over chunks of MI_CHUNK sentences, weighted by chunk size; with one z per sentence
-    its Monte Carlo noise is about +-0.1 nats on 1,000 sentences (so a collapsed encoder can
+    <unk> at every step as in training (the words would be inputs it never saw); one z per
+    sentence. MI is He et al.'s estimate, averaged over chunks of MI_CHUNK sentences, weighted by
+    chunk size; with one z per sentence its Monte Carlo noise is about +-0.1 nats on 1,000 sentences (so a collapsed encoder can
     score slightly below 0).
     """
     dtype = np.dtype(args.dtype)
@@ -329,35 +331,6 @@ def text_diagnostics(model, data, args):
             probes[name] = {"accuracy": on_mu["accuracy"], "accuracy_z": on_z["accuracy"], "chance": on_mu["chance"],
                             "n": len(test_y)}
     return {"recon_accuracy": recon_accuracy, "levenshtein": distance, "factor_accuracy": probes}
-
-
-def write_text_outputs(args, out, model, data):
-    """samples.txt, reconstructions.txt and interpolations.txt, decoded from the trained model."""
-    rng = np.random.default_rng([args.seed, 4])
-    show = lambda ids: " ".join(data.vocab.decode(ids)) or "(empty)"  # noqa: E731
-    n, max_len = args.n_samples, args.max_gen_len
-    z = rng.standard_normal((n, args.latent))
-    with atomic_writer(out("samples.txt"), "w") as f:
-        for method, kwargs in (("greedy", {}), ("sample, temperature 1", {"method": "sample", "rng": rng}),
-                               ("beam search, width 5", {"method": "beam", "beam_width": 5})):
-            f.write(f"# z ~ N(0, I), {method} decoding\n")
-            f.writelines(show(ids) + "\n" for ids in decoding.generate(model, z, max_len=max_len, **kwargs))
-            f.write("\n")
-    seqs = data.test[:n]
-    greedy = decoding.reconstruct(model, seqs, max_len=max_len)
-    beam = decoding.reconstruct(model, seqs, method="beam", beam_width=5, max_len=max_len)
-    with atomic_writer(out("reconstructions.txt"), "w") as f:
-        f.write("# test sentence / greedy decoding of its posterior mean / beam search (width 5)\n\n")
-        for s, g, b in zip(seqs, greedy, beam):
-            f.write(f"input:  {show(s)}\ngreedy: {show(g)}\nbeam:   {show(b)}\n\n")
-    with atomic_writer(out("interpolations.txt"), "w") as f:
-        f.write("# greedy decodings along the line between the posterior means of two test sentences\n\n")
-        for i in range(min(3, len(data.test) // 2)):
-            a, b = data.test[2 * i], data.test[2 * i + 1]
-            f.write(f"from: {show(a)}\n")
-            f.writelines(f"  {k}: {show(ids)}\n" for k, ids in
-                         enumerate(decoding.interpolate(model, a, b, n_steps=6, max_len=max_len)))
-            f.write(f"to:   {show(b)}\n\n")
 
 
 def make_figures(args, out, data, history, test, beta_fn, steps_per_epoch):
