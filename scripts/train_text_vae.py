@@ -46,8 +46,8 @@ def parse_args(argv=None):
     d.add_argument("--test-corpus", help="test file (else 5%% of --corpus is held out)")
     d.add_argument("--toy-sentences", type=int, default=20000, help="size of the toy corpus")
     d.add_argument("--toy-length", type=int, nargs=2, default=[5, 25], metavar=("MIN", "MAX"),
-                   help="toy corpus: sentence lengths in tokens, inclusive (4 <= MIN <= MAX <= 40); longer "
-                   "sentences are redrawn")
+                   help="toy corpus: sentence lengths in tokens, inclusive (4 <= MIN <= MAX <= 40); sentences "
+                   "outside them are redrawn")
     d.add_argument("--toy-topics", type=int, default=6, help="toy corpus: number of topics (2 to 10), each "
                    "with its own nouns, verbs and adjectives")
     d.add_argument("--data-seed", type=int, default=0, help="seed of the toy corpus and of the held-out "

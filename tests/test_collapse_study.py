@@ -82,13 +82,14 @@ def test_quick_budget_reaches_every_run_and_passed_through_flags_override_it():
 
 
 @pytest.mark.slow
-def test_quick_study_plain_vae_keeps_no_kl_and_the_remedies_use_z(tmp_path):
-    """What --quick showed over three seeds (docs/collapse.md): the plain VAE's KL stays below
-    0.5 nat (its means may still vary enough to count one or two active units) and nine remedies
-    keep KL > 1 nat with an active unit; the two annealing schedules end "weak" (KL 0.4 to 0.9
-    nat), still losing KL after beta reaches 1. A few minutes on an idle 2-core machine."""
+def test_quick_study_plain_vae_collapses_and_the_remedies_use_z(tmp_path):
+    """What --quick showed over three seeds (docs/collapse.md): the plain VAE collapses (KL < 0.5
+    nat, no active unit) and nine remedies keep KL > 1 nat with an active unit; the two
+    annealing schedules may end "weak" (monotonic: KL 0.6 to 0.9 nat in every seed; cyclical in
+    one seed of three), still losing KL after beta reaches 1. About 5 minutes on an idle 2-core
+    machine."""
     rows = {r["method"]: r for r in collapse_study.main(["--quick", "--out", str(tmp_path)])}
-    assert rows["vanilla"]["kl"] < collapse_study.COLLAPSED_KL
+    assert rows["vanilla"]["verdict"] == "collapsed"
     uses_z = {m for m, r in rows.items() if r["verdict"] == "uses z"}
     assert set(METHOD_NAMES) - {"vanilla", "monotonic", "cyclical"} <= uses_z
 
