@@ -2,15 +2,19 @@
 
 Reading order: levenshtein and strip_eos, reconstruction_scores, greedy_reconstructions,
 encode_sentences, then the linear probe (fit_softmax_regression, predict_softmax_regression,
-factor_probe) that asks whether posterior means, or samples of z, carry a known label. Image
+factor_probe) that asks whether posterior means, or samples of z, carry a known label, and
+write_text_outputs (samples, reconstructions and interpolations as text files). Image
 diagnostics (held-out ELBO, importance-weighted likelihood, active units, mutual information)
 are in diagnostics.py and apply to sentence VAEs' posterior means too.
 """
+import os
+
 import numpy as np
 
 from . import ops
-from .decoding import reconstruct
+from .decoding import generate, interpolate, reconstruct
 from .engine import no_grad
+from .fileio import atomic_writer
 from .text import EOS_ID, pad_batch
 
 
@@ -137,3 +141,35 @@ def factor_probe(train_features, train_labels, test_features, test_labels, steps
     predicted = predict_softmax_regression(test_features, W, b, mean, std)
     chance = np.bincount(test_labels, minlength=n_classes).max() / len(test_labels)
     return {"accuracy": float(np.mean(predicted == test_labels)), "chance": float(chance)}
+
+
+def write_text_outputs(model, vocab, seqs, folder, rng, n=10, max_len=40):
+    """samples.txt, reconstructions.txt and interpolations.txt in `folder`, decoded from a trained model.
+
+    samples: n codes z ~ N(0, I) (from rng), each decoded greedily, by sampling at temperature 1
+    and by beam search (width 5); reconstructions: the first n sentences of `seqs` (id lists)
+    with the greedy and beam decodings of their posterior means; interpolations: greedy
+    decodings along the line between the posterior means of up to three pairs of them.
+    """
+    show = lambda ids: " ".join(vocab.decode(ids)) or "(empty)"  # noqa: E731
+    z = rng.standard_normal((n, model.latent))
+    with atomic_writer(os.path.join(folder, "samples.txt"), "w") as f:
+        for method, kwargs in (("greedy", {}), ("sample, temperature 1", {"method": "sample", "rng": rng}),
+                               ("beam search, width 5", {"method": "beam", "beam_width": 5})):
+            f.write(f"# z ~ N(0, I), {method} decoding\n")
+            f.writelines(show(ids) + "\n" for ids in generate(model, z, max_len=max_len, **kwargs))
+            f.write("\n")
+    greedy = reconstruct(model, seqs[:n], max_len=max_len)
+    beam = reconstruct(model, seqs[:n], method="beam", beam_width=5, max_len=max_len)
+    with atomic_writer(os.path.join(folder, "reconstructions.txt"), "w") as f:
+        f.write("# test sentence / greedy decoding of its posterior mean / beam search (width 5)\n\n")
+        for s, g, b in zip(seqs[:n], greedy, beam):
+            f.write(f"input:  {show(s)}\ngreedy: {show(g)}\nbeam:   {show(b)}\n\n")
+    with atomic_writer(os.path.join(folder, "interpolations.txt"), "w") as f:
+        f.write("# greedy decodings along the line between the posterior means of two test sentences\n\n")
+        for i in range(min(3, len(seqs) // 2)):
+            a, b = seqs[2 * i], seqs[2 * i + 1]
+            f.write(f"from: {show(a)}\n")
+            f.writelines(f"  {k}: {show(ids)}\n" for k, ids in
+                         enumerate(interpolate(model, a, b, n_steps=6, max_len=max_len)))
+            f.write(f"to:   {show(b)}\n\n")

@@ -19,16 +19,16 @@ import time
 
 import numpy as np
 
-from minivae import decoding, diagnostics, text, train
+from minivae import diagnostics, text, train
 from minivae.collapse import MDR, SoftFreeBits, contiguous_dropout, word_dropout
 from minivae.distributions import sample_gaussian
 from minivae.engine import no_grad
-from minivae.fileio import atomic_writer, write_json
+from minivae.fileio import write_json
 from minivae.layers import dropout_mask
 from minivae.optim import Adam, clip_grad_norm
 from minivae.saved import sentence_model
 from minivae.text_diagnostics import (encode_sentences, factor_probe, greedy_reconstructions,
-                                      reconstruction_scores)
+                                      reconstruction_scores, write_text_outputs)
 
 ARCHITECTURE = ("corpus", "data_seed", "embedding", "hidden", "latent", "bidirectional", "z_to_every_step",
                 "bn_vae", "bn_vae_tau", "max_vocab", "dtype")
@@ -45,6 +45,11 @@ def parse_args(argv=None):
     d.add_argument("--valid-corpus", help="validation file (else 5%% of --corpus is held out)")
     d.add_argument("--test-corpus", help="test file (else 5%% of --corpus is held out)")
     d.add_argument("--toy-sentences", type=int, default=20000, help="size of the toy corpus")
+    d.add_argument("--toy-length", type=int, nargs=2, default=[5, 25], metavar=("MIN", "MAX"),
+                   help="toy corpus: sentence lengths in tokens, inclusive (4 <= MIN <= MAX <= 40); sentences "
+                   "outside them are redrawn")
+    d.add_argument("--toy-topics", type=int, default=6, help="toy corpus: number of topics (2 to 10), each "
+                   "with its own nouns, verbs and adjectives")
     d.add_argument("--data-seed", type=int, default=0, help="seed of the toy corpus and of the held-out "
                    "split, apart from --seed so that runs with different seeds see the same data")
     d.add_argument("--max-vocab", type=int, default=2000, help="vocabulary size incl. 4 specials (0: all)")
@@ -101,6 +106,15 @@ def parse_args(argv=None):
                                   "bow", "span_lambda", "max_len", "bucket", "data_seed"))
     if args.soft_free_bits and args.beta <= 0:
         p.error("--soft-free-bits needs --beta > 0 (the largest KL weight it may reach)")
+    low, high = args.toy_length
+    if not 4 <= low <= high <= 40:
+        p.error(f"--toy-length must be MIN MAX with 4 <= MIN <= MAX <= 40, the lengths the toy grammar makes "
+                f"(got {low} {high})")
+    if not 2 <= args.toy_topics <= 10:
+        p.error(f"--toy-topics must be in 2..10 (got {args.toy_topics})")
+    toy_flags = {"toy_length": args.toy_length, "toy_topics": args.toy_topics}
+    if args.corpus != "toy" and any(value != p.get_default(name) for name, value in toy_flags.items()):
+        p.error("--toy-length and --toy-topics shape the toy corpus; with --corpus PATH leave them out")
     if args.max_vocab and args.max_vocab <= len(text.SPECIALS):
         p.error(f"--max-vocab must be 0 (no cap) or > {len(text.SPECIALS)} (it counts the special tokens)")
     if not 0 <= args.embedding_dropout < 1:
@@ -125,7 +139,8 @@ def load_data(args):
         if args.corpus == "toy":
             if args.valid_corpus or args.test_corpus:
                 raise ValueError("--valid-corpus/--test-corpus need --corpus PATH, not the toy corpus")
-            return text.load_toy_data(args.toy_sentences, seed=args.data_seed, max_size=max_size)
+            return text.load_toy_data(args.toy_sentences, seed=args.data_seed, max_size=max_size,
+                                      n_topics=args.toy_topics, length_range=tuple(args.toy_length))
         return text.load_text_data(args.corpus, args.valid_corpus, args.test_corpus, seed=args.data_seed,
                                    max_size=max_size, lowercase=args.lowercase, max_len=args.max_len or None)
     except (OSError, ValueError) as err:
@@ -231,7 +246,8 @@ def main(argv=None):
             "test": {k: test[k] for k in ("nll", "kl", "ppl", "neg_elbo", "active_units", "mi", "recon_accuracy",
                                           "levenshtein", "factor_accuracy")},
             "kl_per_dim": [float(v) for v in test["kl_per_dim"]], "tokens_per_sec": tokens_per_sec})
-        write_text_outputs(args, out, model, data)
+        write_text_outputs(model, data.vocab, data.test, args.out, np.random.default_rng([args.seed, 4]),
+                           n=args.n_samples, max_len=args.max_gen_len)
         if not args.no_plots:
             make_figures(args, out, data, history, test, beta_fn, n_train_batches)
         print(f"wrote {args.out}/metrics.json, samples.txt, reconstructions.txt, interpolations.txt, checkpoint.npz"
@@ -242,9 +258,10 @@ def main(argv=None):
 def evaluate(model, seqs, args, rng):
     """Held-out NLL and KL (nats per sentence), PPL (per token, from -ELBO), active units, MI.
 
-    Uses running BN statistics and no corruption; one z per sentence. MI is He et al.'s estimate,
-    averaged over chunks of MI_CHUNK sentences, weighted by chunk size; with one z per sentence
-    its Monte Carlo noise is about +-0.1 nats on 1,000 sentences (so a collapsed encoder can
+    Uses running BN statistics and no corruption, except that the --historyless decoder reads
+    <unk> at every step as in training (the words would be inputs it never saw); one z per
+    sentence. MI is He et al.'s estimate, averaged over chunks of MI_CHUNK sentences, weighted by
+    chunk size; with one z per sentence its Monte Carlo noise is about +-0.1 nats on 1,000 sentences (so a collapsed encoder can
     score slightly below 0).
     """
     dtype = np.dtype(args.dtype)
@@ -254,7 +271,9 @@ def evaluate(model, seqs, args, rng):
         for batch in text.text_batches(seqs, args.eval_batch_size):
             B = len(batch["lengths"])
             eps = rng.standard_normal((B, args.latent)).astype(dtype)
-            _, stats = model.loss(batch, eps, training=False)
+            # The historyless decoder is scored on what it was trained to read: <unk> at every step.
+            dec_in = word_dropout(batch["dec_in"], 1.0, rng) if args.historyless else None
+            _, stats = model.loss(batch, eps, dec_in=dec_in, training=False)
             totals["rec"] += stats["rec"] * B
             totals["kl"] += stats["kl"] * B
             kl_dims += stats["kl_per_dim"] * B
@@ -312,35 +331,6 @@ def text_diagnostics(model, data, args):
             probes[name] = {"accuracy": on_mu["accuracy"], "accuracy_z": on_z["accuracy"], "chance": on_mu["chance"],
                             "n": len(test_y)}
     return {"recon_accuracy": recon_accuracy, "levenshtein": distance, "factor_accuracy": probes}
-
-
-def write_text_outputs(args, out, model, data):
-    """samples.txt, reconstructions.txt and interpolations.txt, decoded from the trained model."""
-    rng = np.random.default_rng([args.seed, 4])
-    show = lambda ids: " ".join(data.vocab.decode(ids)) or "(empty)"  # noqa: E731
-    n, max_len = args.n_samples, args.max_gen_len
-    z = rng.standard_normal((n, args.latent))
-    with atomic_writer(out("samples.txt"), "w") as f:
-        for method, kwargs in (("greedy", {}), ("sample, temperature 1", {"method": "sample", "rng": rng}),
-                               ("beam search, width 5", {"method": "beam", "beam_width": 5})):
-            f.write(f"# z ~ N(0, I), {method} decoding\n")
-            f.writelines(show(ids) + "\n" for ids in decoding.generate(model, z, max_len=max_len, **kwargs))
-            f.write("\n")
-    seqs = data.test[:n]
-    greedy = decoding.reconstruct(model, seqs, max_len=max_len)
-    beam = decoding.reconstruct(model, seqs, method="beam", beam_width=5, max_len=max_len)
-    with atomic_writer(out("reconstructions.txt"), "w") as f:
-        f.write("# test sentence / greedy decoding of its posterior mean / beam search (width 5)\n\n")
-        for s, g, b in zip(seqs, greedy, beam):
-            f.write(f"input:  {show(s)}\ngreedy: {show(g)}\nbeam:   {show(b)}\n\n")
-    with atomic_writer(out("interpolations.txt"), "w") as f:
-        f.write("# greedy decodings along the line between the posterior means of two test sentences\n\n")
-        for i in range(min(3, len(data.test) // 2)):
-            a, b = data.test[2 * i], data.test[2 * i + 1]
-            f.write(f"from: {show(a)}\n")
-            f.writelines(f"  {k}: {show(ids)}\n" for k, ids in
-                         enumerate(decoding.interpolate(model, a, b, n_steps=6, max_len=max_len)))
-            f.write(f"to:   {show(b)}\n\n")
 
 
 def make_figures(args, out, data, history, test, beta_fn, steps_per_epoch):

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from minivae.checkpoint import load_checkpoint
+from minivae.saved import sentence_model
 from minivae.sentence_vae import SentenceVAE
+from minivae.text import PAD_ID, SOS_ID, UNK_ID, text_batches
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_text_vae.py"
 spec = importlib.util.spec_from_file_location("train_text_vae", SCRIPT)
@@ -129,6 +131,52 @@ def test_a_text_file_corpus_trains(tmp_path):
     assert metrics["data"]["carved_from_train"] == ["test"] and metrics["data"]["splits"]["valid"]["n_unk"] == 3
     assert metrics["test"]["factor_accuracy"] is None and 0 <= metrics["test"]["recon_accuracy"] <= 1
     assert np.isfinite(history[0]["valid_ppl"])
+
+
+def test_toy_length_and_topics_shape_the_corpus_and_are_recorded(tmp_path):
+    out = tmp_path / "run"
+    train_text_vae.main(TINY + ["--epochs", "1", "--no-plots", "--toy-length", "6", "9", "--toy-topics", "3",
+                                "--out", str(out)])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["toy_length"] == [6, 9] and metrics["config"]["toy_topics"] == 3
+    assert metrics["data"]["factor_levels"]["topic"] == ["topic0", "topic1", "topic2"]
+    splits = metrics["data"]["splits"]  # every sentence has 6 to 9 words
+    assert all(6 <= s["n_tokens"] / s["n_sentences"] <= 9 for s in splits.values())
+    assert 1 / 3 <= metrics["test"]["factor_accuracy"]["topic"]["chance"] < 0.6
+    data = train_text_vae.load_data(train_text_vae.parse_args(TINY + ["--toy-length", "6", "9", "--out", "o"]))
+    assert {len(s) for seqs in (data.train, data.valid, data.test) for s in seqs} <= set(range(6, 10))
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--toy-length", "3", "10"], "--toy-length must be MIN MAX with 4 <= MIN <= MAX <= 40"),
+    (["--toy-length", "12", "10"], "--toy-length must be MIN MAX with 4 <= MIN <= MAX <= 40"),
+    (["--toy-length", "10", "41"], "--toy-length must be MIN MAX with 4 <= MIN <= MAX <= 40"),
+    (["--toy-topics", "1"], "--toy-topics must be in 2..10"),
+    (["--toy-topics", "11"], "--toy-topics must be in 2..10"),
+    (["--corpus", "some.txt", "--toy-topics", "3"], "with --corpus PATH leave them out")])
+def test_bad_toy_corpus_flags_are_refused_naming_the_flag(bad, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        train_text_vae.main(TINY + bad + ["--out", str(tmp_path)])
+    assert err.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_historyless_decoder_is_evaluated_on_unk_inputs_as_trained(tmp_path):
+    """With z cut off from the decoder (W = 0), the NLL is that of the decoder reading <unk>
+    after <sos>, whatever the noise: computed here directly from model.loss."""
+    args = train_text_vae.parse_args(TINY + ["--historyless", "--out", str(tmp_path)])
+    data = train_text_vae.load_data(args)
+    model = sentence_model(vars(args), len(data.vocab), np.random.default_rng(0))
+    model.to_initial_state.W.data[...] = 0.0
+    total, n = 0.0, 0
+    for batch in text_batches(data.valid, 7):
+        unk = np.where(np.isin(batch["dec_in"], (PAD_ID, SOS_ID)), batch["dec_in"], UNK_ID)
+        B = len(batch["lengths"])
+        total += model.loss(batch, np.zeros((B, args.latent), np.float32), dec_in=unk, training=False)[1]["rec"] * B
+        n += B
+    historyless = train_text_vae.evaluate(model, data.valid, args, np.random.default_rng(1))
+    assert historyless["nll"] == pytest.approx(total / n, rel=1e-5)
+    args.historyless = False  # the same model scored on the real words is another number
+    assert abs(train_text_vae.evaluate(model, data.valid, args, np.random.default_rng(1))["nll"] - total / n) > 0.1
 
 
 @pytest.mark.parametrize("bad", [
