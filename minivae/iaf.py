@@ -16,6 +16,7 @@ import numpy as np
 
 from . import ops
 from .distributions import LOG_2PI, bernoulli_log_likelihood, standard_normal_log_density
+from .diagnostics import log_mean_exp
 from .engine import Tensor, no_grad
 from .layers import MLP, Module, parameter
 
@@ -156,5 +157,5 @@ def iw_log_likelihood(model, x, K, rng, batch_size=100):
             eps = rng.standard_normal((len(xk), model.latent)).astype(xb.dtype)
             log_px_z, log_pz, log_q = (t.data.astype(np.float64) for t in model.log_weights(xk, eps))
             log_w = (log_px_z + log_pz - log_q).reshape(K, -1)
-            out.append(ops.logsumexp(log_w, axis=0).data - np.log(K))
+            out.append(log_mean_exp(log_w))
     return np.concatenate(out)
