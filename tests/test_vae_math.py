@@ -814,6 +814,24 @@ def test_iw_chunking_does_not_change_the_samples(linear_gaussian):
         iw_log_likelihood(model, x[:5], 0, np.random.default_rng(0))
 
 
+def test_iw_threads_do_not_change_the_numbers_and_blas_threads_are_restored(linear_gaussian, monkeypatch):
+    import minivae.diagnostics as diag
+    model, x, _ = linear_gaussian
+    runs = []
+    for threads in (1, 3):
+        monkeypatch.setattr(diag, "THREADS", threads)
+        runs.append(iw_log_likelihood(model, x[:40], 90, np.random.default_rng(20), batch_size=8, chunk=20))
+    np.testing.assert_array_equal(runs[1], runs[0])
+    found = diag._openblas_thread_functions()
+    if found is None:
+        pytest.skip("no OpenBLAS found through /proc/self/maps: blas_threads changes nothing here")
+    get_threads, _ = found
+    before = get_threads()
+    with diag.blas_threads(1):
+        assert get_threads() == 1
+    assert get_threads() == before
+
+
 def _small_vae(likelihood="bernoulli", dtype=np.float64):
     rng = np.random.default_rng(21)
     model = MLPVAE(n_in=6, hidden=(5,), latent=3, activation="tanh", likelihood=likelihood,
@@ -883,6 +901,10 @@ def test_fast_bernoulli_term_equals_the_textbook_one():
     np.testing.assert_allclose(fast, exact, rtol=1e-6)  # float32 rounding of 784 terms
     wrong = _bernoulli_log_likelihood_fast(x.astype(np.float32), logits.astype(np.float32) * 1.001)
     assert np.max(np.abs(wrong - exact)) > 0.1  # the tolerance rejects a slightly different model
+    # a pixel count that is not a multiple of 16 (the products of 16 factors leave a remainder)
+    odd = _bernoulli_log_likelihood_fast(x[:, :100].astype(np.float32), logits[..., :100].astype(np.float32))
+    exact = D.bernoulli_log_likelihood(Tensor(np.broadcast_to(x[:, :100], (3, 5, 100))), Tensor(logits[..., :100])).data
+    np.testing.assert_allclose(odd, exact, rtol=1e-6)
 
 
 def test_iw_float32_evaluation_matches_float64_to_a_hundredth_of_a_nat():
