@@ -103,7 +103,7 @@ def parse_args(argv=None):
                    "padded batch (faster, same function) or through pack_padded_sequence (always, on gru_large)")
     p.add_argument("--default-malloc", action="store_true", help="skip minivae.train.reuse_freed_memory(), "
                    "which every worker calls first by default, as the training scripts do")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the data, the batches and the initial weights")
     p.add_argument("--out", help="write the results as JSON to this file")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one job in this process
     args = p.parse_args(argv)

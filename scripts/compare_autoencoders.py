@@ -30,7 +30,7 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", help="folder holding the four MNIST IDX .gz files")
     p.add_argument("--no-download", action="store_true", help="never use the network")
     p.add_argument("--epochs", type=int, default=5, help="epochs per model (ignored with --quick)")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1, help="seed of every model's run")
     p.add_argument("--iw-samples", type=int, default=100, help="K of the importance-weighted NLL")
     p.add_argument("--iw-examples", type=int, default=1000, help="test images for the IW NLL")
     p.add_argument("--shapes-epochs", type=int, default=100, help="epochs of each model on the shapes "

@@ -169,7 +169,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__[__doc__.index("  graph "):])
-    parser.add_argument("lab", choices=list(LABS))
+    parser.add_argument("lab", choices=list(LABS), help="which lab to run (listed below)")
     parser.add_argument("--out", default="runs/labs", help="where labs write their files")
     parser.add_argument("--break", dest="break_op", metavar="OP",
                         help="graph lab: make this op's VJP 0.1%% wrong (e.g. exp, tanh, matmul)")

@@ -54,7 +54,7 @@ def parse_args(argv=None):
     s.add_argument("--interpolate", nargs=2, metavar=("A", "B"), help="the two sentences to interpolate "
                    "between (default: the first two to reconstruct)")
     s.add_argument("--temperature", type=train.finite_float, default=1.0, help="softmax temperature of sampling")
-    s.add_argument("--beam-width", type=int, default=5)
+    s.add_argument("--beam-width", type=int, default=5, help="hypotheses kept by beam search")
     s.add_argument("--max-len", type=int, default=40, help="longest generated sentence (tokens)")
     args = p.parse_args(argv)
     for flag, ok, rule in (("n", args.n >= 1, ">= 1"), ("seed", args.seed >= 0, ">= 0"), ("pair", min(args.pair) >= 0,

@@ -31,20 +31,20 @@ ARCHITECTURE = ("model", "dataset", "hidden", "latent", "activation", "likelihoo
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", choices=MODELS, default="ae")
+    p.add_argument("--model", choices=MODELS, default="ae", help="which autoencoder to train")
     p.add_argument("--dataset", choices=["mnist", "shapes"], help="default: shapes for beta_vae, else mnist")
     p.add_argument("--data-dir", help="folder holding the four MNIST IDX .gz files (else the cache, "
                    "downloading when online, else the bundled digits)")
     p.add_argument("--no-download", action="store_true", help="never use the network")
     p.add_argument("--limit", type=int, default=0, help="train on the first N images only (0: all)")
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=5, help="passes over the training images")
     p.add_argument("--max-seconds", type=float, default=0.0, help="stop training after this many "
                    "seconds (0: no limit), e.g. to compare two models at equal time")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128, help="images per Adam step")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--latent", type=int, help=f"code size (vqvae: code vectors L); default {LATENT}")
     p.add_argument("--hidden", type=int, nargs="*", default=[400], help="hidden layer sizes")
-    p.add_argument("--activation", choices=["relu", "tanh", "softplus"], default="relu")
+    p.add_argument("--activation", choices=["relu", "tanh", "softplus"], default="relu", help="hidden units' nonlinearity")
     p.add_argument("--likelihood", choices=["bernoulli", "gaussian"], default="bernoulli",
                    help="bernoulli: BCE reconstruction; gaussian: L2 (unit variance)")
     g = p.add_argument_group("model hyperparameters")
@@ -60,7 +60,7 @@ def parse_args(argv=None):
     g.add_argument("--code-dim", type=int, default=16, help="vqvae: code vector size D")
     g.add_argument("--commitment", type=float, default=0.25, help="vqvae: commitment weight")
     g.add_argument("--ema", action="store_true", help="vqvae: EMA codebook update instead of its loss")
-    g.add_argument("--ema-decay", type=float, default=0.99)
+    g.add_argument("--ema-decay", type=float, default=0.99, help="vqvae --ema: decay of the moving averages")
     g.add_argument("--restart-every", type=int, default=50, help="vqvae: every N steps, move the codes "
                    "unused in them onto encoder outputs (0: never; the codebook still starts on them)")
     g.add_argument("--prior-epochs", type=int, default=10, help="vqvae: epochs of the GRU prior")

@@ -36,17 +36,17 @@ def x_logvar_flag(text):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist")
+    p.add_argument("--dataset", choices=["mnist", "fashion-mnist"], default="mnist", help="which image set")
     p.add_argument("--data-dir", help="folder holding the four IDX .gz files (else the cache "
                    "$MINIVAE_DATA or ~/.cache/minivae, downloading when online)")
     p.add_argument("--no-download", action="store_true", help="never use the network")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=10, help="passes over the training images (with --time-budget: at most)")
+    p.add_argument("--batch-size", type=int, default=128, help="images per Adam step")
     p.add_argument("--lr", type=train.finite_float, default=1e-3, help="Adam learning rate")
     p.add_argument("--clip", type=train.finite_float, default=0.0, help="clip the gradient norm to this (0: off)")
     p.add_argument("--latent", type=int, default=20, help="latent dimensions d")
     p.add_argument("--hidden", type=int, nargs="+", default=[400], help="hidden layer sizes")
-    p.add_argument("--activation", choices=["relu", "tanh", "softplus"], default="relu")
+    p.add_argument("--activation", choices=["relu", "tanh", "softplus"], default="relu", help="hidden units' nonlinearity")
     p.add_argument("--likelihood", choices=["bernoulli", "gaussian"], default="bernoulli",
                    help="bernoulli: the BCE of the pixels; gaussian: a Gaussian density (L2 plus its variance)")
     p.add_argument("--x-logvar", type=x_logvar_flag, default="learned-scalar", help="gaussian decoder's "

@@ -63,3 +63,14 @@ def test_each_module_imports_only_modules_above_it():
     for i, name in enumerate(order):
         below = _package_imports(ROOT / "minivae" / f"{name}.py") - set(order[:i])
         assert not below, f"minivae/{name}.py imports {sorted(below)}, which come after it in the reading order"
+
+
+def test_every_command_line_option_says_what_it_does():
+    """--help is the scripts' manual: each add_argument carries a help text."""
+    silent = []
+    for path in sorted((ROOT / "scripts").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument"
+                    and not any(k.arg == "help" for k in node.keywords)):
+                silent.append(f"{path.name}:{node.lineno} {ast.unparse(node.args[0]) if node.args else ''}")
+    assert not silent, "options without help=: " + ", ".join(silent)
