@@ -85,7 +85,7 @@ def iw_log_likelihood(model, x, K, rng, batch_size=None, chunk=500, progress=Non
     in one pass), so memory stays bounded for K = 5000. progress: None, or a function wrapping an
     iterable and its length (e.g. a tqdm bar) that sees the batches. fast=False always takes
     model.log_likelihood, the textbook form of the fast float32 Bernoulli term (the reference of
-    its tests and of scripts/bench_iw_eval.py). Returns an (N,) float64 array.
+    its tests and of scripts/bench/bench_iw_eval.py). Returns an (N,) float64 array.
     Reference: Burda et al. 2016, arXiv:1509.00519, eq. 8.
     """
     if K < 1:

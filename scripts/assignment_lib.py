@@ -24,9 +24,9 @@ from pathlib import Path
 TOPIC_MAP = "tests/assignment_topics.json"
 RECORD = "tests/assignment.json"       # in a copy: {"topics": [...], "left_out": [...]}
 ASSIGNMENT_TEST = "tests/test_assignment.py"  # never run inside a copy: it would make copies of copies
-LEFT_OUT = ("scripts/bench_numpy.py", "scripts/bench_autograd.py", "scripts/bench_torch.py",
-            "scripts/bench_measure.py", "scripts/bench_workloads.py", "tests/test_benchmark.py")
-STUB_SCRIPT = "scripts/benchmark.py"    # replaced by a stub that says why it is not here
+LEFT_OUT = ("scripts/bench/bench_numpy.py", "scripts/bench/bench_autograd.py", "scripts/bench/bench_torch.py",
+            "scripts/bench/bench_measure.py", "scripts/bench/bench_workloads.py", "tests/test_benchmark.py")
+STUB_SCRIPT = "scripts/bench/benchmark.py"    # replaced by a stub that says why it is not here
 STUB_TEXT = ('"""The benchmark is left out of student copies: its hand-written NumPy models hold worked\n'
              'solutions of the assignment (the backward pass, the sampler, the KL, the Adam update)."""\n'
              'import sys\n\n\ndef main(argv=None):\n    print(__doc__)\n    return 1\n\n\n'

@@ -201,7 +201,7 @@ def test_a_student_copy_says_what_was_assigned_and_how_to_test_it(tmp_path):
                    "`minivae/engine.py`, line", "_topological_order", "python scripts/labs.py graph"):
         assert needed in text
     assert (tmp_path / "hw" / "README.md").read_text().startswith("> **A student copy.**")
-    assert not (tmp_path / "hw" / "scripts" / "bench_numpy.py").exists()
+    assert not (tmp_path / "hw" / "scripts" / "bench" / "bench_numpy.py").exists()
     assert make_assignment.lib.read_record(ROOT) is None  # the reference is no copy
 
 

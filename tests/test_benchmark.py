@@ -17,7 +17,7 @@ import minivae.train as train
 from minivae import Tensor, data
 from minivae.models import MLPVAE
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # benchmark.py imports its siblings
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "bench"))  # benchmark.py imports its siblings
 import bench_measure  # noqa: E402
 import bench_numpy  # noqa: E402
 import bench_workloads  # noqa: E402

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-BUDGETS = {"minivae/engine.py": 250, "minivae/*.py": 250, "scripts/*.py": 300}  # first match wins
+BUDGETS = {"minivae/engine.py": 250, "minivae/*.py": 250, "scripts/*.py": 300, "scripts/bench/*.py": 300}  # first match wins
 
 
 def code_lines(path):
@@ -49,7 +49,7 @@ def test_file_stays_within_its_code_line_budget(name):
 
 
 def test_every_module_and_script_has_a_budget():
-    assert "minivae/engine.py" in FILES and "minivae/ops.py" in FILES and "scripts/benchmark.py" in FILES
+    assert "minivae/engine.py" in FILES and "minivae/ops.py" in FILES and "scripts/bench/benchmark.py" in FILES
 
 
 def test_code_line_counter_skips_docstrings_and_comments(tmp_path):

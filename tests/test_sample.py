@@ -23,7 +23,8 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    path = SCRIPTS / f"{name}.py" if (SCRIPTS / f"{name}.py").exists() else SCRIPTS / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

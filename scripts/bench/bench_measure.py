@@ -1,6 +1,6 @@
 """How the benchmark measures: the machine it runs on, the steps it times, and a GEMM-only bound.
 
-scripts/benchmark.py imports this file; it is not a script of its own. The GEMM-only bound
+scripts/bench/benchmark.py imports this file; it is not a script of its own. The GEMM-only bound
 lists every matrix product of a training step's forward and backward pass as (m, k, n,
 transposed operand) and runs them with np.matmul in float32 into preallocated arrays, so no
 framework doing the same maths with NumPy's BLAS can take less time than this.

@@ -1,6 +1,6 @@
 """The benchmark's models written by hand in plain NumPy: gradients derived on paper, no graph.
 
-scripts/benchmark.py imports this file; it is not a script of its own. What a program with no
+scripts/bench/benchmark.py imports this file; it is not a script of its own. What a program with no
 graph, no per-op bookkeeping and no intermediate array the maths does not need costs is a floor
 for any autodiff engine built on NumPy: minivae's time minus this program's time is the engine's
 overhead. The GRU's forward and backward through time are minivae's own NumPy kernels (the

@@ -7,8 +7,8 @@ The same images, the same samples (one seed), one after another on this machine:
 It prints each one's seconds, that time scaled to the whole test set, its NLL and its distance to
 the float64 value, and the ratios. The float32 paths must agree with float64 to 0.01 nat.
 
-    python scripts/bench_iw_eval.py runs/mnist-dynamic/checkpoint.npz --data-dir path/to/mnist
-    python scripts/bench_iw_eval.py runs/mnist-dynamic/checkpoint.npz --data-dir path/to/mnist \\
+    python scripts/bench/bench_iw_eval.py runs/mnist-dynamic/checkpoint.npz --data-dir path/to/mnist
+    python scripts/bench/bench_iw_eval.py runs/mnist-dynamic/checkpoint.npz --data-dir path/to/mnist \\
         --images 10000 --paths fast
 """
 import argparse

@@ -1,16 +1,16 @@
 """Time minivae against hand-written NumPy, HIPS autograd and PyTorch on three VAE training workloads.
 
-    python scripts/benchmark.py --out runs/benchmark.json
-    python scripts/benchmark.py --quick --threads 1 --frameworks minivae numpy torch
+    python scripts/bench/benchmark.py --out runs/benchmark.json
+    python scripts/bench/benchmark.py --quick --threads 1 --frameworks minivae numpy torch
 
 The targets: minivae's time on mlp and gru at most 1.10 times that of `numpy`, the same models
-written by hand in plain NumPy (scripts/bench_numpy.py): gradients derived on paper, no graph,
+written by hand in plain NumPy (scripts/bench/bench_numpy.py): gradients derived on paper, no graph,
 no array the maths does not need, minivae's Adam. That program is the floor for an autodiff
 engine on NumPy, so minivae's time minus its time is the engine's overhead; its Adam time is
 reported apart, so the floor without the optimiser is printed too. On gru_large, minivae's
 training tokens per second at least PyTorch's (a time ratio <= 1.0). HIPS autograd
-(scripts/bench_autograd.py) and PyTorch (scripts/bench_torch.py, when installed) run the same
-models; a GEMM-only lower bound (scripts/bench_measure.py) times just the matrix products one
+(scripts/bench/bench_autograd.py) and PyTorch (scripts/bench/bench_torch.py, when installed) run the same
+models; a GEMM-only lower bound (scripts/bench/bench_measure.py) times just the matrix products one
 training step needs, in NumPy float32, on the same shapes.
 
 Workloads, identical in every framework: the same initial weights (minivae's, copied into the

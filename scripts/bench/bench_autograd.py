@@ -1,6 +1,6 @@
 """The benchmark's models in HIPS autograd: NumPy functions differentiated by tracing.
 
-scripts/benchmark.py imports this file; it is not a script of its own. The models are written
+scripts/bench/benchmark.py imports this file; it is not a script of its own. The models are written
 as an autograd user writes them (autograd.numpy expressions, a Python loop over time for the
 GRU, Adam on a list of arrays) and start from minivae's initial weights, copied.
 """

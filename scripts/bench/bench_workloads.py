@@ -1,6 +1,6 @@
 """The benchmark's three workloads: their sizes, their batches, and minivae's models of them.
 
-scripts/benchmark.py imports this file; it is not a script of its own. Every batch, its noise
+scripts/bench/benchmark.py imports this file; it is not a script of its own. Every batch, its noise
 (eps) and its word-dropout mask are drawn here once, so each framework's worker trains on the
 same steps; the initial weights are minivae's (built here), copied by the other frameworks.
   mlp        the MNIST VAE recipe over Fashion-MNIST (or synthetic) images

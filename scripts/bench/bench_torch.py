@@ -1,6 +1,6 @@
 """The benchmark's models in PyTorch: nn modules (nn.GRU), torch.optim.Adam with its defaults.
 
-scripts/benchmark.py imports this file when torch is installed; it is not a script of its own.
+scripts/bench/benchmark.py imports this file when torch is installed; it is not a script of its own.
 The modules start from minivae's initial weights, copied (minivae stores a weight matrix as
 (n_in, n_out), torch as (n_out, n_in)). On gru_large both GRUs run over packed sequences and
 the vocabulary layer sees the real tokens only (the packed decoder outputs), as PyTorch users write it.
