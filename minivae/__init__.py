@@ -29,7 +29,9 @@ Reading order (each module builds only on the ones before it):
   decoding.py          greedy, sampling and beam-search decoding, reconstruction, interpolation
   text_diagnostics.py  sentence diagnostics: reconstruction scores, probes
   plot.py              figures
-  train.py             what the training scripts share
+  flags.py             the flags the training scripts share, checked before any data is read
+  run.py               a training run: output folder, progress, checkpoints, resume, clean stops
+  allocator.py         reuse_freed_memory, the training scripts' C allocator setting
   saved.py             load_model: a trained model rebuilt from its checkpoint
 """
 __all__ = ["Tensor", "no_grad", "PRIMITIVES", "load_model"]

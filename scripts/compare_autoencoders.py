@@ -14,8 +14,9 @@ import os
 
 
 import train_autoencoder
-from minivae import train
 from minivae.fileio import atomic_writer, write_json
+from minivae.flags import check_flags
+from minivae.run import plot_module
 
 QUICK = ["--limit", "2000", "--epochs", "2", "--hidden", "200", "--prior-epochs", "3"]
 COLUMNS = [("test_rec", "test rec (nats)"), ("test_neg_elbo", "test -ELBO"), ("test_iw_nll", "test IW NLL"),
@@ -39,8 +40,8 @@ def parse_args(argv=None):
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier comparison in --out")
     args = p.parse_args(argv)
-    train.check_flags(p, args, at_least_1=("epochs", "iw_samples", "shapes_epochs"),
-                      at_least_0=("iw_examples", "shapes_beta"))
+    check_flags(p, args, at_least_1=("epochs", "iw_samples", "shapes_epochs"),
+                at_least_0=("iw_examples", "shapes_beta"))
     return args
 
 
@@ -74,7 +75,7 @@ def main(argv=None):
         if model == "iaf":  # equal training time with the plain VAE, as many epochs as fit
             flags += ["--max-seconds", f"{vae_seconds:.3f}", "--epochs", "1000"]
         print(f"== {model}: train_autoencoder.py {' '.join(flags)}", flush=True)
-        metrics, trained, x_test = train_autoencoder.run(train_autoencoder.parse_args(flags), flags)
+        metrics, trained, x_test = train_autoencoder.train_model(train_autoencoder.parse_args(flags), flags)
         if model == "vae":
             vae_seconds = metrics["train_seconds"]
         rows.append({"model": model, "test_rec": metrics["test_rec"],
@@ -106,7 +107,7 @@ def main(argv=None):
     write_json(out("disentanglement.json"), {"config": {"epochs": int(flags[flags.index("--epochs") + 1]),
                                                         "seed": args.seed},
                                              "rows": shapes_rows})
-    plot = train.plot_module()
+    plot = plot_module()
     if plot is not None:
         plot.interpolation_grid([x_test[:10], *recon], out("comparison.png"),
                                 row_labels=["input", *train_autoencoder.MODELS],

@@ -26,10 +26,12 @@ import warnings
 import numpy as np
 
 import train_mnist_vae  # the sibling script: its load_data gives the test images the run was tested on
-from minivae import decoding, train
+from minivae import decoding
 from minivae.checkpoint import CheckpointError
 from minivae.engine import no_grad
 from minivae.fileio import atomic_writer
+from minivae.flags import RESULTS, finite_float
+from minivae.run import plot_module
 from minivae.saved import load_model
 from minivae.sentence_vae import SentenceVAE
 
@@ -53,17 +55,21 @@ def parse_args(argv=None):
     s.add_argument("--stdin", action="store_true", help="also reconstruct the sentences on stdin, one per line")
     s.add_argument("--interpolate", nargs=2, metavar=("A", "B"), help="the two sentences to interpolate "
                    "between (default: the first two to reconstruct)")
-    s.add_argument("--temperature", type=train.finite_float, default=1.0, help="softmax temperature of sampling")
+    s.add_argument("--temperature", type=finite_float, default=1.0, help="softmax temperature of sampling")
     s.add_argument("--beam-width", type=int, default=5, help="hypotheses kept by beam search")
     s.add_argument("--max-len", type=int, default=40, help="longest generated sentence (tokens)")
     args = p.parse_args(argv)
-    for flag, ok, rule in (("n", args.n >= 1, ">= 1"), ("seed", args.seed >= 0, ">= 0"), ("pair", min(args.pair) >= 0,
-                           ">= 0"), ("temperature", args.temperature > 0, "> 0"),
-                           ("beam_width", args.beam_width >= 1, ">= 1"), ("max_len", args.max_len >= 1, ">= 1")):
+    rules = [("n", args.n >= 1, ">= 1"),
+             ("seed", args.seed >= 0, ">= 0"),
+             ("pair", min(args.pair) >= 0, ">= 0"),
+             ("temperature", args.temperature > 0, "> 0"),
+             ("beam_width", args.beam_width >= 1, ">= 1"),
+             ("max_len", args.max_len >= 1, ">= 1")]
+    for flag, ok, rule in rules:
         if not ok:
             p.error(f"--{flag.replace('_', '-')} must be {rule} (got {getattr(args, flag)})")
     args.out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), "samples")
-    held = [name for name in train.RESULTS if os.path.isfile(os.path.join(args.out, name))]
+    held = [name for name in RESULTS if os.path.isfile(os.path.join(args.out, name))]
     if held:
         p.error(f"--out {args.out} holds a training run's results ({', '.join(held)}): choose another folder")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
@@ -91,33 +97,41 @@ def main(argv=None):
 
 def images(args, model, rng):
     """The PNGs of an image model; Gaussian means are shown clipped to [0, 1] (the titles say so)."""
-    plot = train.plot_module()
+    plot = plot_module()
     if plot is None:
         raise SystemExit('sample.py draws images with matplotlib: pip install "minivae[plot]"')
-    config, out = model.config, lambda name: os.path.join(args.out, name)
-    run = argparse.Namespace(**{**config, "data_dir": args.data_dir or config["data_dir"],
-                                "no_download": args.no_download or config["no_download"]})
+    config = model.config
+    trained_with = argparse.Namespace(**{**config, "data_dir": args.data_dir or config["data_dir"],
+                                         "no_download": args.no_download or config["no_download"]})
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # its lines speak of training
         warnings.simplefilter("ignore", UserWarning)
-        _, _, x_test, y_test, info = train_mnist_vae.load_data(run, np.dtype(config["dtype"]))
+        _, _, x_test, y_test, info = train_mnist_vae.load_data(trained_with, np.dtype(config["dtype"]))
     print(f"test images: {len(x_test)} from {'the bundled MNIST test set (held-out part)' if info['fallback'] else info['source_dir']}")
     if max(args.pair) >= len(x_test):
         raise SystemExit(f"--pair {args.pair[0]} {args.pair[1]}: there are {len(x_test)} test images (0..{len(x_test) - 1})")
     cond = getattr(model, "n_classes", 0) > 0
-    y = (lambda labels: np.asarray(labels)) if cond else (lambda labels: None)  # labels only for the CVAE
     clip = getattr(model, "likelihood", "bernoulli") == "gaussian"
-    mean_image = lambda z, labels: model.mean_image(model.decode(z, y(labels)))  # noqa: E731
 
-    plot.image_grid(model.sample(64, rng, y(np.arange(64) % 10)), out("samples.png"), clip=clip,
+    def output_path(name):
+        return os.path.join(args.out, name)
+
+    def y(labels):
+        """The labels as the model takes them: only a conditional VAE reads any."""
+        return np.asarray(labels) if cond else None
+
+    def mean_image(z, labels):
+        return model.mean_image(model.decode(z, y(labels)))
+
+    plot.image_grid(model.sample(64, rng, y(np.arange(64) % 10)), output_path("samples.png"), clip=clip,
                     title=f"64 samples from p(x|z{', y' if cond else ''}), z ~ N(0, I)")
     n = min(args.n, len(x_test))
-    plot.reconstructions(x_test[:n], model.reconstruct(x_test[:n], y(y_test[:n])), out("reconstructions.png"),
+    plot.reconstructions(x_test[:n], model.reconstruct(x_test[:n], y(y_test[:n])), output_path("reconstructions.png"),
                          n=n, clip=clip, title=f"The first {n} test images and their reconstructions")
     a, b = args.pair
     mu = model.encode(x_test[[a, b]], y(y_test[[a, b]]))[0].data  # (2, d)
     t = np.linspace(0, 1, 10, dtype=mu.dtype)[:, None]
     line = mean_image((1 - t) * mu[0] + t * mu[1], np.full(10, y_test[a]))
-    plot.interpolation_grid([np.concatenate([x_test[[a]], line, x_test[[b]]])], out("interpolation.png"), clip=clip,
+    plot.interpolation_grid([np.concatenate([x_test[[a]], line, x_test[[b]]])], output_path("interpolation.png"), clip=clip,
                             title=f"Test images {a} and {b} (ends), decoded between their means"
                             + (f", label {y_test[a]}" if cond else ""))
     mus = model.encode(x_test[:1000], y(y_test[:1000]))[0].data
@@ -128,12 +142,12 @@ def images(args, model, rng):
         z = np.repeat(mu[:1], len(sweep), axis=0)
         z[:, j] = sweep
         rows.append(mean_image(z, np.full(len(sweep), y_test[a])))
-    plot.interpolation_grid(rows, out("traversal.png"), row_labels=[f"z{j}" for j in dims], clip=clip,
+    plot.interpolation_grid(rows, output_path("traversal.png"), row_labels=[f"z{j}" for j in dims], clip=clip,
                             title=f"Latent traversal around test image {a}: z_j from -3 to 3")
     written = ["samples.png", "reconstructions.png", "interpolation.png", "traversal.png"]
     if cond:  # one row per class, one column per z: the same z, the same style
         z = rng.standard_normal((10, model.latent)).astype(mu.dtype)
-        plot.interpolation_grid([mean_image(z, np.full(10, c)) for c in range(10)], out("class_samples.png"),
+        plot.interpolation_grid([mean_image(z, np.full(10, c)) for c in range(10)], output_path("class_samples.png"),
                                 row_labels=range(10), clip=clip,
                                 title="p(x|z, y): one row per class y, one z ~ N(0, I) per column")
         written.append("class_samples.png")
@@ -143,9 +157,17 @@ def images(args, model, rng):
 def sentences(args, model, rng):
     """samples.txt, reconstructions.txt and interpolation.txt of a sentence model, also printed."""
     vocab, lowercase = model.vocab, model.config.get("lowercase", False)
-    show = lambda ids: " ".join(vocab.decode(ids)) or "(empty)"  # noqa: E731
-    encode = lambda s: vocab.encode((s.lower() if lowercase else s).split())  # noqa: E731
-    given = [s.strip() for s in args.sentence + (sys.stdin.read().splitlines() if args.stdin else []) if s.strip()]
+
+    def show(ids):
+        return " ".join(vocab.decode(ids)) or "(empty)"
+
+    def encode(sentence):
+        return vocab.encode((sentence.lower() if lowercase else sentence).split())
+
+    given = list(args.sentence)
+    if args.stdin:
+        given += sys.stdin.read().splitlines()
+    given = [s.strip() for s in given if s.strip()]
     z = rng.standard_normal((args.n, model.latent)).astype(model.to_logits.W.dtype)
     lines = []
     for method, kwargs in (("greedy", {}),

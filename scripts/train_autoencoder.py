@@ -14,11 +14,13 @@ import warnings
 
 import numpy as np
 
-from minivae import autoencoders, data, diagnostics, iaf, shapes, train, vqvae
+from minivae import autoencoders, data, diagnostics, flags, iaf, shapes, vqvae
+from minivae.allocator import reuse_freed_memory
 from minivae.engine import Tensor, no_grad
 from minivae.fileio import write_json
 from minivae.models import MLPVAE
 from minivae.optim import Adam
+from minivae.run import Run, plot_module, resume, stop_if_not_finite
 
 MODELS = ("ae", "dae", "sparse", "ksparse", "contractive", "vae", "beta_vae", "vqvae", "iaf")
 LATENT = {"ae": 32, "dae": 32, "sparse": 196, "ksparse": 256, "contractive": 64, "vae": 20,
@@ -69,13 +71,13 @@ def parse_args(argv=None):
     g.add_argument("--iw-samples", type=int, default=0, help="K of the importance-weighted test NLL "
                    "(vae, beta_vae, iaf; 0: skip)")
     g.add_argument("--iw-examples", type=int, default=1000, help="test images for the IW NLL (0: all)")
-    train.add_run_flags(p, out=None)
+    flags.add_run_flags(p, out=None)
     args = p.parse_args(argv)
     args.dataset = args.dataset or ("shapes" if args.model == "beta_vae" else "mnist")
     args.latent = args.latent or LATENT[args.model]
     args.beta = args.beta if args.beta is not None else (4.0 if args.model == "beta_vae" else 1.0)
     args.out = args.out or f"runs/{args.model}"
-    train.check_flags(p, args, at_least_1=("epochs", "batch_size", "latent", "hidden", "k", "n_codes",
+    flags.check_flags(p, args, at_least_1=("epochs", "batch_size", "latent", "hidden", "k", "n_codes",
                                            "code_dim", "made_hidden"), positive=("lr",),
                       at_least_0=("beta", "sparsity_weight", "contraction", "commitment", "prior_epochs",
                                   "iaf_steps", "iw_samples", "iw_examples", "limit", "max_seconds",
@@ -156,12 +158,15 @@ def evaluate(model, x, rng, args, batch_size=1000):
     with no_grad():
         if isinstance(model, vqvae.VQVAE):
             result["code_perplexity"] = vqvae.perplexity(model.codes(x), model.n_codes)
+            return result
+        if args.model in GENERATIVE:  # the posterior means
+            code = diagnostics.encode_all(model, x)[0]
+            threshold = 0.01
         else:
-            code = diagnostics.encode_all(model, x)[0] if args.model in GENERATIVE else \
-                np.concatenate([model.encode(Tensor(x[i:i + batch_size])).data for i in range(0, len(x), batch_size)])
-            threshold = 0.01 if args.model in GENERATIVE else 0.01 * code.var(0).mean()
-            result["active_units"] = diagnostics.active_units(code, threshold)[0]
-            result["code"] = code
+            code = np.concatenate([model.encode(Tensor(x[i:i + batch_size])).data for i in range(0, len(x), batch_size)])
+            threshold = 0.01 * code.var(0).mean()
+    result["active_units"] = diagnostics.active_units(code, threshold)[0]
+    result["code"] = code
     return result
 
 
@@ -192,11 +197,11 @@ def train_prior(model, x_train, args, dtype):
     return prior, history
 
 
-def run(args, argv=None):
+def train_model(args, argv=None):
     """Train as the flags say (argv: the command line, for the resume command); returns (metrics, model, x_test)."""
-    train.reuse_freed_memory()  # large temporaries without page faults (see its docstring)
-    session = train.Run(args, argv, __file__)  # the output folder, the last checkpoint, the clean stop
-    dtype, out = np.dtype(args.dtype), session.path
+    reuse_freed_memory()  # large temporaries without page faults (see its docstring)
+    run = Run(args, argv, __file__)  # the output folder, the last checkpoint, the clean stop
+    dtype = np.dtype(args.dtype)
     x_train, x_test, v_test, data_info = load_data(args, dtype)
     steps_per_epoch = -(-len(x_train) // args.batch_size)
     rng = np.random.default_rng(args.seed)
@@ -206,11 +211,11 @@ def run(args, argv=None):
     ema = vqvae.EMACodebook(model.codebook, args.ema_decay) if args.model == "vqvae" and args.ema else None
     params = [p for p in model.parameters() if ema is None or p is not model.codebook.E]
     optimizer = Adam(params, lr=args.lr)
-    config = train.run_config(args)
+    config = flags.run_config(args)
     history, step, start_epoch, seconds = [], 0, 0, 0.0
     usage = np.zeros(getattr(model, "n_codes", 1), int)  # vqvae: how often each code was chosen lately
     if args.resume:
-        state = train.resume(args.resume, args, ARCHITECTURE, model, optimizer, rng, ema=ema)
+        state = resume(args.resume, args, ARCHITECTURE, model, optimizer, rng, ema=ema)
         history, step, start_epoch, usage = state["history"], state["step"], state["epoch"], state["usage"]
         seconds = sum(r["seconds"] for r in history)
     elif args.model == "vqvae":  # start every code on an encoder output, where it will be used
@@ -218,14 +223,14 @@ def run(args, argv=None):
             z_e = model.encode(Tensor(x_train[:args.batch_size])).data
         vqvae.restart_dead_codes(model.codebook, np.zeros_like(usage), z_e, rng, ema)
 
-    with session.stop_cleanly():  # Ctrl-C or SIGTERM: say where, keep the last checkpoint, print how to resume
+    with run.stop_cleanly():  # Ctrl-C or SIGTERM: say where, keep the last checkpoint, print how to resume
         for epoch in range(start_epoch, args.epochs):
             t0, totals, n_seen, restarted = time.perf_counter(), {}, 0, 0
-            bar = session.progress(data.batches(len(x_train), args.batch_size, rng), steps_per_epoch, epoch, step)
+            bar = run.progress(data.batches(len(x_train), args.batch_size, rng), steps_per_epoch, epoch, step)
             for idx in bar:
                 x = x_train[idx]  # (B, 784)
                 objective, stats = loss(model, x, rng, args, step)
-                train.stop_if_not_finite(stats, step, session.last_checkpoint)  # before the update
+                stop_if_not_finite(stats, step, run.last_checkpoint)  # before the update
                 optimizer.zero_grad()
                 objective.backward()
                 optimizer.step()
@@ -251,11 +256,11 @@ def run(args, argv=None):
             if args.model == "vqvae":
                 record.update(dead_codes_restarted=restarted)
             history.append(record)
+            elbo = f"  test -ELBO {record['test_neg_elbo']:7.2f}" if "test_neg_elbo" in record else ""
             print(f"epoch {epoch + 1:3d}/{args.epochs}  train objective {record['train_objective']:8.2f}  "
-                  f"test rec {record['test_rec']:7.2f}" + (f"  test -ELBO {record['test_neg_elbo']:7.2f}"
-                  if "test_neg_elbo" in record else "") + f"  {record['seconds']:5.1f} s", flush=True)
-            session.save(model, optimizer, rng, config=config, step=step, epoch=epoch + 1,
-                         history=history, usage=usage, ema=None if ema is None else ema.state_dict())
+                  f"test rec {record['test_rec']:7.2f}{elbo}  {record['seconds']:5.1f} s", flush=True)
+            run.save(model, optimizer, rng, config=config, step=step, epoch=epoch + 1,
+                     history=history, usage=usage, ema=None if ema is None else ema.state_dict())
             if args.max_seconds and seconds > args.max_seconds:
                 print(f"stopping: --max-seconds {args.max_seconds:g} reached after {step} steps")
                 break
@@ -280,15 +285,15 @@ def run(args, argv=None):
         mig, gaps, _ = shapes.mutual_information_gap(code, np.concatenate([v_seen, v_test]))
         metrics.update(mig=mig, mig_per_factor=dict(zip(shapes.FACTORS, gaps.tolist())))
         print(f"mutual information gap (MIG): {mig:.3f}  per factor: {metrics['mig_per_factor']}")
-    write_json(out("metrics.json"), metrics)
+    write_json(run.path("metrics.json"), metrics)
     if not args.no_plots:
-        make_figures(args, out, model, x_test, test, prior)
+        make_figures(args, run.path, model, x_test, test, prior)
     print(f"wrote {args.out}/metrics.json, checkpoint.npz" + ("" if args.no_plots else " and figures"))
     return metrics, model, x_test
 
 
 def main(argv=None):
-    return run(parse_args(argv), argv)[0]
+    return train_model(parse_args(argv), argv)[0]
 
 
 def bar_chart(values, path, xlabel, ylabel, title):
@@ -304,28 +309,28 @@ def bar_chart(values, path, xlabel, ylabel, title):
     fig.savefig(path, dpi=100)
 
 
-def make_figures(args, out, model, x_test, test, prior):
+def make_figures(args, output_path, model, x_test, test, prior):
     """Reconstructions for all; samples, code units, code usage or traversals where they teach something."""
-    plot = train.plot_module()
+    plot = plot_module()
     if plot is None:
         return
     rng = np.random.default_rng([args.seed, 4])
     with no_grad():
-        plot.reconstructions(x_test[:10], model.reconstruct(x_test[:10]), out("reconstructions.png"), n=10)
+        plot.reconstructions(x_test[:10], model.reconstruct(x_test[:10]), output_path("reconstructions.png"), n=10)
         if args.model in ("vae", "beta_vae", "iaf"):
-            plot.image_grid(model.sample(64, rng), out("samples.png"), title="samples, z ~ N(0, I)")
+            plot.image_grid(model.sample(64, rng), output_path("samples.png"), title="samples, z ~ N(0, I)")
         if prior is not None:
             codes = prior.sample(64, rng)
-            plot.image_grid(model.mean_image(model.decode_codes(codes)), out("samples.png"),
+            plot.image_grid(model.mean_image(model.decode_codes(codes)), output_path("samples.png"),
                             title="codes sampled from the GRU prior, decoded")
             usage = np.bincount(model.codes(x_test).ravel(), minlength=model.n_codes)
-            bar_chart(usage / usage.sum(), out("code_usage.png"), "code k", "fraction of test codes",
+            bar_chart(usage / usage.sum(), output_path("code_usage.png"), "code k", "fraction of test codes",
                       f"code usage (perplexity {test['code_perplexity']:.1f} of {model.n_codes})")
         if args.model in ("sparse", "ksparse", "contractive"):
             order = np.argsort(-test["code"].var(0))[:64]  # the most variable code units
             W = model.encoder.layers[0].W.data[:, order].T  # (64, 784): their filters (one-layer encoders)
             lo, hi = W.min(1, keepdims=True), W.max(1, keepdims=True)
-            plot.image_grid((W - lo) / (hi - lo), out("filters.png"), title="encoder filters of the code units")
+            plot.image_grid((W - lo) / (hi - lo), output_path("filters.png"), title="encoder filters of the code units")
         if args.model in ("sparse", "ksparse"):  # what switching each unit on adds to the average code
             code = test["code"]
             order = np.argsort(-code.var(0))[:64]
@@ -334,14 +339,14 @@ def make_figures(args, out, model, x_test, test, prior):
             images = model.mean_image(model.decode(Tensor(h)))
             diff = images[1:] - images[0]
             lo, hi = diff.min(1, keepdims=True), diff.max(1, keepdims=True)
-            plot.image_grid((diff - lo) / np.maximum(hi - lo, 1e-8), out("code_units.png"),
+            plot.image_grid((diff - lo) / np.maximum(hi - lo, 1e-8), output_path("code_units.png"),
                             title="what each code unit adds to the average code's image")
         if args.model in ("vae", "beta_vae"):
             mu = test["code"]
             dims = np.argsort(-mu.var(0))[:10]
             rows = shapes.traversal(lambda z: model.mean_image(model.decode(Tensor(z.astype(mu.dtype)))),
                                     mu[0], dims, np.linspace(-3, 3, 9))
-            plot.interpolation_grid(rows, out("traversals.png"), row_labels=[f"z{j}" for j in dims],
+            plot.interpolation_grid(rows, output_path("traversals.png"), row_labels=[f"z{j}" for j in dims],
                                     title=f"latent traversals, z_j from -3 to 3 (beta = {args.beta:g})")
 
 

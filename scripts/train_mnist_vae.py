@@ -19,18 +19,20 @@ import warnings
 
 import numpy as np
 
-from minivae import data, diagnostics, schedules, train
+from minivae import data, diagnostics, flags, schedules
+from minivae.allocator import reuse_freed_memory
 from minivae.engine import no_grad
 from minivae.fileio import write_json
-from minivae.models import LEARNED_X_LOGVAR, MLPVAE, make_model  # noqa: F401  (MLPVAE: tests patch its loss here)
+from minivae.models import LEARNED_X_LOGVAR, make_model
 from minivae.optim import Adam, clip_grad_norm
+from minivae.run import Run, plot_module, progress, resume, stop_if_not_finite
 
 ARCHITECTURE = ("dataset", "hidden", "latent", "activation", "likelihood", "x_logvar", "conditional", "dtype")
 
 
 def x_logvar_flag(text):
     """argparse type of --x-logvar: learned-scalar, learned-pixel, or a finite number (fixed)."""
-    return text if text in LEARNED_X_LOGVAR else train.finite_float(text)
+    return text if text in LEARNED_X_LOGVAR else flags.finite_float(text)
 
 
 def parse_args(argv=None):
@@ -42,8 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--no-download", action="store_true", help="never use the network")
     p.add_argument("--epochs", type=int, default=10, help="passes over the training images (with --time-budget: at most)")
     p.add_argument("--batch-size", type=int, default=128, help="images per Adam step")
-    p.add_argument("--lr", type=train.finite_float, default=1e-3, help="Adam learning rate")
-    p.add_argument("--clip", type=train.finite_float, default=0.0, help="clip the gradient norm to this (0: off)")
+    p.add_argument("--lr", type=flags.finite_float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--clip", type=flags.finite_float, default=0.0, help="clip the gradient norm to this (0: off)")
     p.add_argument("--latent", type=int, default=20, help="latent dimensions d")
     p.add_argument("--hidden", type=int, nargs="+", default=[400], help="hidden layer sizes")
     p.add_argument("--activation", choices=["relu", "tanh", "softplus"], default="relu", help="hidden units' nonlinearity")
@@ -56,7 +58,7 @@ def parse_args(argv=None):
     p.add_argument("--binarize", choices=["none", "dynamic", "static", "threshold"], default="none",
                    help="none: grayscale in [0,1]; dynamic: resample Bernoulli(x) every batch; "
                    "static: sample once (seeded); threshold: x > 0.5")
-    train.add_kl_flags(p)
+    flags.add_kl_flags(p)
     p.add_argument("--output-bias", choices=["random", "data"], default="random", help="data: start the "
                    "decoder's output bias at the log-odds of the mean training image (its mean, Gaussian)")
     p.add_argument("--iw-train", type=int, default=1, help="train on the K-sample importance-weighted "
@@ -66,13 +68,13 @@ def parse_args(argv=None):
                    "3^i-epoch stages scaled to the run (steps, or the --time-budget)")
     p.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up over "
                    "this many steps (0: off)")
-    p.add_argument("--time-budget", type=train.finite_float, default=0.0, help="stop training after "
+    p.add_argument("--time-budget", type=flags.finite_float, default=0.0, help="stop training after "
                    "this many minutes of wall-clock (0: off; --epochs still caps the run), then evaluate")
     p.add_argument("--iw-samples", type=int, default=0, help="K for the importance-weighted test "
                    "NLL after training (0: skip; 5000 is the usual, and slow)")
     p.add_argument("--iw-examples", type=int, default=0, help="evaluate the IW NLL on this many test "
                    "images (0: all)")
-    train.add_run_flags(p, out="runs/mnist-vae")
+    flags.add_run_flags(p, out="runs/mnist-vae")
     p.set_defaults(model="mlp_vae")  # not a flag: the checkpoint's config names the model for load_model
     args = p.parse_args(argv)
     if args.likelihood != "gaussian" and args.x_logvar != "learned-scalar":
@@ -81,13 +83,15 @@ def parse_args(argv=None):
         p.error("--iw-train K > 1 trains on the importance-weighted bound, which has no free bits: drop --free-bits")
     if args.conditional and args.iw_samples:
         p.error("--iw-samples estimates log p(x) of an unconditional model; drop it with --conditional")
-    train.check_flags(p, args, at_least_1=("epochs", "batch_size", "latent", "hidden", "iw_train"), positive=("lr",),
+    flags.check_flags(p, args, at_least_1=("epochs", "batch_size", "latent", "hidden", "iw_train"),
+                      positive=("lr",),
                       at_least_0=("beta", "free_bits", "clip", "iw_samples", "iw_examples", "warmup_steps",
                                   "time_budget"))
-    try:  # an explicit --data-dir must be complete: the bundled fallback is for runs that asked for none
-        args.data_dir is None or data.check_data_dir(args.dataset, args.data_dir)
-    except data.DataError as err:
-        p.error(f"--data-dir: {err}")
+    if args.data_dir is not None:  # complete: the bundled fallback is for runs that asked for no folder
+        try:
+            data.check_data_dir(args.dataset, args.data_dir)
+        except data.DataError as err:
+            p.error(f"--data-dir: {err}")
     return args
 
 
@@ -110,19 +114,54 @@ def load_data(args, dtype):
     return x_train, y_train, x_test, y_test, info
 
 
+class TimeBudget:
+    """--time-budget: minutes of training over the whole run, a resumed run's epochs included (0: none).
+
+    A finished epoch counts with its recorded seconds (training and its test evaluation); the
+    epoch in progress counts from its start.
+    """
+
+    def __init__(self, minutes, history):
+        self.seconds = 60 * minutes
+        self.spent = sum(record["seconds"] for record in history)  # the finished epochs
+        self.epoch_start = None  # time.perf_counter() when the epoch in progress began
+
+    def start_epoch(self):
+        self.epoch_start = time.perf_counter()
+
+    def end_epoch(self):
+        """The seconds of the epoch that ends now, which count as spent from here on."""
+        seconds = time.perf_counter() - self.epoch_start
+        self.spent += seconds
+        self.epoch_start = None
+        return seconds
+
+    def elapsed(self):
+        """Seconds spent: the finished epochs' and the epoch in progress's so far."""
+        if self.epoch_start is None:
+            return self.spent
+        return self.spent + time.perf_counter() - self.epoch_start
+
+    def used(self):
+        """The fraction of the budget used (0 without a budget), for the learning-rate schedule."""
+        return self.elapsed() / self.seconds if self.seconds else 0.0
+
+    def is_over(self):
+        return self.seconds > 0 and self.elapsed() >= self.seconds
+
+
 def main(argv=None):
     args = parse_args(argv)
-    train.reuse_freed_memory()  # large temporaries without page faults (see its docstring)
+    reuse_freed_memory()  # large temporaries without page faults (see its docstring)
     dtype = np.dtype(args.dtype)
-    run = train.Run(args, argv, __file__)  # the output folder, the last checkpoint, the clean stop
-    out = run.path  # out(name) is the path of an output file
+    run = Run(args, argv, __file__)  # the output folder, the last checkpoint, the clean stop
     x_train, y_train, x_test, y_test, data_info = load_data(args, dtype)
     steps_per_epoch = -(-len(x_train) // args.batch_size)
     total_steps = args.epochs * steps_per_epoch
-    beta_fn = train.beta_schedule(args, total_steps)
+    beta_fn = flags.beta_schedule(args, total_steps)
 
     rng = np.random.default_rng(args.seed)
-    config = train.run_config(args)
+    config = flags.run_config(args)
     model = make_model(config, rng)
     if args.output_bias == "data":
         model.init_output_bias(x_train.mean(axis=0))
@@ -130,20 +169,20 @@ def main(argv=None):
     labels = {"y": y_test, "batch_size": len(x_test)} if args.conditional else {}  # for evaluate_elbo
     history, step, start_epoch = [], 0, 0
     if args.resume:
-        state = train.resume(args.resume, args, ARCHITECTURE, model, optimizer, rng)
+        state = resume(args.resume, args, ARCHITECTURE, model, optimizer, rng)
         history, step, start_epoch = state["history"], state["step"], state["epoch"]
 
-    budget = 60 * args.time_budget  # seconds of training (0: none); the epochs' times count against it
-    spent = sum(record["seconds"] for record in history)
+    budget = TimeBudget(args.time_budget, history)
     with run.stop_cleanly():  # Ctrl-C or SIGTERM: say where, keep the last checkpoint, print how to resume
         for epoch in range(start_epoch, args.epochs):
-            if budget and spent >= budget:
+            if budget.is_over():
                 break
-            t0, totals, n_seen = time.perf_counter(), {"neg_elbo": 0.0, "rec": 0.0, "kl": 0.0}, 0
+            budget.start_epoch()
+            totals, n_seen = {"neg_elbo": 0.0, "rec": 0.0, "kl": 0.0}, 0
             bar = run.progress(data.batches(len(x_train), args.batch_size, rng), steps_per_epoch, epoch, step)
             for idx in bar:
-                progress = max(step / total_steps, (spent + time.perf_counter() - t0) / budget if budget else 0.0)
-                optimizer.lr = schedules.learning_rate(args.lr_schedule, args.lr, progress, step, args.warmup_steps)
+                done = max(step / total_steps, budget.used())  # how far the run is, for the lr schedule
+                optimizer.lr = schedules.learning_rate(args.lr_schedule, args.lr, done, step, args.warmup_steps)
                 x = x_train[idx]  # (B, 784)
                 if args.binarize == "dynamic":
                     x = data.binarize(x, "dynamic", rng)
@@ -155,7 +194,7 @@ def main(argv=None):
                 else:
                     eps = rng.standard_normal((len(idx), args.latent)).astype(dtype)  # reparameterisation noise
                     objective, stats = model.loss(x, eps, beta, args.free_bits, args.free_bits_mode, y=y)
-                train.stop_if_not_finite(stats, step, run.last_checkpoint)  # before the update
+                stop_if_not_finite(stats, step, run.last_checkpoint)  # before the update
                 optimizer.zero_grad()
                 objective.backward()
                 if args.clip:
@@ -167,16 +206,15 @@ def main(argv=None):
                 n_seen += len(idx)
                 bar.set_postfix(neg_elbo=f"{totals['neg_elbo'] / n_seen:.2f}", beta=f"{beta:.3f}",
                                 lr=f"{optimizer.lr:.2g}")
-                if budget and spent + time.perf_counter() - t0 >= budget:  # out of time: evaluate this epoch
+                if budget.is_over():  # out of time: evaluate this epoch
                     break
 
             test = diagnostics.evaluate_elbo(model, x_test, np.random.default_rng([args.seed, epoch, 1]), **labels)
+            seconds = budget.end_epoch()
             record = {"epoch": epoch + 1, "train_neg_elbo": totals["neg_elbo"] / n_seen,
                       "train_rec": totals["rec"] / n_seen, "train_kl": totals["kl"] / n_seen,
                       "test_neg_elbo": test["neg_elbo"], "test_rec": test["rec"], "test_kl": test["kl"],
-                      "beta": beta_fn(step - 1), "lr": optimizer.lr, "steps": step,
-                      "seconds": time.perf_counter() - t0}
-            spent += record["seconds"]
+                      "beta": beta_fn(step - 1), "lr": optimizer.lr, "steps": step, "seconds": seconds}
             history.append(record)
             print(f"epoch {epoch + 1:3d}/{args.epochs}  train -ELBO {record['train_neg_elbo']:8.2f}  "
                   f"test -ELBO {record['test_neg_elbo']:8.2f}  rec {record['test_rec']:7.2f}  "
@@ -184,10 +222,13 @@ def main(argv=None):
                   flush=True)
             run.save(model, optimizer, rng, config=config, step=step, epoch=epoch + 1, history=history)
 
-        if budget and spent >= budget:
+        if budget.is_over():
             print(f"time budget of {args.time_budget:g} min used after {len(history)} epochs ({step} steps)")
         with no_grad():
-            mu = model.encode(x_test, y_test)[0].data if args.conditional else diagnostics.encode_all(model, x_test)[0]
+            if args.conditional:
+                mu = model.encode(x_test, y_test)[0].data
+            else:
+                mu = diagnostics.encode_all(model, x_test)[0]
         n_active, _ = diagnostics.active_units(mu)
         iw_nll = None
         if args.iw_samples:
@@ -199,12 +240,12 @@ def main(argv=None):
                   f"{iw_nll:.2f} nats ({time.perf_counter() - t0:.0f} s)")
         print(f"active units: {n_active} of {args.latent}")
         final_kl = diagnostics.evaluate_elbo(model, x_test, np.random.default_rng([args.seed, 3]), **labels)["kl_per_dim"]
-        write_json(out("metrics.json"), {
+        write_json(run.path("metrics.json"), {
             "config": config, "data": data_info, "epochs": history, "test_iw_nll": iw_nll,
             "iw_samples": args.iw_samples or None, "active_units": n_active,
             "kl_per_dim": [float(v) for v in final_kl]})
         if not args.no_plots:
-            make_figures(args, out, model, x_test, y_test, mu, history, beta_fn, steps_per_epoch, final_kl)
+            make_figures(args, run.path, model, x_test, y_test, mu, history, beta_fn, steps_per_epoch, final_kl)
         print(f"wrote {args.out}/metrics.json, checkpoint.npz" + ("" if args.no_plots else " and figures"))
     return history
 
@@ -213,7 +254,7 @@ def iw_progress(args):
     """Progress of the IW evaluation: a bar on a terminal, else a line at every tenth of the batches."""
     def wrap(batches, total):
         if not args.no_progress and sys.stderr.isatty():
-            yield from train.progress(batches, total, "IW test NLL")
+            yield from progress(batches, total, "IW test NLL")
             return
         t0 = time.perf_counter()
         for i, batch in enumerate(batches):
@@ -223,42 +264,44 @@ def iw_progress(args):
     return wrap
 
 
-def make_figures(args, out, model, x_test, y_test, mu, history, beta_fn, steps_per_epoch, kl_per_dim):
+def make_figures(args, output_path, model, x_test, y_test, mu, history, beta_fn, steps_per_epoch, kl_per_dim):
     """The PNGs: samples, reconstructions, curves, beta schedule, latent space, and interpolations
     (unconditional) or one row of samples per class (conditional).
 
     A Gaussian decoder's means are unbounded: its pictures show them clipped to [0, 1], and say so.
     """
-    plot = train.plot_module()
+    plot = plot_module()
     if plot is None:
         return
     rng = np.random.default_rng([args.seed, 4])
     clip = args.likelihood == "gaussian"
-    y = (lambda labels: labels) if args.conditional else (lambda labels: None)  # labels only for the CVAE
+    sample_labels, test_labels = np.arange(64) % 10, y_test[:10]
+    if not args.conditional:  # only the conditional VAE reads labels
+        sample_labels, test_labels = None, None
     with no_grad():
-        plot.image_grid(model.sample(64, rng, y(np.arange(64) % 10)), out("samples.png"), clip=clip,
+        plot.image_grid(model.sample(64, rng, sample_labels), output_path("samples.png"), clip=clip,
                         title="samples from p(x|z" + ", y" * args.conditional + "), z ~ N(0, I)")
-        plot.reconstructions(x_test[:10], model.reconstruct(x_test[:10], y(y_test[:10])),
-                             out("reconstructions.png"), n=10, clip=clip)
-        plot.latent_scatter(mu[:5000], y_test[:5000], out("latent.png"), title="posterior means of test images")
+        plot.reconstructions(x_test[:10], model.reconstruct(x_test[:10], test_labels),
+                             output_path("reconstructions.png"), n=10, clip=clip)
+        plot.latent_scatter(mu[:5000], y_test[:5000], output_path("latent.png"), title="posterior means of test images")
         if args.conditional:  # one row per class, one column per z: the same z, the same style
             z = rng.standard_normal((10, args.latent)).astype(mu.dtype)
             rows = [model.mean_image(model.decode(z, np.full(10, c))) for c in range(10)]
-            plot.interpolation_grid(rows, out("class_samples.png"), row_labels=range(10), clip=clip,
+            plot.interpolation_grid(rows, output_path("class_samples.png"), row_labels=range(10), clip=clip,
                                     title="p(x|z, y): one row per class y, one z ~ N(0, I) per column")
         else:  # interpolate between the posterior means of the first test images of digits 0->1, 2->3, ...
             first = {int(label): i for i, label in reversed(list(enumerate(y_test)))}
             pairs = [(first[a], first[a + 1]) for a in range(0, 9, 2) if a in first and a + 1 in first]
             steps = np.linspace(0, 1, 10, dtype=mu.dtype)[:, None]
             rows = [model.mean_image(model.decode((1 - steps) * mu[a] + steps * mu[b])) for a, b in pairs]
-            plot.interpolation_grid(rows, out("interpolation.png"), title="interpolating between posterior means",
+            plot.interpolation_grid(rows, output_path("interpolation.png"), title="interpolating between posterior means",
                                     clip=clip)
         if args.latent == 2 and not args.conditional:
-            plot.latent_grid(lambda z: model.mean_image(model.decode(z.astype(mu.dtype))), out("latent_grid.png"),
+            plot.latent_grid(lambda z: model.mean_image(model.decode(z.astype(mu.dtype))), output_path("latent_grid.png"),
                              clip=clip)
-    plot.training_curves(history, out("curves.png"))
-    plot.beta_schedule(beta_fn, args.epochs * steps_per_epoch, out("beta_schedule.png"))
-    plot.kl_per_dim(kl_per_dim, out("kl_per_dim.png"), threshold=args.free_bits or None,
+    plot.training_curves(history, output_path("curves.png"))
+    plot.beta_schedule(beta_fn, args.epochs * steps_per_epoch, output_path("beta_schedule.png"))
+    plot.kl_per_dim(kl_per_dim, output_path("kl_per_dim.png"), threshold=args.free_bits or None,
                     threshold_label="free bits")
 
 

@@ -19,13 +19,15 @@ import time
 
 import numpy as np
 
-from minivae import diagnostics, text, train
+from minivae import diagnostics, flags, text
+from minivae.allocator import reuse_freed_memory
 from minivae.collapse import MDR, SoftFreeBits, contiguous_dropout, word_dropout
 from minivae.distributions import sample_gaussian
 from minivae.engine import no_grad
 from minivae.fileio import write_json
 from minivae.layers import dropout_mask
 from minivae.optim import Adam, clip_grad_norm
+from minivae.run import Run, plot_module, resume, stop_if_not_finite
 from minivae.saved import sentence_model
 from minivae.text_diagnostics import (encode_sentences, factor_probe, greedy_reconstructions,
                                       reconstruction_scores, write_text_outputs)
@@ -39,7 +41,7 @@ PROBE_TRAIN = 5000  # training sentences on which the factor probes are trained 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    finite = train.finite_float  # a float type that refuses nan and inf
+    finite = flags.finite_float  # a float type that refuses nan and inf
     d = p.add_argument_group("data")
     d.add_argument("--corpus", default="toy", help="'toy' or a UTF-8 file, one sentence per line")
     d.add_argument("--valid-corpus", help="validation file (else 5%% of --corpus is held out)")
@@ -70,7 +72,7 @@ def parse_args(argv=None):
     t.add_argument("--bucket", type=int, default=50, help="sort by length within pools of this many "
                    "batches to cut padding (0: plain shuffling)")
     r = p.add_argument_group("posterior-collapse remedies (all off by default)")
-    train.add_kl_flags(r)
+    flags.add_kl_flags(r)
     r.add_argument("--ha-bits", type=finite, default=0.0, help="HA bits lambda: floor on the KL averaged "
                    "over batch and dimensions, nats per dimension")
     r.add_argument("--soft-free-bits", type=finite, default=0.0, metavar="TARGET", help="soft free bits: "
@@ -96,10 +98,10 @@ def parse_args(argv=None):
     o.add_argument("--eval-batch-size", type=int, default=200, help="sentences per batch when evaluating (memory, not results)")
     o.add_argument("--n-samples", type=int, default=10, help="sentences in samples.txt etc.")
     o.add_argument("--max-gen-len", type=int, default=40, help="longest generated sentence (tokens)")
-    train.add_run_flags(o, out="runs/text-vae")
+    flags.add_run_flags(o, out="runs/text-vae")
     p.set_defaults(model="sentence_vae")  # not a flag: the checkpoint's config names the model for load_model
     args = p.parse_args(argv)
-    train.check_flags(p, args, positive=("lr", "sfb_rate", "mdr_lr"), in_0_1=("word_dropout", "contiguous_dropout"),
+    flags.check_flags(p, args, positive=("lr", "sfb_rate", "mdr_lr"), in_0_1=("word_dropout", "contiguous_dropout"),
                       at_least_1=("epochs", "batch_size", "latent", "embedding", "hidden", "toy_sentences",
                                   "eval_batch_size", "max_gen_len", "bow_hidden", "n_samples"),
                       at_least_0=("beta", "free_bits", "ha_bits", "clip", "soft_free_bits", "mdr", "bn_vae",
@@ -149,10 +151,10 @@ def load_data(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    train.reuse_freed_memory()  # large temporaries without page faults (see its docstring)
+    reuse_freed_memory()  # large temporaries without page faults (see its docstring)
     dtype = np.dtype(args.dtype)
-    run = train.Run(args, argv, __file__)  # the output folder, the last checkpoint, the clean stop
-    out, data = run.path, load_data(args)  # out(name) is the path of an output file
+    run = Run(args, argv, __file__)  # the output folder, the last checkpoint, the clean stop
+    data = load_data(args)
     vocab = data.vocab
     print(f"corpus {args.corpus}: {text.describe(data)}")  # with a WARNING if valid/test words are unknown
     uses_bn = args.bn_vae > 0 or args.bn_vae_tau is not None
@@ -160,20 +162,21 @@ def main(argv=None):
     n_train_batches = len(data.train) // args.batch_size if uses_bn else -(-len(data.train) // args.batch_size)
     if n_train_batches < 1:
         raise SystemExit(f"--batch-size {args.batch_size} is larger than the {len(data.train)} training sentences")
-    beta_fn = train.beta_schedule(args, args.epochs * n_train_batches)
+    beta_fn = flags.beta_schedule(args, args.epochs * n_train_batches)
     word_p = 1.0 if args.historyless else args.word_dropout
 
     rng = np.random.default_rng(args.seed)
     model = sentence_model(vars(args), len(vocab), rng)  # the one construction load_model uses too
     optimizer = Adam(model.parameters(), lr=args.lr)
-    sfb = SoftFreeBits(args.soft_free_bits, args.sfb_rate, weight=0.1 * args.beta,
-                       max_weight=args.beta) if args.soft_free_bits else None
+    sfb = None
+    if args.soft_free_bits:
+        sfb = SoftFreeBits(args.soft_free_bits, args.sfb_rate, weight=0.1 * args.beta, max_weight=args.beta)
     mdr = MDR(args.mdr, args.mdr_lr) if args.mdr else None
-    config = train.run_config(args)
+    config = flags.run_config(args)
     history, step, start_epoch, train_tokens, train_seconds = [], 0, 0, 0.0, 0.0
     if args.resume:
-        state = train.resume(args.resume, args, ARCHITECTURE, model, optimizer, rng, same={"vocab": vocab.to_dict()},
-                             needs=("train_tokens", "train_seconds"), soft_free_bits=sfb, mdr=mdr)
+        state = resume(args.resume, args, ARCHITECTURE, model, optimizer, rng, same={"vocab": vocab.to_dict()},
+                       needs=("train_tokens", "train_seconds"), soft_free_bits=sfb, mdr=mdr)
         history, step, start_epoch = state["history"], state["step"], state["epoch"]
         train_tokens, train_seconds = state["train_tokens"], state["train_seconds"]
     print(f"SentenceVAE with {model.num_parameters():,} parameters")
@@ -195,7 +198,7 @@ def main(argv=None):
                     batch, eps, beta, args.free_bits, args.free_bits_mode, args.ha_bits,
                     mdr_rate=args.mdr, mdr_multiplier=mdr.multiplier if mdr else 0.0, bow_weight=args.bow,
                     dec_in=dec_in, emb_mask=emb_mask, training=True)
-                train.stop_if_not_finite(stats, step, run.last_checkpoint)  # before the update
+                stop_if_not_finite(stats, step, run.last_checkpoint)  # before the update
                 optimizer.zero_grad()
                 objective.backward()
                 if args.clip:
@@ -236,12 +239,13 @@ def main(argv=None):
         tokens_per_sec = train_tokens / train_seconds if train_seconds > 0 else None
         print(f"test  NLL {test['nll']:.2f}  KL {test['kl']:.2f}  PPL {test['ppl']:.2f}  AU {test['active_units']} "
               f"of {args.latent}  MI {test['mi']:.2f}   training speed {tokens_per_sec or 0:,.0f} tokens/s")
+        probes = ""
+        for name, r in (test["factor_accuracy"] or {}).items():
+            probes += (f"  |  {name} probe {100 * r['accuracy']:.1f}% on mu, {100 * r['accuracy_z']:.1f}% on z "
+                       f"(chance {100 * r['chance']:.1f}%)")
         print(f"test  greedy reconstruction: {100 * test['recon_accuracy']:.1f}% exact, Levenshtein "
-              f"{test['levenshtein']:.2f} words" + "".join(
-                  f"  |  {name} probe {100 * r['accuracy']:.1f}% on mu, {100 * r['accuracy_z']:.1f}% on z "
-                  f"(chance {100 * r['chance']:.1f}%)"
-                  for name, r in (test["factor_accuracy"] or {}).items()))
-        write_json(out("metrics.json"), {
+              f"{test['levenshtein']:.2f} words{probes}")
+        write_json(run.path("metrics.json"), {
             "config": config, "data": data.info, "epochs": history,
             "test": {k: test[k] for k in ("nll", "kl", "ppl", "neg_elbo", "active_units", "mi", "recon_accuracy",
                                           "levenshtein", "factor_accuracy")},
@@ -249,7 +253,7 @@ def main(argv=None):
         write_text_outputs(model, data.vocab, data.test, args.out, np.random.default_rng([args.seed, 4]),
                            n=args.n_samples, max_len=args.max_gen_len)
         if not args.no_plots:
-            make_figures(args, out, data, history, test, beta_fn, n_train_batches)
+            make_figures(args, run.path, data, history, test, beta_fn, n_train_batches)
         print(f"wrote {args.out}/metrics.json, samples.txt, reconstructions.txt, interpolations.txt, checkpoint.npz"
               + ("" if args.no_plots else " and figures"))
     return history
@@ -333,17 +337,17 @@ def text_diagnostics(model, data, args):
     return {"recon_accuracy": recon_accuracy, "levenshtein": distance, "factor_accuracy": probes}
 
 
-def make_figures(args, out, data, history, test, beta_fn, steps_per_epoch):
+def make_figures(args, output_path, data, history, test, beta_fn, steps_per_epoch):
     """The PNGs: curves, KL per dimension, beta schedule, and (toy corpus) the latent space by topic."""
-    plot = train.plot_module()
+    plot = plot_module()
     if plot is None:
         return
-    plot.text_curves(history, out("curves.png"))
-    plot.kl_per_dim(test["kl_per_dim"], out("kl_per_dim.png"), threshold=args.free_bits or args.ha_bits or None,
+    plot.text_curves(history, output_path("curves.png"))
+    plot.kl_per_dim(test["kl_per_dim"], output_path("kl_per_dim.png"), threshold=args.free_bits or args.ha_bits or None,
                     threshold_label="free bits" if args.free_bits else "HA bits")
-    plot.beta_schedule(beta_fn, args.epochs * steps_per_epoch, out("beta_schedule.png"))
+    plot.beta_schedule(beta_fn, args.epochs * steps_per_epoch, output_path("beta_schedule.png"))
     if data.factors is not None and args.latent >= 2:
-        plot.latent_scatter(test["mu"], data.factors["test"]["topic"], out("latent.png"),
+        plot.latent_scatter(test["mu"], data.factors["test"]["topic"], output_path("latent.png"),
                             title="posterior means of test sentences, by topic")
 
 

@@ -13,8 +13,8 @@ import pytest
 
 import minivae.engine as engine
 import minivae.ops as ops
-import minivae.train as train
 from minivae import Tensor, data
+from minivae.allocator import reuse_freed_memory
 from minivae.models import MLPVAE
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts" / "bench"))  # benchmark.py imports its siblings
@@ -67,7 +67,7 @@ def test_tiny_benchmark_run_writes_every_number(tmp_path, capsys):
         assert 0 < r["optimizer_seconds"] < r["seconds"]
         # every framework's worker ran with the same allocator setting
         assert {report[workload][f]["reuse_freed_memory"] for f in ("minivae", "numpy", "autograd")} == {
-            train.reuse_freed_memory()}
+            reuse_freed_memory()}
     assert report["settings"]["reuse_freed_memory"] is True
     assert benchmark.parse_args(["--default-malloc"]).default_malloc
     printed = capsys.readouterr().out

@@ -1,6 +1,6 @@
 """The reading order is one list, and true: minivae/__init__.py, the README's module map and
 docs/guide.md name the same modules in the same order, every module is in it, and each module
-imports only modules above it."""
+imports only modules above it. The README stays short: at most 150 lines, two Quickstart commands."""
 import ast
 import re
 from pathlib import Path
@@ -74,3 +74,16 @@ def test_every_command_line_option_says_what_it_does():
                     and not any(k.arg == "help" for k in node.keywords)):
                 silent.append(f"{path.name}:{node.lineno} {ast.unparse(node.args[0]) if node.args else ''}")
     assert not silent, "options without help=: " + ", ".join(silent)
+
+
+def test_the_readme_stays_within_150_lines():
+    """The README is the front door: the detail lives in docs/, linked from it."""
+    n = len((ROOT / "README.md").read_text().splitlines())
+    assert n <= 150, f"README.md has {n} lines (at most 150; move the detail to docs/)"
+
+
+def test_the_quickstart_has_exactly_two_commands():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Quickstart"):readme.index("## How the code is organised")]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    assert len(block.strip().splitlines()) == 2, block

@@ -12,6 +12,8 @@ import pytest
 
 from minivae import schedules
 from minivae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from minivae.models import MLPVAE
+from minivae.optim import Adam
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_mnist_vae.py"
 spec = importlib.util.spec_from_file_location("train_mnist_vae", SCRIPT)
@@ -86,7 +88,7 @@ def test_resume_refuses_a_different_architecture_or_a_corrupt_file(tmp_path, cap
 
 def test_nan_stops_training_naming_step_and_term_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     run = tmp_path / "run"
-    real_loss = train_mnist_vae.MLPVAE.loss
+    real_loss = MLPVAE.loss
     calls = {"n": 0}
 
     def loss_that_goes_nan(self, *args, **kwargs):
@@ -95,7 +97,7 @@ def test_nan_stops_training_naming_step_and_term_and_keeps_last_checkpoint(tmp_p
         if calls["n"] == 45 and len(args[0]) == 200:  # step 44, in epoch 2 (40 steps per epoch)
             stats = {**stats, "kl": float("nan")}
         return objective, stats
-    monkeypatch.setattr(train_mnist_vae.MLPVAE, "loss", loss_that_goes_nan)
+    monkeypatch.setattr(MLPVAE, "loss", loss_that_goes_nan)
     with pytest.raises(SystemExit, match="step 44: the kl term is nan"):
         train_mnist_vae.main(TINY + ["--epochs", "3", "--out", str(run), "--no-plots"])
     assert load_checkpoint(run / "checkpoint.npz")["epoch"] == 1  # the last good one survives
@@ -190,6 +192,19 @@ def test_time_budget_stops_training_and_still_evaluates(tmp_path, capsys):
     assert load_checkpoint(out / "checkpoint.npz")["step"] == history[0]["steps"]
 
 
+def test_the_time_budget_counts_resumed_epochs_and_the_epoch_in_progress(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr(train_mnist_vae.time, "perf_counter", lambda: clock[0])
+    budget = train_mnist_vae.TimeBudget(1.0, history=[{"seconds": 30.0}, {"seconds": 15.0}])
+    assert budget.used() == pytest.approx(45 / 60) and not budget.is_over()
+    budget.start_epoch()
+    clock[0] += 15.0  # the epoch in progress reaches the minute
+    assert budget.used() == pytest.approx(1.0) and budget.is_over()
+    assert budget.end_epoch() == pytest.approx(15.0) and budget.spent == pytest.approx(60.0)
+    unlimited = train_mnist_vae.TimeBudget(0.0, history=[{"seconds": 1e9}])
+    assert unlimited.used() == 0.0 and not unlimited.is_over()
+
+
 def test_learning_on_bundled_digits(tmp_path):
     """Real training on real digits must beat, by far, the best model that ignores z.
 
@@ -247,7 +262,7 @@ def test_a_nan_gradient_with_a_finite_loss_stops_like_the_nan_stop(tmp_path, mon
     """The optimiser refuses a step whose gradients are not finite; the script stops cleanly,
     naming the step and the parameter, and keeps the last good checkpoint."""
     run = tmp_path / "run"
-    real_step = train_mnist_vae.Adam.step
+    real_step = Adam.step
     calls = {"n": 0}
 
     def step_with_a_nan_gradient(self):
@@ -255,7 +270,7 @@ def test_a_nan_gradient_with_a_finite_loss_stops_like_the_nan_stop(tmp_path, mon
         if calls["n"] == 45:  # step 44, in epoch 2 (40 steps per epoch)
             self.params[0].grad[0] = np.nan
         real_step(self)
-    monkeypatch.setattr(train_mnist_vae.Adam, "step", step_with_a_nan_gradient)
+    monkeypatch.setattr(Adam, "step", step_with_a_nan_gradient)
     with pytest.raises(SystemExit, match=r"step 44: params\[0\] .* NaN or infinite gradient entries; no "
                                          r"parameter was updated.*Last good checkpoint: .*checkpoint.npz"):
         train_mnist_vae.main(TINY + ["--epochs", "3", "--out", str(run), "--no-plots"])

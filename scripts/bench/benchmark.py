@@ -60,7 +60,7 @@ import bench_workloads
 from bench_workloads import CONFIGS, GRU_LARGE, MLP
 from minivae import data
 from minivae.fileio import write_json
-from minivae.train import reuse_freed_memory
+from minivae.allocator import reuse_freed_memory
 
 FRAMEWORKS = ("minivae", "numpy", "autograd", "torch")
 TITLES = {"minivae": "minivae", "numpy": "NumPy by hand", "autograd": "HIPS autograd", "torch": "PyTorch"}
@@ -101,7 +101,7 @@ def parse_args(argv=None):
     p.add_argument("--rtol", type=float, default=2e-3, help="largest relative loss difference that agrees")
     p.add_argument("--torch-gru", choices=["padded", "packed"], default="padded", help="gru: nn.GRU on the "
                    "padded batch (faster, same function) or through pack_padded_sequence (always, on gru_large)")
-    p.add_argument("--default-malloc", action="store_true", help="skip minivae.train.reuse_freed_memory(), "
+    p.add_argument("--default-malloc", action="store_true", help="skip minivae.allocator.reuse_freed_memory(), "
                    "which every worker calls first by default, as the training scripts do")
     p.add_argument("--seed", type=int, default=0, help="seed of the data, the batches and the initial weights")
     p.add_argument("--out", help="write the results as JSON to this file")
