@@ -141,8 +141,8 @@ class MLPVAE(Module):
 def make_model(config, rng=None):
     """The MLPVAE that a run of scripts/train_mnist_vae.py with these flags (a dict, as saved) trains.
 
-    Reads hidden, latent, activation, likelihood, x_logvar, conditional and dtype; the last three
-    default to the values of runs made before those flags existed.
+    Reads hidden, latent, activation, likelihood, x_logvar, conditional and dtype; a config without
+    the last three gets their defaults (learned-scalar, unconditional, float32).
     """
     n_classes = 10 if config.get("conditional") else 0  # MNIST and Fashion-MNIST both have 10 classes
     return MLPVAE(784, config["hidden"], config["latent"], config["activation"], config["likelihood"],

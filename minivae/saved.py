@@ -43,7 +43,7 @@ BUILDERS = {  # the config's "model" -> a function of the checkpoint's state bui
 
 
 def model_kind(state):
-    """The config's "model" entry; for checkpoints written before it existed, what their entries say."""
+    """The config's "model" entry; for a config without one, what the checkpoint's entries say."""
     config = state["config"]
     if "model" in config:
         return config["model"]

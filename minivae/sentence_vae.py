@@ -113,7 +113,7 @@ class SentenceVAE(Module):
         x = self.decoder_inputs(z, dec_in, emb_mask)
         h, _ = self._run_rnn(self.decoder_rnn, x, lengths, self.initial_state(z))   # (B, T, H)
         B, T, H = h.shape
-        # One (B*T, H) @ (H, V) product: a batched 3-D matmul is several times slower in NumPy.
+        # One (B*T, H) @ (H, V) product, one BLAS call; NumPy runs a (B, T, H) @ (H, V) matmul as B products.
         return self.to_logits(h.reshape(B * T, H)).reshape(B, T, self.vocab_size)   # (B, T, V)
 
     def log_likelihood(self, logits, dec_target, mask):
