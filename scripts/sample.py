@@ -106,7 +106,8 @@ def images(args, model, rng):
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):  # its lines speak of training
         warnings.simplefilter("ignore", UserWarning)
         _, _, x_test, y_test, info = train_mnist_vae.load_data(trained_with, np.dtype(config["dtype"]))
-    print(f"test images: {len(x_test)} from {'the bundled MNIST test set (held-out part)' if info['fallback'] else info['source_dir']}")
+    source = "the bundled MNIST test set (held-out part)" if info["fallback"] else info["source_dir"]
+    print(f"test images: {len(x_test)} from {source}")
     if max(args.pair) >= len(x_test):
         raise SystemExit(f"--pair {args.pair[0]} {args.pair[1]}: there are {len(x_test)} test images (0..{len(x_test) - 1})")
     cond = getattr(model, "n_classes", 0) > 0
@@ -125,14 +126,15 @@ def images(args, model, rng):
     plot.image_grid(model.sample(64, rng, y(np.arange(64) % 10)), output_path("samples.png"), clip=clip,
                     title=f"64 samples from p(x|z{', y' if cond else ''}), z ~ N(0, I)")
     n = min(args.n, len(x_test))
-    plot.reconstructions(x_test[:n], model.reconstruct(x_test[:n], y(y_test[:n])), output_path("reconstructions.png"),
-                         n=n, clip=clip, title=f"The first {n} test images and their reconstructions")
+    plot.reconstructions(x_test[:n], model.reconstruct(x_test[:n], y(y_test[:n])),
+                         output_path("reconstructions.png"), n=n, clip=clip,
+                         title=f"The first {n} test images and their reconstructions")
     a, b = args.pair
     mu = model.encode(x_test[[a, b]], y(y_test[[a, b]]))[0].data  # (2, d)
     t = np.linspace(0, 1, 10, dtype=mu.dtype)[:, None]
     line = mean_image((1 - t) * mu[0] + t * mu[1], np.full(10, y_test[a]))
-    plot.interpolation_grid([np.concatenate([x_test[[a]], line, x_test[[b]]])], output_path("interpolation.png"), clip=clip,
-                            title=f"Test images {a} and {b} (ends), decoded between their means"
+    plot.interpolation_grid([np.concatenate([x_test[[a]], line, x_test[[b]]])], output_path("interpolation.png"),
+                            clip=clip, title=f"Test images {a} and {b} (ends), decoded between their means"
                             + (f", label {y_test[a]}" if cond else ""))
     mus = model.encode(x_test[:1000], y(y_test[:1000]))[0].data
     dims = np.argsort(-mus.var(axis=0))[:8]  # the most used dimensions first: Var_x E[z_j|x]
@@ -147,8 +149,8 @@ def images(args, model, rng):
     written = ["samples.png", "reconstructions.png", "interpolation.png", "traversal.png"]
     if cond:  # one row per class, one column per z: the same z, the same style
         z = rng.standard_normal((10, model.latent)).astype(mu.dtype)
-        plot.interpolation_grid([mean_image(z, np.full(10, c)) for c in range(10)], output_path("class_samples.png"),
-                                row_labels=range(10), clip=clip,
+        rows = [mean_image(z, np.full(10, c)) for c in range(10)]
+        plot.interpolation_grid(rows, output_path("class_samples.png"), row_labels=range(10), clip=clip,
                                 title="p(x|z, y): one row per class y, one z ~ N(0, I) per column")
         written.append("class_samples.png")
     return written
@@ -169,13 +171,15 @@ def sentences(args, model, rng):
         given += sys.stdin.read().splitlines()
     given = [s.strip() for s in given if s.strip()]
     z = rng.standard_normal((args.n, model.latent)).astype(model.to_logits.W.dtype)
+    methods = [("greedy", {}),
+               (f"sampling, temperature {args.temperature:g}",
+                {"method": "sample", "rng": rng, "temperature": args.temperature}),
+               (f"beam search, width {args.beam_width}", {"method": "beam", "beam_width": args.beam_width})]
     lines = []
-    for method, kwargs in (("greedy", {}),
-                           (f"sampling, temperature {args.temperature:g}",
-                            {"method": "sample", "rng": rng, "temperature": args.temperature}),
-                           (f"beam search, width {args.beam_width}", {"method": "beam", "beam_width": args.beam_width})):
-        lines += [f"# z ~ N(0, I), {method} decoding"]
-        lines += [show(ids) for ids in decoding.generate(model, z, max_len=args.max_len, **kwargs)] + [""]
+    for method, kwargs in methods:
+        lines.append(f"# z ~ N(0, I), {method} decoding")
+        lines += [show(ids) for ids in decoding.generate(model, z, max_len=args.max_len, **kwargs)]
+        lines.append("")
     outputs = {"samples.txt": lines}
     if given:
         seqs = [encode(s) for s in given]
@@ -188,9 +192,10 @@ def sentences(args, model, rng):
     ends = args.interpolate or given[:2]
     if len(ends) == 2:
         path = decoding.interpolate(model, encode(ends[0]), encode(ends[1]), n_steps=6, max_len=args.max_len)
-        outputs["interpolation.txt"] = (["# greedy decodings along the line between the two posterior means", "",
-                                         f"from: {ends[0]}"] + [f"  {k}: {show(ids)}" for k, ids in enumerate(path)]
-                                        + [f"to:   {ends[1]}"])
+        lines = ["# greedy decodings along the line between the two posterior means", "", f"from: {ends[0]}"]
+        lines += [f"  {k}: {show(ids)}" for k, ids in enumerate(path)]
+        lines.append(f"to:   {ends[1]}")
+        outputs["interpolation.txt"] = lines
     for name, lines in outputs.items():
         with atomic_writer(os.path.join(args.out, name), "w") as f:
             f.write("\n".join(lines) + "\n")

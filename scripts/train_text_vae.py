@@ -269,7 +269,8 @@ def evaluate(model, seqs, args, rng):
     score slightly below 0).
     """
     dtype = np.dtype(args.dtype)
-    totals, n_sent, n_tokens, mus, logvars, zs = {"rec": 0.0, "kl": 0.0}, 0, 0.0, [], [], []
+    totals, n_sent, n_tokens = {"rec": 0.0, "kl": 0.0}, 0, 0.0
+    mus, logvars, zs = [], [], []
     kl_dims = np.zeros(args.latent)
     with no_grad():
         for batch in text.text_batches(seqs, args.eval_batch_size):
@@ -289,9 +290,11 @@ def evaluate(model, seqs, args, rng):
             zs.append(sample_gaussian(mu.data, logvar.data, rng.standard_normal(mu.shape).astype(dtype)).data)
     mu, logvar, z = np.concatenate(mus), np.concatenate(logvars), np.concatenate(zs)
     n_active, _ = diagnostics.active_units(mu)
-    chunks = range(0, len(mu), MI_CHUNK)
-    mi = sum(diagnostics.mutual_information(mu[i:i + MI_CHUNK], logvar[i:i + MI_CHUNK], z[i:i + MI_CHUNK])
-             * len(mu[i:i + MI_CHUNK]) for i in chunks) / len(mu)
+    mi = 0  # He et al.'s estimate in chunks of MI_CHUNK sentences, weighted by the chunk's size
+    for start in range(0, len(mu), MI_CHUNK):
+        chunk = slice(start, start + MI_CHUNK)
+        mi += diagnostics.mutual_information(mu[chunk], logvar[chunk], z[chunk]) * len(mu[chunk])
+    mi /= len(mu)
     nll, kl = totals["rec"] / n_sent, totals["kl"] / n_sent
     return {"nll": nll, "kl": kl, "neg_elbo": nll + kl, "ppl": text.perplexity((nll + kl) * n_sent, n_tokens),
             "active_units": n_active, "mi": float(mi), "kl_per_dim": kl_dims / n_sent, "mu": mu}
