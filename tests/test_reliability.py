@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from minivae.checkpoint import load_checkpoint, save_checkpoint
+from minivae.models import MLPVAE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -184,8 +185,8 @@ def test_a_folder_holding_another_run_is_not_overwritten_without_being_asked(tmp
     _refused(mnist.main, TINY + ["--epochs", "2", "--out", str(run), "--resume", str(other / "checkpoint.npz")],
              capsys, "--out")
     # --overwrite replaces it; a NaN at step 0 then names no checkpoint: the one there is not this run's
-    real_loss = mnist.MLPVAE.loss
-    monkeypatch.setattr(mnist.MLPVAE, "loss", lambda *a, **k: (real_loss(*a, **k)[0], {"kl": float("nan")}))
+    real_loss = MLPVAE.loss
+    monkeypatch.setattr(MLPVAE, "loss", lambda *a, **k: (real_loss(*a, **k)[0], {"kl": float("nan")}))
     with pytest.raises(SystemExit) as err:
         mnist.main(TINY + ["--epochs", "1", "--out", str(run), "--overwrite"])
     assert str(err.value).endswith(" No checkpoint: the run stopped before its first epoch ended.")
