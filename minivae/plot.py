@@ -219,10 +219,8 @@ def curves(records, path, panels, x_key=None, title=None):
 
 
 def line_panels(panels, path, ncol=2, title=None):
-    """Save one subplot per panel (title, lines), each line (x, y, matplotlib keyword arguments),
-    e.g. a signal, its true continuation and sampled predictions of it; labelled lines get a legend."""
-    if not panels:
-        raise ValueError("panels is empty; nothing to plot")
+    """Save one subplot per panel (title, lines), each line (x, y, matplotlib keyword arguments
+    with a "label"), e.g. a signal, its true continuation and sampled predictions of it."""
     nrow = math.ceil(len(panels) / ncol)
     fig = _new_figure((4.5 * ncol, 2.6 * nrow))
     axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
@@ -230,11 +228,7 @@ def line_panels(panels, path, ncol=2, title=None):
         for x, y, style in lines:
             ax.plot(x, y, **style)
         ax.set_title(panel_title, fontsize="medium")
-        ax.grid(alpha=0.3)
-        if any("label" in style for _, _, style in lines):
-            ax.legend(fontsize="x-small")
-    for ax in axes[len(panels):]:
-        ax.remove()
+        ax.legend(fontsize="x-small")
     if title:
         fig.suptitle(title)
     return _save(fig, path)

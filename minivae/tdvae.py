@@ -29,11 +29,12 @@ Reference: Gregor, Papamakarios, Besse, Buesing & Weber 2019, arXiv:1806.03107, 
 import numpy as np
 
 from . import ops
-from .distributions import bernoulli_log_likelihood, gaussian_log_density, sample_gaussian
+from .distributions import bernoulli_log_likelihood, gaussian_log_density, gaussian_log_likelihood, sample_gaussian
 from .engine import Tensor
-from .layers import GRU, MLP, Dense, Module, parameter
+from .layers import GRU, MLP, Dense, Module
 
 DECODERS = ("first", "bernoulli")  # first: N(x; z[0], exp(x_logvar)), the paper's oscillator; bernoulli: an MLP of pixel logits
+OBS_LOGVAR = float(2 * np.log(0.1))  # the "first" decoder's fixed log-variance: the oscillator's observation noise, 0.1
 
 
 class DBlock(Module):
@@ -82,7 +83,7 @@ class TDVAE(Module):
     """The TD-VAE of the module docstring, for observations of n_obs numbers per time step."""
 
     def __init__(self, n_obs, rng, n_pre=32, n_belief=32, n_latent=8, n_hidden=50, decoder="first",
-                 decoder_hidden=200, use_delta=True, delta_scale=10.0, dtype=np.float32):
+                 decoder_hidden=200, use_delta=True, delta_scale=10.0, x_logvar=OBS_LOGVAR, dtype=np.float32):
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         self.n_obs, self.n_latent, self.decoder_kind = n_obs, n_latent, decoder
@@ -93,8 +94,8 @@ class TDVAE(Module):
         self.p_B = DBlock(n_belief, n_hidden, n_latent, rng, dtype)
         self.q_S = DBlock(n_latent + n_belief + d, n_hidden, n_latent, rng, dtype)
         self.p_T = DBlock(n_latent + d, n_hidden, n_latent, rng, dtype)
-        if decoder == "first":
-            self.x_logvar = parameter(np.zeros(n_obs, dtype))
+        if decoder == "first":  # a fixed variance: a learned one grows to the signal's while z is unused
+            self.x_logvar = float(x_logvar)
         else:
             self.decoder = MLP([n_latent, decoder_hidden, n_obs], "relu", rng, dtype)
 
@@ -124,7 +125,7 @@ class TDVAE(Module):
     def log_likelihood(self, x, z):
         """log p_D(x | z), summed over the observation's numbers: (...,)."""
         if self.decoder_kind == "first":
-            return gaussian_log_density(x, z[..., :self.n_obs], self.x_logvar)
+            return gaussian_log_likelihood(x, z[..., :self.n_obs], self.x_logvar)
         return bernoulli_log_likelihood(x, self.decoder(z))
 
     def decode_mean(self, z):
@@ -155,11 +156,13 @@ class TDVAE(Module):
         kl_t2 = gaussian_log_density(z2, mu_b2, logvar_b2) - gaussian_log_density(z2, mu_t, logvar_t)
         return {"rec": rec, "kl_t1": kl_t1, "kl_t2": kl_t2}
 
-    def loss(self, x, t1, t2, eps1, eps2):
-        """The mean over sequences and pairs of rec + kl_t1 + kl_t2, and the terms' means (floats)."""
+    def loss(self, x, t1, t2, eps1, eps2, beta=1.0):
+        """(objective, stats): the mean over sequences and pairs of rec + beta * (kl_t1 + kl_t2),
+        and the terms' means (floats). beta = 1 is the loss of eq. 6; beta < 1 early in training
+        (a KL warm-up) lets z carry x_t2 before p_T has learned to predict it."""
         terms = self.loss_terms(x, t1, t2, eps1, eps2)
-        loss = ops.mean(terms["rec"] + terms["kl_t1"] + terms["kl_t2"])
-        return loss, {name: float(ops.mean(value).data) for name, value in terms.items()}
+        objective = ops.mean(terms["rec"] + beta * (terms["kl_t1"] + terms["kl_t2"]))
+        return objective, {name: float(ops.mean(value).data) for name, value in terms.items()}
 
     def rollout(self, x, deltas, rng):
         """Imagined futures: b from the context x (B, T, n_obs), z ~ p_B(. | b_{T-1}), then one

@@ -22,7 +22,7 @@ import warnings  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from minivae import data, sequences, tdvae, train  # noqa: E402
+from minivae import data, schedules, sequences, tdvae, train  # noqa: E402
 from minivae.engine import no_grad  # noqa: E402
 from minivae.fileio import write_json  # noqa: E402
 from minivae.optim import Adam  # noqa: E402
@@ -45,6 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=64, help="sequences per update")
     p.add_argument("--pairs", type=int, default=4, help="(t1, t2) pairs per sequence, sharing one GRU pass")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--warmup-steps", type=int, default=1000, help="updates over which the KL terms' weight "
+                   "rises linearly from 0 to 1 (0: the loss of eq. 6 from the start)")
     p.add_argument("--latent", type=int, default=8, help="size of the state z")
     p.add_argument("--hidden", type=int, default=50, help="hidden units of the D blocks")
     p.add_argument("--pre", type=int, help="pre-processing MLP width (default: 32 oscillator, 128 moving-digit)")
@@ -56,16 +58,18 @@ def parse_args(argv=None):
                    "downloading when online, else the bundled digits)")
     p.add_argument("--no-download", action="store_true", help="never use the network")
     train.add_run_flags(p, out=None)
+    p.set_defaults(model="tdvae")  # not a flag: the checkpoint's config names the model for load_model
     args = p.parse_args(argv)
     for name in ("pre", "belief", "epochs"):
         if getattr(args, name) is None:
             setattr(args, name, max(1, TASKS[args.task][name] // (5 if args.quick and name == "epochs" else 1)))
     if args.quick:
         args.baseline_steps //= 5
+        args.warmup_steps //= 5
     args.out = args.out or f"runs/tdvae-{args.task}"
     train.check_flags(p, args, at_least_1=("epochs", "steps_per_epoch", "batch_size", "pairs", "latent", "hidden",
                                            "pre", "belief", "test_sequences", "samples"), positive=("lr",),
-                      at_least_0=("baseline_steps",))
+                      at_least_0=("baseline_steps", "warmup_steps"))
     return args
 
 
@@ -96,10 +100,11 @@ def update(model, optimizer, x, args, rng, run):
     task = TASKS[args.task]
     t1, t2 = tdvae.draw_pairs(rng, (len(x), args.pairs), task["length"], task["max_delta"], task["long_delta"], task["p_long"])
     eps1, eps2 = (rng.standard_normal((len(x), args.pairs, args.latent)).astype(x.dtype) for _ in range(2))
-    loss, stats = model.loss(x, t1, t2, eps1, eps2)
+    beta = schedules.linear_warmup(run.step, args.warmup_steps) if args.warmup_steps else 1.0
+    objective, stats = model.loss(x, t1, t2, eps1, eps2, beta)
     train.stop_if_not_finite(stats, run.step, run.last_checkpoint)
     optimizer.zero_grad()
-    loss.backward()
+    objective.backward()
     optimizer.step()
     return stats
 
@@ -158,7 +163,7 @@ def measure_oscillator(model, baseline, config):
             "median_freq_abs_err": float(np.mean(np.abs(np.median(sequences.OMEGA) - omega))),
             "median_amp_rel_err": float(np.mean(np.abs(np.mean(sequences.AMPLITUDE) - a_true) / a_true)),
             "random_phase_err": float(np.pi / 2), "zero_rmse": float(np.sqrt(np.mean(window ** 2)))}
-    probe_obs, probe_truth, probe_omega = test_oscillators({**config, "test_sequences": 1000, "seed": config["seed"] + 1000})
+    probe_obs, probe_truth, probe_omega = test_oscillators({**config, "test_sequences": 5 * len(obs), "seed": config["seed"] + 1000})
     targets = np.stack([np.concatenate([probe_omega, omega]),
                         np.concatenate([sequences.fit_sinusoid(probe_truth[:, :40])[1], sequences.fit_sinusoid(truth[:, :40])[1]])], 1)
     for name, net in (("tdvae", model), ("next_step_gru", baseline)):
@@ -214,7 +219,7 @@ def pictures(model, config, out, baseline=None, x_test=None):
             lines = [(np.arange(T1 + 1), obs[i, :, 0], {"color": "0.6", "lw": 0.8, "label": "observed"}),
                      (np.arange(T1 + 1, T1 + 121), truth[i], {"color": "k", "lw": 1, "label": "noiseless truth"})]
             roll = model.rollout(np.repeat(obs[i:i + 1], 5, axis=0), [jump] + [1] * 20, rng)[..., 0]
-            lines += [(np.arange(T1 + jump, T1 + jump + 21), r, {"color": "C0", "lw": 1, **({"label": "TD-VAE rollouts"} if k == 0 else {})})
+            lines += [(np.arange(T1 + jump, T1 + jump + 21), r, {"color": "C0", "lw": 1, "label": "TD-VAE rollouts" if k == 0 else "_"})
                       for k, r in enumerate(roll)]
             if baseline is not None:
                 lines.append((np.arange(T1 + 1, T1 + 121), baseline.rollout(obs[i:i + 1], 120)[0, :, 0],

@@ -59,7 +59,7 @@ def _loss_ref(p, model, x, t1, t2, eps1, eps2):
     mu_t, lv_t = _dblock_ref(p, "p_T", with_d(z1))
     x2 = x[rows, t2]
     if model.decoder_kind == "first":
-        rec = -_log_normal(x2, z2[..., :n_obs], p["x_logvar"])
+        rec = -_log_normal(x2, z2[..., :n_obs], model.x_logvar)
     else:
         logits = anp.maximum(z2 @ p["decoder.layers.0.W"] + p["decoder.layers.0.b"], 0) @ p["decoder.layers.1.W"] \
             + p["decoder.layers.1.b"]
