@@ -21,7 +21,7 @@ With every pair t2 = t1 + 1 the loss is the sequential belief ELBO (the paper's 
 
 Smaller than the paper on purpose: a GRU instead of an LSTM; ONE latent layer instead of two
 (the paper samples a top layer first and passes it down); q_S reads (z2, b_t1, d), not b_t2 as
-well (as the public implementations do). d is fed to q_S and p_T only when use_delta is set
+well (as the public implementations do); p_T predicts the change z2 - z1 (see transition). d is fed to q_S and p_T only when use_delta is set
 (the oscillator; the moving digit does not, so its rollout steps are jumps of unknown size).
 p_B, q_S and p_T are the paper's gated "D blocks" (DBlock).
 Reference: Gregor, Papamakarios, Besse, Buesing & Weber 2019, arXiv:1806.03107, Sec. 3-4, eqs. 5-6.
@@ -115,8 +115,15 @@ class TDVAE(Module):
         return ops.concatenate([h, Tensor(np.broadcast_to(d, h.shape[:-1] + (1,)).copy())], axis=-1)
 
     def transition(self, z1, delta):
-        """p_T(z2 | z1, d) -> (mu, logvar)."""
-        return self.p_T(self._with_delta(z1, delta))
+        """p_T(z2 | z1, d) -> (mu, logvar), with mu = z1 + the D block's mean: the block learns the change.
+
+        Residual, unlike the paper's plain D block: from the first update p_T passes z1 on, so its
+        prediction depends on z1 and the gradient asks q_S and p_B to put what predicts z2 (the
+        velocity, the direction) into z1. With a plain block, p_T first learns the marginal of z2,
+        ignores z1, and the gradient that would teach the belief the dynamics is zero.
+        """
+        mu, logvar = self.p_T(self._with_delta(z1, delta))
+        return z1 + mu, logvar
 
     def smoothing(self, z2, b1, delta):
         """q_S(z1 | z2, b_t1, d) -> (mu, logvar)."""

@@ -57,6 +57,7 @@ def _loss_ref(p, model, x, t1, t2, eps1, eps2):
     z1 = mu_s + anp.exp(0.5 * lv_s) * eps1
     mu_b1, lv_b1 = _dblock_ref(p, "p_B", b1)
     mu_t, lv_t = _dblock_ref(p, "p_T", with_d(z1))
+    mu_t = z1 + mu_t  # the residual transition
     x2 = x[rows, t2]
     if model.decoder_kind == "first":
         rec = -_log_normal(x2, z2[..., :n_obs], model.x_logvar)
