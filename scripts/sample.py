@@ -8,7 +8,8 @@ conditional model adds one row of samples per class (class_samples.png). For a s
 (scripts/train_text_vae.py): N sentences from z ~ N(0, I) by greedy decoding, sampling with a
 temperature and beam search (samples.txt); the reconstructions of sentences given with
 --sentence or on stdin (reconstructions.txt), and the interpolation between two of them
-(interpolation.txt). Text outputs are printed too.
+(interpolation.txt). Text outputs are printed too. For a TD-VAE (scripts/train_tdvae.py): its
+rollouts on fresh test sequences (rollouts.png, or rollouts_context11.png and rollouts_context1.png).
 
 Everything is written to --out (default: samples/ beside the checkpoint). A folder holding a
 training run's results (checkpoint.npz, metrics.json) is refused, so a run is never overwritten.
@@ -26,6 +27,7 @@ import warnings
 import numpy as np
 
 import train_mnist_vae  # the sibling script: its load_data gives the test images the run was tested on
+import train_tdvae  # the sibling script: its pictures() draws a TD-VAE's rollouts
 from minivae import decoding
 from minivae.checkpoint import CheckpointError
 from minivae.engine import no_grad
@@ -34,6 +36,7 @@ from minivae.flags import RESULTS, finite_float
 from minivae.run import plot_module
 from minivae.saved import load_model
 from minivae.sentence_vae import SentenceVAE
+from minivae.tdvae import TDVAE
 
 TEXT_ONLY = ("sentence", "stdin", "interpolate")  # flags that only a sentence model reads
 
@@ -41,7 +44,7 @@ TEXT_ONLY = ("sentence", "stdin", "interpolate")  # flags that only a sentence m
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("checkpoint", help="a checkpoint.npz written by train_mnist_vae.py or train_text_vae.py")
+    p.add_argument("checkpoint", help="a checkpoint.npz written by train_mnist_vae.py, train_text_vae.py or train_tdvae.py")
     p.add_argument("--out", help="output folder (default: samples/ beside the checkpoint)")
     p.add_argument("--n", type=int, default=10, help="test images to reconstruct, or sentences per decoding method")
     p.add_argument("--seed", type=int, default=0, help="seed of z ~ N(0, I) and of sampled words")
@@ -90,7 +93,10 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     rng = np.random.default_rng(args.seed)
     with no_grad():
-        written = (sentences if isinstance(model, SentenceVAE) else images)(args, model, rng)
+        if isinstance(model, TDVAE):  # rollouts on fresh test sequences, as after training
+            written = train_tdvae.pictures(model, {**model.config, "data_dir": args.data_dir or model.config["data_dir"]}, args.out)
+        else:
+            written = (sentences if isinstance(model, SentenceVAE) else images)(args, model, rng)
     print(f"wrote {', '.join(written)} to {args.out}")
     return written
 

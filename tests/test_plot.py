@@ -39,6 +39,8 @@ CALLS = {
     "latent_scatter": lambda path: plot.latent_scatter(RNG.normal(size=(50, 5)), RNG.integers(0, 10, 50), path),
     "kl_per_dim": lambda path: plot.kl_per_dim([0.01, 2.5, 0.3, 4.0], path, threshold=0.25),
     "bars": lambda path: plot.bars(TABLE, "active_units", path),
+    "line_panels": lambda path: plot.line_panels([("a", [(np.arange(5), np.arange(5) ** 2, {"label": "x^2"})]),
+                                                  ("b", [(np.arange(3), np.ones(3), {"ls": "--", "label": "1"})])], path, ncol=1),
 }
 
 
