@@ -31,6 +31,7 @@ Reading order (each module builds only on the ones before it):
   plot.py              figures
   train.py             what the training scripts share
   saved.py             load_model: a trained model rebuilt from its checkpoint
+  runner.py            grids of training runs: local worker processes, or a Dask cluster
 """
 __all__ = ["Tensor", "no_grad", "PRIMITIVES", "load_model"]
 __version__ = "0.1.0"

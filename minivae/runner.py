@@ -15,8 +15,10 @@ MKL_NUM_THREADS are 1 in the child's environment (a value already set is kept), 
 child first imports NumPy, so that N runs use N cores instead of fighting over them.
 - A folder holding metrics.json is a finished run: it is read, not trained again.
 - A folder holding checkpoint.npz but no metrics.json is a stopped run: it continues with --resume.
-- Ctrl-C or SIGTERM to the study is passed on to every running child, which stops cleanly and keeps
-  its last checkpoint; a child still running STOP_SECONDS later is killed with its process group.
+- Ctrl-C or SIGTERM to the study stops every running child with SIGTERM (also after Ctrl-C: a child
+  past its training loop ends quietly on SIGTERM, where Ctrl-C would print a traceback); each
+  stops cleanly and keeps its last checkpoint, and one still running STOP_SECONDS later is killed
+  with its process group. The study then exits 130 after Ctrl-C, 143 after SIGTERM.
 - A run that fails is reported with its command and the last line of its log; the others go on.
 On Dask (optional: pip install -e ".[cluster]") each run is one task: the worker starts the script
 (sent with the task, beside its sibling scripts) in a temporary folder, then returns every file of
@@ -69,7 +71,7 @@ class Spec:
 
     def shell(self):
         """This run as a shell command line."""
-        return shlex.join(["python", os.path.relpath(self.script), *self.command()])
+        return shlex.join(["python", _shown(self.script), *self.command()])
 
 
 def add_flags(parser):
@@ -95,7 +97,13 @@ def check_flags(parser, args):
 
 def study_command(script, argv=None):
     """The study's own command line, to print as the way to continue it."""
-    return shlex.join(["python", os.path.relpath(script), *(sys.argv[1:] if argv is None else argv)])
+    return shlex.join(["python", _shown(script), *(sys.argv[1:] if argv is None else argv)])
+
+
+def _shown(path):
+    """A script's path as a command line shows it: relative to here if it lies below, else absolute."""
+    relative = os.path.relpath(path)
+    return os.path.abspath(path) if relative.startswith("..") else relative
 
 
 def child_environment():
@@ -202,7 +210,7 @@ class Grid:
                         del running[name]
                         self._ended(spec, proc.returncode, time.perf_counter() - t0)
         finally:  # a stop request, or an error in this process: no run outlives the grid
-            stop([proc for _, proc, _ in running.values()], self.signal or signal.SIGTERM)
+            stop([proc for _, proc, _ in running.values()], signal.SIGTERM)
             for spec, proc, t0 in running.values():
                 self._ended(spec, proc.returncode, time.perf_counter() - t0)
 
@@ -235,7 +243,6 @@ class Grid:
                         self._landed(task, spec)
                     else:
                         task.cancel()
-                        self.stopped.append(spec.name)
 
     def _landed(self, task, spec):
         """A Dask task ended: write the run's files into its local folder, then as _ended."""
@@ -252,13 +259,16 @@ class Grid:
         self._ended(spec, code, seconds)
 
     def _ended(self, spec, code, seconds):
-        """File a run that ended with exit code `code` as finished, stopped or failed, and say so."""
-        if code == 0 and spec.done():
+        """File a run that ended with exit code `code` as finished, stopped or failed, and say so.
+
+        A run stopped after writing metrics.json (in its figures) has finished: a restart reads it too.
+        """
+        if spec.done() and (code == 0 or self.signal is not None):
             write_json(os.path.join(spec.out, "run.json"), {"argv": spec.argv, "seconds": seconds})
             self._collect(spec, seconds)
             self.say(f"[{len(self.metrics)}/{self.total}] {spec.name} finished in {seconds:.0f} s", flush=True)
         elif self.signal is not None:
-            self.stopped.append(spec.name)
+            self.stopped += [spec] * (code is not None)  # None: a Dask task that never started its run
         else:
             self.failed[spec.name] = f"{spec.shell()}\n    {last_line(os.path.join(spec.out, 'train.log'))}"
             self.say(f"{spec.name} failed (exit code {code}): {self.failed[spec.name]}", file=sys.stderr, flush=True)
@@ -281,7 +291,10 @@ class Grid:
         done = f"{len(self.metrics)} of {self.total} runs finished"
         if self.signal is not None:
             name = "Ctrl-C (SIGINT)" if self.signal == signal.SIGINT else "SIGTERM"
-            stopped = f"; stopped, keeping their last checkpoints: {', '.join(self.stopped)}" if self.stopped else ""
+            kept = [spec.name for spec in self.stopped if spec.resumes()]
+            fresh = [spec.name for spec in self.stopped if not spec.resumes()]
+            stopped = (f"; stopped, keeping their last checkpoints: {', '.join(kept)}" * bool(kept)
+                       + f"; stopped before their first checkpoint: {', '.join(fresh)}" * bool(fresh))
             self.say(f"stopped by {name}: {done}{stopped}. The table is partial. Continue with the same "
                      f"command (finished runs are read, not trained again; stopped runs resume from their "
                      f"checkpoints):\n{command}", file=sys.stderr)
@@ -305,13 +318,16 @@ def _inputs(spec):
 
 
 def run_remotely(script, sources, argv, inputs, stop_name):
-    """On a Dask worker: one run in a temporary folder; returns (exit code, seconds, {file: bytes}).
+    """On a Dask worker: one run in a temporary folder; returns (exit code, seconds, {file: bytes}),
+    exit code None if the study was stopped before the run started.
 
     The Dask event `stop_name`, set by the study on Ctrl-C or SIGTERM, makes it stop its run with
     SIGTERM; the run's files come back either way.
     """
     from distributed import Event
     stop_event = Event(stop_name)
+    if stop_event.is_set():  # the study was stopped before this run's turn came
+        return None, 0.0, {}
     with tempfile.TemporaryDirectory(prefix="minivae-run-") as tmp:
         for name, text in sources.items():
             Path(tmp, name).write_text(text, encoding="utf-8")

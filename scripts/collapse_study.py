@@ -1,14 +1,19 @@
 """Posterior collapse, measured: the plain sentence VAE against every remedy, on the toy corpus.
 
-Trains scripts/train_text_vae.py once per method (its main(), so there is one training loop),
-with the same data, seeds, model and budget, and tabulates the test-set results:
+Runs scripts/train_text_vae.py once per method (and per seed), with the same data, seeds, model
+and budget, and tabulates the test-set results:
     DIR/collapse.json   {"rows": [one dict per method], "budget", "methods", ...}
     DIR/collapse.md     the table in Markdown
     DIR/collapse.png    KL, active units, mutual information, probes on z and NLL per method
     DIR/<method>/       each run's metrics.json, train.log, samples, reconstructions, checkpoint
+where DIR is --out, or OUT/seed<S> for each seed when --seed names several. minivae.runner
+trains the runs: --jobs at a time in child processes (default: one per core), or on a Dask
+cluster with --dask ADDRESS (docs/runs.md). Ctrl-C or SIGTERM stops every run, each keeping its
+last checkpoint, writes the finished rows marked PARTIAL and exits 130 / 143; the same command
+then reads the finished runs and resumes the stopped ones.
 
     python scripts/collapse_study.py --out runs/collapse
-    python scripts/collapse_study.py --out runs/collapse-quick --quick
+    python scripts/collapse_study.py --out runs/collapse-quick3 --quick --seed 1 2 3
 
 The model is train_text_vae's default (embedding 64, GRU 128, latent 16, vocabulary 2,000,
 batch 32, Adam 1e-3, plain ELBO): an autoregressive GRU decoder strong enough that the plain VAE
@@ -17,10 +22,11 @@ collapses (KL ~0, no active unit). Default budget: the script's defaults, 20,000
 reaching 1; every method gets the same budget. --quick trains a smaller model (embedding 32, GRU
 64, vocabulary 1,000) with more and larger steps (batch 16, Adam 5e-3) on 12,000 short toy
 sentences (4 to 12 tokens, 10 topics) for 8 epochs: a few minutes on 2 cores, in which the plain
-VAE collapses while the remedies take hold (docs/collapse.md has its table over three seeds). train_text_vae.py is imported as a
-sibling script (Python puts this script's folder on sys.path); minivae must be installed
-(`pip install -e .`). Any flag this script does not
-know is passed to every run (e.g. `--hidden 64 --latent 8`); do not pass remedy flags that way.
+VAE collapses while the remedies take hold (docs/collapse.md has its table over three seeds).
+train_text_vae.py is imported as a sibling script (Python puts this script's folder on
+sys.path), to check every run's flags before any run starts; minivae must be installed
+(`pip install -e .`). Any flag this script does not know is passed to every run (e.g. `--hidden
+64 --latent 8`); do not pass remedy flags that way.
 
 Columns, all on the test split: NLL and KL in nats per sentence, PPL per token from -ELBO,
 active units (Var_x E[z_j|x] >= 0.01), mutual information I(x; z) (He et al.), factor_accuracy
@@ -35,7 +41,7 @@ means name the topic well above chance, while its samples of z do not. recon_acc
 fraction of test sentences whose greedy decoding from their posterior mean is exact; levenshtein
 = mean word edit distance of that decoding. verdict: "collapsed" if KL < 0.5 nat and no active
 unit, "uses z" if KL > 1 nat and at least one active unit, else "weak". seconds is each run's
-wall time; --jobs 2 (the default on a machine with 2+ cores) trains two runs at once.
+wall time (of its last start, when it was resumed).
 """
 import argparse
 import os
