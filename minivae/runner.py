@@ -231,18 +231,23 @@ class Grid:
                      for spec in todo}
             self.say(f"sent {len(tasks)} runs to the Dask scheduler {self.address}", flush=True)
             pending = dict(tasks)
-            while pending and self.signal is None:
-                time.sleep(POLL_SECONDS)
-                for task in [task for task in pending if task.done()]:
-                    self._landed(task, pending.pop(task))
-            if pending:  # stopped: the workers pass SIGTERM on to their runs, which send back what they kept
-                stop_event.set()
-                wait(list(pending), timeout=STOP_SECONDS + 10)
-                for task, spec in pending.items():
-                    if task.done():
-                        self._landed(task, spec)
-                    else:
-                        task.cancel()
+            try:
+                while pending and self.signal is None:
+                    time.sleep(POLL_SECONDS)
+                    for task in [task for task in pending if task.done()]:
+                        self._landed(task, pending.pop(task))
+            finally:  # stopped: the workers stop their runs with SIGTERM and send back what they kept
+                if pending:
+                    stop_event.set()
+                    try:
+                        wait(list(pending), timeout=STOP_SECONDS + 10)
+                    except TimeoutError:  # a worker that does not answer: its run is not waited for
+                        pass
+                    for task, spec in pending.items():
+                        if task.done():
+                            self._landed(task, spec)
+                        else:
+                            task.cancel()
 
     def _landed(self, task, spec):
         """A Dask task ended: write the run's files into its local folder, then as _ended."""
@@ -276,12 +281,16 @@ class Grid:
     def _collect(self, spec, seconds):
         with open(os.path.join(spec.out, "metrics.json"), encoding="utf-8") as f:
             self.metrics[spec.name] = json.load(f)
-        if seconds is None:  # a run finished earlier: its wall time is in its run.json, if it has one
+        if seconds is None:  # a run finished earlier: its flags and wall time are in its run.json, if it has one
             try:
                 with open(os.path.join(spec.out, "run.json"), encoding="utf-8") as f:
-                    seconds = json.load(f)["seconds"]
+                    record = json.load(f)
+                seconds = record["seconds"]
             except (OSError, ValueError, KeyError):
-                pass
+                record = {"argv": spec.argv}
+            if record.get("argv") != spec.argv:  # never a table of runs trained with other flags
+                raise SystemExit(f"{spec.out} holds a run of other flags ({shlex.join(record['argv'])}): give the "
+                                 "study another --out, or delete that folder to train the run again")
             self.say(f"kept {spec.name}: {spec.out} holds its results (delete that folder to train it again)")
         self.seconds[spec.name] = seconds
 

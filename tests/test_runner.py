@@ -41,6 +41,10 @@ def test_jobs_2_trains_the_grid_and_a_restart_reads_the_results_instead_of_train
     printed = capsys.readouterr().out
     assert "start " not in printed and printed.count("kept beta") == 4
     assert again["rows"] == result["rows"] and {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    other = [flag if flag != "300" else "400" for flag in TINY]  # --limit 400: not the runs that folder holds
+    with pytest.raises(SystemExit, match=r"beta1-seed1 holds a run of other flags \(.*--limit 300 .*\): give the "
+                                         "study another --out, or delete that folder"):
+        beta_sweep.main(other + ["--out", str(tmp_path)])
 
 
 def test_children_get_one_blas_thread_and_this_minivae(monkeypatch):
@@ -104,38 +108,47 @@ def _processes_naming(text):
     return pids
 
 
+def stop_study(script, flags, folder, ready, signum):
+    """Start scripts/`script` with `flags` as a real process; once ready() holds, send it `signum`.
+
+    Checks that every process of the study (whatever names `folder` on its command line) is gone
+    within 15 seconds; returns the study's exit code and its stderr.
+    """
+    study = subprocess.Popen([sys.executable, str(ROOT / "scripts" / script), *flags], text=True,
+                             env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not ready() and time.monotonic() < deadline:
+        assert study.poll() is None, study.communicate()
+        time.sleep(0.05)
+    assert len(_processes_naming(str(folder))) >= 2  # the study and a run
+    study.send_signal(signum)
+    t0 = time.monotonic()
+    err = study.communicate(timeout=30)[1]
+    while _processes_naming(str(folder)) and time.monotonic() < t0 + 15:
+        time.sleep(0.05)
+    assert not _processes_naming(str(folder)), "a run outlived the study"
+    assert "Traceback" not in err and "Continue with the same command" in err
+    return study.returncode, err
+
+
 @pytest.mark.parametrize("signum, code, name", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C (SIGINT)")])
 def test_a_stop_signal_mid_grid_stops_every_run_keeps_results_and_the_same_command_resumes(
         tmp_path, capsys, signum, code, name):
     flags = TINY[:-6] + ["--epochs", "40", "--hidden", "16", "--latent", "3", "--batch-size", "100", "--no-plots",
                          "--jobs", "2", "--out", str(tmp_path)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    study = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "beta_sweep.py"), *flags], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # mid-grid: a run of the second pair has saved its first epoch
+
+    def second_pair_started():  # mid-grid: a run of the second pair has saved its first epoch
         done = {p.parent.name for p in tmp_path.glob("*/metrics.json")}
-        running = {p.parent.name for p in tmp_path.glob("*/checkpoint.npz")} - done
-        if running & {"beta4-seed1", "beta4-seed2"}:
-            break
-        assert study.poll() is None, study.communicate()
-        time.sleep(0.05)
-    assert done and running and len(_processes_naming(str(tmp_path))) >= 2
-    study.send_signal(signum)
-    t0 = time.monotonic()
-    out, err = study.communicate(timeout=30)
-    gone = time.monotonic() + 5
-    while _processes_naming(str(tmp_path)) and time.monotonic() < gone:
-        time.sleep(0.05)
-    assert not _processes_naming(str(tmp_path)) and time.monotonic() - t0 < 15  # every run has ended
-    assert study.returncode == code, err
+        return bool(({p.parent.name for p in tmp_path.glob("*/checkpoint.npz")} - done) & {"beta4-seed1", "beta4-seed2"})
+
+    returncode, err = stop_study("beta_sweep.py", flags, tmp_path, second_pair_started, signum)
+    assert returncode == code, err
     finished = int(re.search(rf"stopped by {re.escape(name)}: (\d) of 4 runs finished; stopped, keeping their "
                              "last checkpoints: ", err).group(1))
     done = {p.parent.name for p in tmp_path.glob("*/metrics.json")}  # a run in its last moments may have finished
     running = {p.parent.name for p in tmp_path.glob("*/checkpoint.npz")} - done
     assert finished == len(done) >= 1 and running
-    assert "Continue with the same command" in err and "beta_sweep.py " + " ".join(flags) in err
-    assert "Traceback" not in err and "PARTIAL" in (tmp_path / "sweep.md").read_text()
+    assert "beta_sweep.py " + " ".join(flags) in err and "PARTIAL" in (tmp_path / "sweep.md").read_text()
     for run in running:  # each stopped run ends quietly (SIGTERM, whichever signal the study had) and keeps
         log = (tmp_path / run / "train.log").read_text()  # its last complete checkpoint
         assert "Traceback" not in log and (tmp_path / run / "checkpoint.npz").exists()
@@ -150,3 +163,15 @@ def test_a_stop_signal_mid_grid_stops_every_run_keeps_results_and_the_same_comma
     assert {run: (tmp_path / run / "metrics.json").stat().st_mtime_ns for run in done} == stamps
     for run in running:
         assert "resumed from" in (tmp_path / run / "train.log").read_text()
+
+
+@pytest.mark.parametrize("script, flags, table", [
+    ("collapse_study.py", ["--toy-sentences", "160", "--epochs", "40", "--max-vocab", "100", "--embedding", "8",
+                           "--hidden", "10", "--latent", "3", "--batch-size", "16", "--methods", "vanilla,bow,mdr"],
+     "collapse.md"),
+    ("compare_autoencoders.py", ["--quick", "--no-download", "--shapes-epochs", "1"], "comparison.md")])
+def test_the_other_studies_stop_on_sigterm_too(tmp_path, script, flags, table):
+    returncode, err = stop_study(script, flags + ["--out", str(tmp_path)], tmp_path,
+                                 lambda: any(tmp_path.glob("*/checkpoint.npz")), signal.SIGTERM)
+    assert returncode == 143 and "stopped by SIGTERM: " in err
+    assert "PARTIAL" in (tmp_path / table).read_text()
