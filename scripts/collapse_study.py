@@ -1,14 +1,19 @@
 """Posterior collapse, measured: the plain sentence VAE against every remedy, on the toy corpus.
 
-Trains scripts/train_text_vae.py once per method (its main(), so there is one training loop),
-with the same data, seeds, model and budget, and tabulates the test-set results:
+Runs scripts/train_text_vae.py once per method (and per seed), with the same data, seeds, model
+and budget, and tabulates the test-set results:
     DIR/collapse.json   {"rows": [one dict per method], "budget", "methods", ...}
     DIR/collapse.md     the table in Markdown
     DIR/collapse.png    KL, active units, mutual information, probes on z and NLL per method
     DIR/<method>/       each run's metrics.json, train.log, samples, reconstructions, checkpoint
+where DIR is --out, or OUT/seed<S> for each seed when --seed names several. minivae.runner
+trains the runs: --jobs at a time in child processes (default: one per core), or on a Dask
+cluster with --dask ADDRESS (docs/runs.md). Ctrl-C or SIGTERM stops every run, each keeping its
+last checkpoint, writes the finished rows marked PARTIAL and exits 130 / 143; the same command
+then reads the finished runs and resumes the stopped ones.
 
     python scripts/collapse_study.py --out runs/collapse
-    python scripts/collapse_study.py --out runs/collapse-quick --quick
+    python scripts/collapse_study.py --out runs/collapse-quick3 --quick --seed 1 2 3
 
 The model is train_text_vae's default (embedding 64, GRU 128, latent 16, vocabulary 2,000,
 batch 32, Adam 1e-3, plain ELBO): an autoregressive GRU decoder strong enough that the plain VAE
@@ -17,10 +22,11 @@ collapses (KL ~0, no active unit). Default budget: the script's defaults, 20,000
 reaching 1; every method gets the same budget. --quick trains a smaller model (embedding 32, GRU
 64, vocabulary 1,000) with more and larger steps (batch 16, Adam 5e-3) on 12,000 short toy
 sentences (4 to 12 tokens, 10 topics) for 8 epochs: a few minutes on 2 cores, in which the plain
-VAE collapses while the remedies take hold (docs/collapse.md has its table over three seeds). train_text_vae.py is imported as a
-sibling script (Python puts this script's folder on sys.path); minivae must be installed
-(`pip install -e .`). Any flag this script does not
-know is passed to every run (e.g. `--hidden 64 --latent 8`); do not pass remedy flags that way.
+VAE collapses while the remedies take hold (docs/collapse.md has its table over three seeds).
+train_text_vae.py is imported as a sibling script (Python puts this script's folder on
+sys.path), to check every run's flags before any run starts; minivae must be installed
+(`pip install -e .`). Any flag this script does not know is passed to every run (e.g. `--hidden
+64 --latent 8`); do not pass remedy flags that way.
 
 Columns, all on the test split: NLL and KL in nats per sentence, PPL per token from -ELBO,
 active units (Var_x E[z_j|x] >= 0.01), mutual information I(x; z) (He et al.), factor_accuracy
@@ -35,24 +41,14 @@ means name the topic well above chance, while its samples of z do not. recon_acc
 fraction of test sentences whose greedy decoding from their posterior mean is exact; levenshtein
 = mean word edit distance of that decoding. verdict: "collapsed" if KL < 0.5 nat and no active
 unit, "uses z" if KL > 1 nat and at least one active unit, else "weak". seconds is each run's
-wall time; --jobs 2 (the default on a machine with 2+ cores) trains two runs at once.
+wall time (of its last start, when it was resumed).
 """
+import argparse
 import os
 
-# One BLAS thread: these GEMMs are small (batch 32 x 128 units), and a second OpenBLAS thread
-# only spins and competes with the Python thread and with the other run under --jobs 2. It must
-# be set before NumPy is first imported; a value already in the environment is respected.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import json  # noqa: E402
-import multiprocessing  # noqa: E402
-import time  # noqa: E402
-from concurrent.futures import ProcessPoolExecutor  # noqa: E402
-
-import train_text_vae  # noqa: E402  (the sibling script)
-from minivae.fileio import atomic_writer, write_json  # noqa: E402
+import train_text_vae  # the sibling script: its flags are checked here before any run starts
+from minivae import runner
+from minivae.fileio import atomic_writer, write_json
 
 # Each method is a set of train_text_vae flags, with the hyperparameters of its paper.
 METHODS = {
@@ -117,11 +113,11 @@ def parse_args(argv=None):
                    f"{' '.join(QUICK['flags'])}")
     p.add_argument("--epochs", type=int, help=f"epochs per run (default {FULL['epochs']})")
     p.add_argument("--toy-sentences", type=int, help=f"toy corpus size (default {FULL['toy_sentences']})")
-    p.add_argument("--seed", type=int, default=1, help="model/noise seed, the same for every method")
-    p.add_argument("--data-seed", type=int, default=0, help="toy corpus and split seed")
+    p.add_argument("--seed", type=int, nargs="+", default=[1], help="model/noise seed, the same for every "
+                   "method; several seeds train every method once per seed, each seed in OUT/seed<S>/")
+    p.add_argument("--data-seed", type=int, help="toy corpus and split seed (default: seed - 1)")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset, in this order")
-    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
-                   help="runs trained at the same time, in separate processes (1: one after another)")
+    runner.add_flags(p)
     args, extra = p.parse_known_args(argv)
     budget = QUICK if args.quick else FULL
     args.epochs = budget["epochs"] if args.epochs is None else args.epochs
@@ -130,29 +126,37 @@ def parse_args(argv=None):
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown or not args.methods:
         p.error(f"unknown --methods {unknown}; choose from {', '.join(METHODS)}")
-    if args.jobs < 1:
-        p.error("--jobs must be >= 1")
+    if len(set(args.seed)) < len(args.seed):
+        p.error(f"--seed lists a seed twice: {args.seed}")
+    runner.check_flags(p, args)
     args.extra = budget["flags"] + extra
     return args
 
 
-def run_argv(args, method):
-    """train_text_vae flags of one run: the shared budget, the passed-through flags, then the method's."""
+def data_seed(args, seed):
+    """The toy corpus's seed for model seed `seed`: --data-seed, else seed - 1 (seed 1: corpus 0)."""
+    return seed - 1 if args.data_seed is None else args.data_seed
+
+
+def seed_folder(args, seed):
+    """Where one seed's runs and table go: --out itself for a single seed, else OUT/seed<S>."""
+    return args.out if len(args.seed) == 1 else os.path.join(args.out, f"seed{seed}")
+
+
+def run_argv(args, method, seed=None):
+    """train_text_vae flags of one run (all but --out): the shared budget, the passed-through flags, the method's."""
+    seed = args.seed[0] if seed is None else seed
     common = ["--corpus", "toy", "--toy-sentences", str(args.toy_sentences), "--epochs", str(args.epochs),
-              "--seed", str(args.seed), "--data-seed", str(args.data_seed), "--no-progress", "--no-plots"]
-    return common + args.extra + METHODS[method] + ["--out", os.path.join(args.out, method)]
+              "--seed", str(seed), "--data-seed", str(data_seed(args, seed)), "--no-progress", "--no-plots"]
+    return common + args.extra + METHODS[method]
 
 
-def run_method(method, argv):
-    """Train one method through train_text_vae.main (its output goes to <run>/train.log); return its row."""
-    run_dir = argv[argv.index("--out") + 1]
-    t0 = time.perf_counter()
-    with atomic_writer(os.path.join(run_dir, "train.log"), "w") as log, contextlib.redirect_stdout(log):
-        train_text_vae.main(argv)
-    seconds = time.perf_counter() - t0
-    with open(os.path.join(run_dir, "metrics.json"), encoding="utf-8") as f:
-        metrics = json.load(f)
-    return table_row(method, metrics, seconds)
+def run_specs(args):
+    """{(seed, method): runner.Spec}, the runs named "<method>" (one seed) or "seed<S>/<method>"."""
+    prefix = lambda seed: "" if len(args.seed) == 1 else f"seed{seed}/"  # noqa: E731
+    return {(seed, m): runner.Spec(prefix(seed) + m, train_text_vae.__file__, run_argv(args, m, seed),
+                                   os.path.join(seed_folder(args, seed), m))
+            for seed in args.seed for m in args.methods}
 
 
 def table_row(method, metrics, seconds):
@@ -186,35 +190,38 @@ def probe_z_score(probe):
 
 def main(argv=None):
     args = parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)
-    runs = {m: run_argv(args, m) for m in args.methods}
-    for argv_m in runs.values():  # refuse bad passed-through flags before anything trains
-        train_text_vae.parse_args(argv_m)
-    print(f"collapse study: {len(runs)} runs of {args.epochs} epochs on {args.toy_sentences} toy sentences, "
-          f"{args.jobs} at a time; logs in {args.out}/<method>/train.log", flush=True)
+    runs = run_specs(args)
+    for spec in runs.values():  # refuse bad passed-through flags before anything trains
+        if not spec.done():
+            train_text_vae.parse_args(spec.command())
+    print(f"collapse study: {len(runs)} runs of {args.epochs} epochs on {args.toy_sentences} toy sentences; "
+          f"logs in {args.out}/.../<method>/train.log", flush=True)
+    with runner.Grid(args.jobs, args.dask) as grid:
+        metrics = grid.run(list(runs.values()))
+        rows = []
+        for seed in args.seed:
+            names = {m: runs[seed, m].name for m in args.methods if runs[seed, m].name in metrics}
+            seed_rows = [table_row(m, metrics[name], grid.seconds[name]) for m, name in names.items()]
+            write_study(args, seed, seed_rows, {m: runs[seed, m].command() for m in args.methods})
+            rows += seed_rows
+        grid.finish(runner.study_command(__file__, argv))
+    return rows
 
-    t0, rows = time.perf_counter(), {}
-    if args.jobs == 1:
-        for method, argv_m in runs.items():
-            rows[method] = run_method(method, argv_m)
-            print(summary_line(rows[method]), flush=True)
-    else:  # "spawn": fresh interpreters, which read OPENBLAS_NUM_THREADS from the environment
-        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {m: pool.submit(run_method, m, argv_m) for m, argv_m in runs.items()}
-            for method, future in futures.items():
-                rows[method] = future.result()
-                print(summary_line(rows[method]), flush=True)
-    wall = time.perf_counter() - t0
 
-    rows = [rows[m] for m in args.methods]
+def write_study(args, seed, rows, train_argv):
+    """collapse.json, collapse.md and collapse.png of one seed's runs; marked partial if some are missing."""
+    folder = seed_folder(args, seed)
+    partial = len(rows) < len(args.methods)
+    missing = [m for m in args.methods if m not in {r["method"] for r in rows}]
+    note = f"PARTIAL: {len(rows)} of {len(args.methods)} methods; missing: {', '.join(missing)}. " if partial else ""
     table = markdown_table(rows)
-    write_json(os.path.join(args.out, "collapse.json"), {
+    write_json(os.path.join(folder, "collapse.json"), {
+        "partial": partial, "missing": missing,
         "rows": rows,
         "budget": {"toy_sentences": args.toy_sentences, "epochs": args.epochs, "quick": args.quick,
-                   "seed": args.seed, "data_seed": args.data_seed, "extra_flags": args.extra,
-                   "jobs": args.jobs, "wall_seconds": wall},
+                   "seed": seed, "data_seed": data_seed(args, seed), "extra_flags": args.extra},
         "methods": {m: METHODS[m] for m in args.methods},
-        "train_argv": runs,
+        "train_argv": train_argv,
         "notes": {"factor_accuracy": "accuracy of a linear probe (multinomial logistic regression on "
                                      "standardised posterior means) predicting the TOPIC of test sentences; "
                                      "factor_accuracy_z: the same probe on one sample z ~ q(z|x) per "
@@ -224,33 +231,39 @@ def main(argv=None):
                   "best_z_probe": "the label whose probe on z lies most binomial standard errors "
                                   f"(best_z_probe_score) above chance; above {BEATS_CHANCE:g}: z carries it",
                   "units": "nll, kl: nats per sentence; ppl: per token from -ELBO; mi: nats; seconds: wall "
-                           "time of the whole run (training, evaluation, outputs)",
+                           "time of the run's last start (training, evaluation, outputs)",
                   "verdict": f"collapsed: KL < {COLLAPSED_KL} and 0 active units; uses z: KL > {USED_KL} "
                              "and >= 1 active unit; else weak"}})
-    with atomic_writer(os.path.join(args.out, "collapse.md"), "w") as f:
-        f.write(f"# Posterior collapse on the toy corpus\n\n{args.toy_sentences} sentences, {args.epochs} epochs "
-                f"per run, seed {args.seed}; test split. NLL and KL in nats per sentence.\n\n{table}\n")
+    with atomic_writer(os.path.join(folder, "collapse.md"), "w") as f:
+        f.write(f"# Posterior collapse on the toy corpus\n\n{note}{args.toy_sentences} sentences, {args.epochs} "
+                f"epochs per run, seed {seed}; test split. NLL and KL in nats per sentence.\n\n{table}\n")
         probes = probe_table(rows)
         if probes:
             f.write(f"\n## Linear probes, test split\n\nAccuracy reading each label from the posterior mean / "
                     f"from one sample of z; * marks a probe on z more than {BEATS_CHANCE:g} binomial standard "
                     f"errors above chance.\n\n{probes}\n")
-    figure(rows, os.path.join(args.out, "collapse.png"), f"{args.toy_sentences} toy sentences, {args.epochs} "
-           f"epoch{'s' * (args.epochs != 1)} per method (test split)")
-    print(f"\n{table}\n\n{len(rows)} runs in {wall / 60:.1f} min; wrote {args.out}/collapse.json, collapse.md, "
-          "collapse.png")
-    return rows
+    if rows:
+        figure(rows, os.path.join(folder, "collapse.png"), f"{args.toy_sentences} toy sentences, {args.epochs} "
+               f"epoch{'s' * (args.epochs != 1)} per method (test split)")
+    for row in rows:
+        print(summary_line(row))
+    print(f"\n{table}\n\n{note}{len(rows)} runs; wrote {folder}/collapse.json, collapse.md"
+          + ", collapse.png" * bool(rows), flush=True)
 
 
 def summary_line(row):
     return (f"{row['method']:>18}: KL {row['kl']:6.2f}  AU {row['active_units']:2d}  MI {row['mi']:5.2f}  "
             f"NLL {row['nll']:6.2f}  topic probe mu {_percent(row['factor_accuracy'])} "
             f"z {_percent(row['factor_accuracy_z'])}  best z probe {_best_probe(row)}  "
-            f"{row['verdict']}  ({row['seconds']:.0f} s)")
+            f"{row['verdict']}  ({_seconds(row['seconds'])} s)")
 
 
 def _percent(v):
     return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def _seconds(v):
+    return "n/a" if v is None else f"{v:.0f}"
 
 
 def _best_probe(row):
@@ -272,7 +285,7 @@ def markdown_table(rows):
         cells = [r["method"], f"{r['nll']:.2f}", f"{r['kl']:.2f}", str(r["active_units"]), f"{r['mi']:.2f}",
                  f"{r['ppl']:.2f}", f"{_percent(r['factor_accuracy'])} / {_percent(r['factor_accuracy_z'])} "
                  f"({_percent(r['factor_chance'])})", _best_probe(r),
-                 _percent(r["recon_accuracy"]), f"{r['levenshtein']:.2f}", f"{r['seconds']:.0f}", r["verdict"]]
+                 _percent(r["recon_accuracy"]), f"{r['levenshtein']:.2f}", _seconds(r["seconds"]), r["verdict"]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

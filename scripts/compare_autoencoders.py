@@ -1,19 +1,27 @@
 """Train every model of the autoencoder family on the same data, seed and budget, and tabulate them.
 
-Each model is trained by scripts/train_autoencoder.py (its outputs land in OUT/<model>/); the IAF
-VAE gets the plain VAE's training time rather than its epochs, so their importance-weighted NLLs
-compare at equal time. Then a VAE (beta = 1) and a beta-VAE are trained on the generated shapes and
-scored by the mutual information gap. Writes OUT/comparison.json, comparison.md, comparison.png
-(every model's reconstructions of the same test digits) and disentanglement.json.
+Each model is one run of scripts/train_autoencoder.py (its outputs land in OUT/<model>/), and a
+VAE (beta = 1) and a beta-VAE trained on the generated shapes (OUT/shapes-vae/, shapes-beta_vae/)
+are scored by the mutual information gap; minivae.runner trains these runs --jobs at a time, or on
+a Dask cluster (--dask ADDRESS). The IAF VAE then gets the plain VAE's training time rather than
+its epochs, so their importance-weighted NLLs compare at equal time. Writes OUT/comparison.json,
+comparison.md, comparison.png (every model's reconstructions of the same test digits, from the
+runs' checkpoints) and disentanglement.json. Ctrl-C or SIGTERM stops every run (each keeps its
+last checkpoint) and writes what has finished, marked partial; the same command continues.
 
     python scripts/compare_autoencoders.py --out runs/compare-quick --quick
     python scripts/compare_autoencoders.py --data-dir path/to/mnist --epochs 5 --out runs/compare
 """
 import argparse
 import os
+import sys
 
+import numpy as np
 
 import train_autoencoder
+from minivae import runner
+from minivae.checkpoint import load_checkpoint
+from minivae.engine import no_grad
 from minivae.fileio import atomic_writer, write_json
 from minivae.flags import check_flags
 from minivae.run import plot_module
@@ -38,21 +46,22 @@ def parse_args(argv=None):
                    "(at most 10 with --quick)")
     p.add_argument("--shapes-beta", type=float, default=4.0, help="beta of the beta-VAE on the shapes")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier comparison in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier comparison in --out "
+                   "(without it, the runs that finished there are kept and the others trained)")
+    runner.add_flags(p)
     args = p.parse_args(argv)
     check_flags(p, args, at_least_1=("epochs", "iw_samples", "shapes_epochs"),
                 at_least_0=("iw_examples", "shapes_beta"))
+    runner.check_flags(p, args)
     return args
 
 
 def model_flags(args, model):
     """The train_autoencoder.py command line of one model: shared data, seed and budget."""
-    flags = ["--model", model, "--seed", str(args.seed), "--out", os.path.join(args.out, model),
-             "--iw-samples", str(args.iw_samples), "--iw-examples", str(args.iw_examples)]
+    flags = ["--model", model, "--seed", str(args.seed), "--iw-samples", str(args.iw_samples), "--iw-examples", str(args.iw_examples)]
     flags += QUICK if args.quick else ["--epochs", str(args.epochs)]
     flags += ["--data-dir", args.data_dir] if args.data_dir else []
     flags += ["--no-download"] * args.no_download + ["--no-progress"] * args.no_progress
-    flags += ["--overwrite"] * args.overwrite
     return flags + (["--dataset", "mnist"] if model == "beta_vae" else [])
 
 
@@ -65,54 +74,85 @@ def table(rows):
     return "\n".join(lines)
 
 
+def shapes_flags(args, model, beta):
+    """The train_autoencoder.py command line of one run on the shapes (scored by the MIG)."""
+    return ["--model", model, "--dataset", "shapes", "--beta", str(beta), "--seed", str(args.seed),
+            "--epochs", str(min(args.shapes_epochs, 10) if args.quick else args.shapes_epochs),
+            "--batch-size", "64", "--latent", "10"] + ["--no-progress"] * args.no_progress
+
+
+def spec(args, name, flags):
+    """The run `name` of this comparison, in OUT/<name>."""
+    return runner.Spec(name, train_autoencoder.__file__, flags, os.path.join(args.out, name))
+
+
 def main(argv=None):
     args = parse_args(argv)
-    os.makedirs(args.out, exist_ok=True)  # check_flags has checked that it can be made
     out = lambda name: os.path.join(args.out, name)  # noqa: E731
-    rows, recon, vae_seconds = [], [], None
-    for model in train_autoencoder.MODELS:
-        flags = model_flags(args, model)
-        if model == "iaf":  # equal training time with the plain VAE, as many epochs as fit
-            flags += ["--max-seconds", f"{vae_seconds:.3f}", "--epochs", "1000"]
-        print(f"== {model}: train_autoencoder.py {' '.join(flags)}", flush=True)
-        metrics, trained, x_test = train_autoencoder.train_model(train_autoencoder.parse_args(flags), flags)
-        if model == "vae":
-            vae_seconds = metrics["train_seconds"]
-        rows.append({"model": model, "test_rec": metrics["test_rec"],
-                     "test_neg_elbo": metrics.get("test_neg_elbo"), "test_iw_nll": metrics.get("test_iw_nll"),
-                     "active_units": metrics.get("active_units"),
-                     "code_perplexity": metrics.get("code_perplexity"), "seconds": metrics["train_seconds"]})
-        recon.append(trained.reconstruct(x_test[:10]))
-    config = {"quick": args.quick, "budget": " ".join(QUICK) if args.quick else f"--epochs {args.epochs}",
-              "seed": args.seed, "data": metrics["data"], "iw_samples": args.iw_samples,
-              "iw_examples": args.iw_examples, "iaf": "trained for the plain VAE's training seconds"}
-    result = {"config": config, "rows": rows}
-    write_json(out("comparison.json"), result)
-    with atomic_writer(out("comparison.md"), "w") as f:
-        f.write(table(rows) + "\n")
-    print(table(rows))
-
-    shapes_rows = []
-    for model, beta in (("vae", 1.0), ("beta_vae", args.shapes_beta)):
-        flags = ["--model", model, "--dataset", "shapes", "--beta", str(beta), "--seed", str(args.seed),
-                 "--epochs", str(min(args.shapes_epochs, 10) if args.quick else args.shapes_epochs),
-                 "--batch-size", "64", "--latent", "10",
-                 "--out", os.path.join(args.out, f"shapes-{model}")] + ["--no-progress"] * args.no_progress
-        flags += ["--overwrite"] * args.overwrite
-        print(f"== shapes, beta = {beta:g}: train_autoencoder.py {' '.join(flags)}", flush=True)
-        metrics = train_autoencoder.main(flags)
-        shapes_rows.append({"beta": beta, "mig": metrics["mig"], "mig_per_factor": metrics["mig_per_factor"],
-                            "test_neg_elbo": metrics["test_neg_elbo"], "active_units": metrics["active_units"]})
-        print(f"beta = {beta:g}: MIG {metrics['mig']:.3f}, test -ELBO {metrics['test_neg_elbo']:.2f}")
-    write_json(out("disentanglement.json"), {"config": {"epochs": int(flags[flags.index("--epochs") + 1]),
-                                                        "seed": args.seed},
-                                             "rows": shapes_rows})
-    plot = plot_module()
-    if plot is not None:
-        plot.interpolation_grid([x_test[:10], *recon], out("comparison.png"),
-                                row_labels=["input", *train_autoencoder.MODELS],
-                                title="the same test digits, reconstructed by each model")
+    shapes = {f"shapes-{m}": (m, beta) for m, beta in (("vae", 1.0), ("beta_vae", args.shapes_beta))}
+    first = [spec(args, m, model_flags(args, m)) for m in train_autoencoder.MODELS if m != "iaf"]
+    first += [spec(args, name, shapes_flags(args, *mb)) for name, mb in shapes.items()]
+    if args.overwrite:  # earlier results are replaced: nothing is read or resumed from them
+        for run in first + [spec(args, "iaf", [])]:
+            for name in ("metrics.json", "checkpoint.npz", "run.json"):
+                if os.path.isfile(os.path.join(run.out, name)):
+                    os.remove(os.path.join(run.out, name))
+    for run in first:  # every run's flags are checked before any run starts
+        if not run.done():
+            train_autoencoder.parse_args(run.command())
+    with runner.Grid(args.jobs, args.dask) as grid:
+        metrics = grid.run(first)
+        if "vae" in metrics and grid.signal is None:  # equal training time with the plain VAE
+            metrics.update(grid.run([spec(args, "iaf", model_flags(args, "iaf") + [
+                "--max-seconds", f"{metrics['vae']['train_seconds']:.3f}", "--epochs", "1000"])]))
+        rows = [{"model": m, "test_rec": metrics[m]["test_rec"], "test_neg_elbo": metrics[m].get("test_neg_elbo"),
+                 "test_iw_nll": metrics[m].get("test_iw_nll"), "active_units": metrics[m].get("active_units"),
+                 "code_perplexity": metrics[m].get("code_perplexity"), "seconds": metrics[m]["train_seconds"]}
+                for m in train_autoencoder.MODELS if m in metrics]
+        missing = [m for m in train_autoencoder.MODELS if m not in metrics]
+        config = {"quick": args.quick, "budget": " ".join(QUICK) if args.quick else f"--epochs {args.epochs}",
+                  "seed": args.seed, "data": next((m["data"] for m in metrics.values() if "data" in m), None),
+                  "iw_samples": args.iw_samples, "iw_examples": args.iw_examples,
+                  "iaf": "trained for the plain VAE's training seconds", "partial": bool(missing), "missing": missing}
+        result = {"config": config, "rows": rows}
+        write_json(out("comparison.json"), result)
+        note = f"PARTIAL: {len(rows)} of {len(train_autoencoder.MODELS)} models; missing: {', '.join(missing)}\n\n"
+        with atomic_writer(out("comparison.md"), "w") as f:
+            f.write(note * bool(missing) + table(rows) + "\n")
+        print(table(rows))
+        shapes_rows = [{"beta": shapes[name][1], "mig": metrics[name]["mig"],
+                        "mig_per_factor": metrics[name]["mig_per_factor"],
+                        "test_neg_elbo": metrics[name]["test_neg_elbo"], "active_units": metrics[name]["active_units"]}
+                       for name in shapes if name in metrics]
+        for row in shapes_rows:
+            print(f"shapes, beta = {row['beta']:g}: MIG {row['mig']:.3f}, test -ELBO {row['test_neg_elbo']:.2f}")
+        epochs = min(args.shapes_epochs, 10) if args.quick else args.shapes_epochs
+        write_json(out("disentanglement.json"), {"config": {"epochs": epochs, "seed": args.seed},
+                                                 "rows": shapes_rows, "partial": len(shapes_rows) < len(shapes)})
+        reconstructions_figure(args, [row["model"] for row in rows], out("comparison.png"))
+        again = [flag for flag in (sys.argv[1:] if argv is None else argv) if flag != "--overwrite"]
+        grid.finish(runner.study_command(__file__, again))
     return result
+
+
+def reconstructions_figure(args, models, path):
+    """comparison.png: the first 10 test digits, then each model's reconstructions (from its checkpoint)."""
+    plot = plot_module()
+    if plot is None or not models:
+        return
+    recon, x_test = [], None
+    for model in models:
+        run = os.path.join(args.out, model)
+        flags = train_autoencoder.parse_args(model_flags(args, model) + [
+            "--out", run, "--resume", os.path.join(run, "checkpoint.npz")])
+        if x_test is None:  # every model saw the same data
+            x_test = train_autoencoder.load_data(flags, np.dtype(flags.dtype))[1][:10]
+        trained = train_autoencoder.build_model(flags, np.random.default_rng(0), np.dtype(flags.dtype))
+        trained.load_state_dict(load_checkpoint(flags.resume)["params"])
+        with no_grad():
+            recon.append(trained.reconstruct(x_test))
+    plot.interpolation_grid([x_test, *recon], path, row_labels=["input", *models],
+                            title="the same test digits, reconstructed by each model")
 
 
 if __name__ == "__main__":

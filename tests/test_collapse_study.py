@@ -70,13 +70,13 @@ def test_tiny_study_writes_table_json_and_figure(tmp_path, capsys):
 def test_quick_budget_reaches_every_run_and_passed_through_flags_override_it():
     args = collapse_study.parse_args(["--out", "o", "--quick", "--hidden", "10", "--toy-length", "5", "9"])
     assert (args.toy_sentences, args.epochs) == (12000, 8)
-    run = collapse_study.train_text_vae.parse_args(collapse_study.run_argv(args, "word_dropout"))
+    run = collapse_study.train_text_vae.parse_args(collapse_study.run_argv(args, "word_dropout") + ["--out", "o"])
     assert (run.toy_sentences, run.epochs, run.embedding, run.max_vocab, run.batch_size, run.lr, run.toy_topics) == (
         12000, 8, 32, 1000, 16, 0.005, 10)
     assert run.hidden == 10 and run.toy_length == [5, 9]  # the passed-through flags win over --quick's
     assert run.word_dropout == 0.5  # and the method's flags stay
     full_args = collapse_study.parse_args(["--out", "o"])
-    full = collapse_study.train_text_vae.parse_args(collapse_study.run_argv(full_args, "vanilla"))
+    full = collapse_study.train_text_vae.parse_args(collapse_study.run_argv(full_args, "vanilla") + ["--out", "o"])
     assert (full.toy_sentences, full.epochs, full.hidden, full.batch_size, full.lr) == (20000, 20, 128, 32, 0.001)
     assert (full.toy_length, full.toy_topics) == ([5, 25], 6)  # the full study keeps the toy corpus's defaults
 
