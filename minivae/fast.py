@@ -136,8 +136,8 @@ class FusedAdam(Adam):
             if not (p.data.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous):
                 raise ValueError(f"params[{i}]: FusedAdam updates contiguous arrays only; use optim.Adam")
             g = np.ascontiguousarray(self._gradient(i, p)).reshape(-1)
-            self.steps[i] += 1
-            t = int(self.steps[i])
+            t = int(self.steps[i]) + 1  # this parameter's own step count, as in optim.Adam
+            self.steps[i] = t
             arrays = (p.data.reshape(-1), g, m.reshape(-1), v.reshape(-1))
             for start in range(0, g.size, self.block):
                 blocks.append(([a[start:start + self.block] for a in arrays], t))

@@ -14,7 +14,7 @@ import numpy as np
 
 from minivae import collapse, data, layers, ops, text
 from minivae.distributions import kl_standard_normal, sample_gaussian
-from minivae.fused import softmax_cross_entropy
+from minivae.fused import softmax_cross_entropy, softmax_cross_entropy_composed
 from minivae.fast import FusedAdam
 from minivae.models import MLPVAE
 from minivae.optim import Adam
@@ -93,8 +93,12 @@ def minivae_mlp(seed):
     return MLPVAE(MLP["n_in"], (MLP["hidden"],), MLP["latent"], rng=np.random.default_rng([seed, 3]))
 
 
-def minivae_sentence_vae(n_vocab, seed, config=GRU):
-    """The sentence VAE from minivae.layers: the initial weights every framework starts from."""
+def minivae_sentence_vae(n_vocab, seed, config=GRU, job_options=None):
+    """The sentence VAE from minivae.layers: the initial weights every framework starts from.
+
+    job_options: {"cross_entropy": "fused" (fused.softmax_cross_entropy) or "composed" (its composed form)}.
+    """
+    job_options = job_options or {}
 
     class SentenceVAE(layers.Module):
         def __init__(self, rng):
@@ -118,7 +122,11 @@ def minivae_sentence_vae(n_vocab, seed, config=GRU):
             # the vocabulary layer on the real targets only, not the padded grid (as PyTorch over packed sequences)
             real = np.nonzero(b["mask"])                                         # N (row, step) pairs
             logits = self.to_vocab(out[real])                                    # (N, V)
-            nll = softmax_cross_entropy(logits, target=b["dec_target"][real])    # -log softmax, (N,)
+            target = b["dec_target"][real]
+            if job_options.get("cross_entropy", "fused") == "composed":                # --cross-entropy composed
+                nll = softmax_cross_entropy_composed(logits, target)
+            else:
+                nll = softmax_cross_entropy(logits, target=target)               # -log softmax, (N,)
             return ops.sum(nll) / B + ops.mean(kl_standard_normal(mu, logvar))
 
     return SentenceVAE(np.random.default_rng([seed, 4]))

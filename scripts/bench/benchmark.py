@@ -73,7 +73,7 @@ TARGETS = [("mlp time vs hand-written NumPy", "mlp", "numpy", 1.05),
            ("gru time vs hand-written NumPy", "gru", "numpy", 1.05),
            ("gru_large time vs PyTorch", "gru_large", "torch", 1.0)]
 SETTINGS = ("quick", "mlp_steps", "gru_steps", "gru_large_steps", "warmup", "check_steps", "rtol", "mlp_examples",
-            "sentences", "corpus", "bucket", "seed", "torch_gru", "adam")  # recorded in the JSON and passed to every worker
+            "sentences", "corpus", "bucket", "seed", "torch_gru", "adam", "cross_entropy")  # recorded in the JSON and passed to every worker
 
 
 def parse_args(argv=None):
@@ -103,6 +103,8 @@ def parse_args(argv=None):
                    "padded batch (faster, same function) or through pack_padded_sequence (always, on gru_large)")
     p.add_argument("--adam", choices=bench_workloads.ADAMS, default="fused", help="minivae's and the hand-written "
                    "models' optimiser: fast.FusedAdam (threads as --threads) or the textbook optim.Adam")
+    p.add_argument("--cross-entropy", choices=["fused", "composed"], default="fused", help="minivae's text loss: "
+                   "fused.softmax_cross_entropy or its composed form (logsumexp minus the picked logit)")
     p.add_argument("--default-malloc", action="store_true", help="skip minivae.train.reuse_freed_memory(), "
                    "which every worker calls first by default, as the training scripts do")
     p.add_argument("--seed", type=int, default=0, help="seed of the data, the batches and the initial weights")
@@ -169,7 +171,7 @@ def run_job(job):
         step, batches = bench_measure.gemm_steps(workload, job, config)
     else:
         model = (bench_workloads.minivae_mlp(job["seed"]) if workload == "mlp" else
-                 bench_workloads.minivae_sentence_vae(job["n_vocab"], job["seed"], config))
+                 bench_workloads.minivae_sentence_vae(job["n_vocab"], job["seed"], config, job))
         step, batches = TRAIN[job["framework"]](workload, job, model), job["steps"]
         del model  # the others train copies of its weights
     result["setup_rss_mb"] = bench_measure.peak_rss_mb()
