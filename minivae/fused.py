@@ -58,8 +58,8 @@ def gru_sequence(x_proj, h0, W_h, b_h, *, mask, reverse=False):
     order of processing: outputs[arange(B), lengths - 1] with padding at the end, outputs[:, 0]
     with reverse=True (layers.GRU picks it so).
 
-    VJP: backpropagation through time. A primitive's forward can keep nothing for its VJP, but
-    `ans` holds every state, so the VJP rebuilds h_prev (the state each step started from: the
+    VJP: backpropagation through time. The forward saves nothing for it: `ans` holds every
+    state, so the VJP rebuilds h_prev (the state each step started from: the
     output of the previous real step, or h0) and recomputes r, z, n, p for all steps at once.
     Let g_t = dL/dh after step t: the output's gradient at t plus what flows back from step
     t+1. At a real step the chain rule through the equations above gives
