@@ -215,6 +215,7 @@ class Primitive:
         self.n_inputs = None if any(a.kind == a.VAR_POSITIONAL for a in args) else len(
             [a for a in args if a.kind == a.POSITIONAL_OR_KEYWORD])
         self.defaults = {a.name: a.default for a in args if a.kind == a.KEYWORD_ONLY}
+        self.required = [k for k, v in self.defaults.items() if v is inspect.Parameter.empty]
         self._vjps = self._vjp_all = None
         if self.name in PRIMITIVES:
             raise ValueError(f"a primitive named '{self.name}' is already registered")
@@ -261,15 +262,13 @@ class Primitive:
             by_keyword = ", ".join(f"{k}=..." for k in self.defaults)
             raise TypeError(f"op '{self.name}' takes {self.n_inputs} input(s), got {len(args)} "
                             f"positional arguments; pass its parameters by keyword ({by_keyword})")
-        unknown = params.keys() - self.defaults.keys()
-        if unknown:
-            raise TypeError(f"op '{self.name}' got unknown parameters {sorted(unknown)}; "
-                            f"it takes {list(self.defaults)}")
-        params = {**self.defaults, **params}
-        missing = [k for k, v in params.items() if v is inspect.Parameter.empty]
+        if not params.keys() <= self.defaults.keys():
+            unknown = sorted(params.keys() - self.defaults.keys())
+            raise TypeError(f"op '{self.name}' got unknown parameters {unknown}; it takes {list(self.defaults)}")
+        missing = [k for k in self.required if k not in params]
         if missing:
             raise TypeError(f"op '{self.name}' needs the parameter(s) {missing}")
-        return params
+        return {**self.defaults, **params}
 
     def run(self, values, params):
         """(ans, the parameters its VJP receives): the forward on arrays, its errors naming the op."""

@@ -25,8 +25,7 @@ from minivae.distributions import sample_gaussian
 from minivae.engine import no_grad
 from minivae.fileio import write_json
 from minivae.layers import dropout_mask
-from minivae.fast import FusedAdam
-from minivae.optim import clip_grad_norm
+from minivae.optim import Adam, clip_grad_norm
 from minivae.saved import sentence_model
 from minivae.text_diagnostics import (encode_sentences, factor_probe, greedy_reconstructions,
                                       reconstruction_scores, write_text_outputs)
@@ -166,7 +165,7 @@ def main(argv=None):
 
     rng = np.random.default_rng(args.seed)
     model = sentence_model(vars(args), len(vocab), rng)  # the one construction load_model uses too
-    optimizer = FusedAdam(model.parameters(), lr=args.lr)
+    optimizer = Adam(model.parameters(), lr=args.lr)
     sfb = SoftFreeBits(args.soft_free_bits, args.sfb_rate, weight=0.1 * args.beta,
                        max_weight=args.beta) if args.soft_free_bits else None
     mdr = MDR(args.mdr, args.mdr_lr) if args.mdr else None

@@ -247,7 +247,7 @@ def test_a_nan_gradient_with_a_finite_loss_stops_like_the_nan_stop(tmp_path, mon
     """The optimiser refuses a step whose gradients are not finite; the script stops cleanly,
     naming the step and the parameter, and keeps the last good checkpoint."""
     run = tmp_path / "run"
-    real_step = train_mnist_vae.Adam.step
+    real_step = train_mnist_vae.FusedAdam.step
     calls = {"n": 0}
 
     def step_with_a_nan_gradient(self):
@@ -255,7 +255,7 @@ def test_a_nan_gradient_with_a_finite_loss_stops_like_the_nan_stop(tmp_path, mon
         if calls["n"] == 45:  # step 44, in epoch 2 (40 steps per epoch)
             self.params[0].grad[0] = np.nan
         real_step(self)
-    monkeypatch.setattr(train_mnist_vae.Adam, "step", step_with_a_nan_gradient)
+    monkeypatch.setattr(train_mnist_vae.FusedAdam, "step", step_with_a_nan_gradient)
     with pytest.raises(SystemExit, match=r"step 44: params\[0\] .* NaN or infinite gradient entries; no "
                                          r"parameter was updated.*Last good checkpoint: .*checkpoint.npz"):
         train_mnist_vae.main(TINY + ["--epochs", "3", "--out", str(run), "--no-plots"])

@@ -10,10 +10,12 @@ The op is multiply on two (size, size) float32 arrays, as `x * y` inside a model
   minivae forward+backward  (x * y).backward(g) on tensors that require gradients, grads cleared
 The difference between a minivae row and the NumPy row under it is what the engine adds per op
 call: binding the parameters, wrapping the inputs, recording the node, walking the graph.
-Each figure is the median over --repeats rounds of the mean time of --number calls.
+Each figure is the median over --repeats rounds of the mean CPU time (time.process_time, which
+other processes on a busy machine disturb far less than wall time) of --number calls.
 """
 import argparse
 import os
+import time
 import timeit
 
 import numpy as np
@@ -63,10 +65,10 @@ def main(argv=None):
     args = parse_args(argv)
     results = {}
     for name, fn in cases(args.size).items():
-        rounds = timeit.repeat(fn, number=args.number, repeat=args.repeats)
+        rounds = timeit.repeat(fn, number=args.number, repeat=args.repeats, timer=time.process_time)
         results[name] = float(np.median(rounds)) / args.number * 1e6  # microseconds per call
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"multiply on ({args.size}, {args.size}) float32, median of {args.repeats} rounds of "
+    print(f"multiply on ({args.size}, {args.size}) float32, CPU time, median of {args.repeats} rounds of "
           f"{args.number} calls, load average {load:.2f}")
     for name, us in results.items():
         print(f"{name:<28}{us:8.2f} us")

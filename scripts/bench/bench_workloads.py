@@ -96,7 +96,8 @@ def minivae_mlp(seed):
 def minivae_sentence_vae(n_vocab, seed, config=GRU, job_options=None):
     """The sentence VAE from minivae.layers: the initial weights every framework starts from.
 
-    job_options: {"cross_entropy": "fused" (fused.softmax_cross_entropy) or "composed" (its composed form)}.
+    job_options: {"cross_entropy": "fused" (fused.softmax_cross_entropy) or "composed" (its composed
+    form), "gru": "fused" (fused.gru_sequence) or "unrolled" (layers.GRUCell step by step)}.
     """
     job_options = job_options or {}
 
@@ -104,10 +105,11 @@ def minivae_sentence_vae(n_vocab, seed, config=GRU, job_options=None):
         def __init__(self, rng):
             E, H, d = config["embed"], config["hidden"], config["latent"]
             self.embedding = layers.Embedding(n_vocab, E, rng)  # shared by encoder and decoder
-            self.encoder = layers.GRU(E, H, rng)
+            fused = job_options.get("gru", "fused") == "fused"  # "unrolled": layers.GRUCell step by step
+            self.encoder = layers.GRU(E, H, rng, fused=fused)
             self.to_latent = layers.Dense(H, 2 * d, rng)
             self.to_state = layers.Dense(d, H, rng)
-            self.decoder = layers.GRU(E, H, rng)
+            self.decoder = layers.GRU(E, H, rng, fused=fused)
             self.to_vocab = layers.Dense(H, n_vocab, rng)
 
         def loss(self, b):

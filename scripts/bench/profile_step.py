@@ -13,9 +13,11 @@ for --steps steps after --warmup, and splits each step's wall time:
                (binding, wrapping, recording nodes, the topological order, unbroadcasting,
                summing fan-out) plus the Python of the model's own code between ops
   Adam         the optimiser step (the same form in both programs: --adam)
-Each part is the median over the timed steps, in milliseconds; the parts add up to the step.
-Timing every primitive call adds two clock reads per call, which the forward and backward
-columns absorb. Threads: --threads sets OpenBLAS's thread count in this one process.
+Each part is the median over the timed steps of this process's CPU time (time.process_time: other
+processes on a busy machine disturb it far less than wall time), in milliseconds; the parts add
+up to the step. Timing every primitive call adds two clock reads per call, which the forward and
+backward columns absorb. --threads sets OpenBLAS's thread count in this one process; with more
+than one, CPU time counts every thread's.
 """
 import argparse
 import functools
@@ -45,6 +47,10 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=3, help="steps run first and not timed")
     p.add_argument("--threads", type=int, default=2, help="OpenBLAS threads (and FusedAdam's)")
     p.add_argument("--adam", choices=bench_workloads.ADAMS, default="fused", help="the optimiser of both programs")
+    p.add_argument("--cross-entropy", choices=["fused", "composed"], default="fused",
+                   help="minivae's text loss: fused.softmax_cross_entropy or its composed form")
+    p.add_argument("--gru", choices=["fused", "unrolled"], default="fused",
+                   help="minivae's GRUs: fused.gru_sequence or layers.GRUCell unrolled step by step")
     p.add_argument("--sentences", type=int, default=20000, help="toy corpus size (90%% train)")
     p.add_argument("--data-dir", help="Fashion-MNIST IDX folder for mlp (default: synthetic images)")
     p.add_argument("--seed", type=int, default=0, help="seed of the data, the batches and the weights")
@@ -64,11 +70,11 @@ class KernelClock:
     def _timed(self, fn, part):
         @functools.wraps(fn)
         def timed(*args, **kwargs):
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.seconds[part] += time.perf_counter() - t0
+                self.seconds[part] += time.process_time() - t0
         return timed
 
     def install(self):
@@ -86,7 +92,7 @@ def make_job(args, workload):
     job = {"workload": workload, "n_steps": args.warmup + args.steps, "seed": args.seed, "threads": args.threads,
            "adam": args.adam, "lr": CONFIGS[workload]["lr"], "sentences": args.sentences, "data_dir": args.data_dir,
            "mlp_examples": max(MLP["batch_size"] * (args.warmup + args.steps), 1024), "corpus": None,
-           "bucket": CONFIGS[workload].get("bucket", 0)}
+           "bucket": CONFIGS[workload].get("bucket", 0), "cross_entropy": args.cross_entropy, "gru": args.gru}
     if workload == "mlp":
         job["x"], job["steps"], _ = bench_workloads.mlp_workload(job)
     else:
@@ -97,7 +103,7 @@ def make_job(args, workload):
 def model_of(job):
     if job["workload"] == "mlp":
         return bench_workloads.minivae_mlp(job["seed"])
-    return bench_workloads.minivae_sentence_vae(job["n_vocab"], job["seed"], CONFIGS[job["workload"]])
+    return bench_workloads.minivae_sentence_vae(job["n_vocab"], job["seed"], CONFIGS[job["workload"]], job)
 
 
 def profile_minivae(job, warmup):
@@ -112,13 +118,13 @@ def profile_minivae(job, warmup):
     clock, rows = KernelClock(), []
     for i, batch in enumerate(job["steps"]):
         clock.seconds = {"forward": 0.0, "backward": 0.0}
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         objective = loss(batch)
         optimizer.zero_grad()
         objective.backward()
-        t1 = time.perf_counter()
+        t1 = time.process_time()
         optimizer.step()
-        t2 = time.perf_counter()
+        t2 = time.process_time()
         if i == 0:
             clock.install()  # after one untimed step, so that the first call of everything is not timed
         if i >= warmup:
@@ -134,9 +140,9 @@ def profile_numpy(job, warmup):
     rows = []
     for i, batch in enumerate(job["steps"]):
         bench_numpy.BACKWARD_STARTS.clear()
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         step(batch)
-        t2 = time.perf_counter()
+        t2 = time.process_time()
         adam = step.adam_seconds[-1]
         if i >= warmup:
             forward = bench_numpy.BACKWARD_STARTS[0] - t0
@@ -146,6 +152,7 @@ def profile_numpy(job, warmup):
 
 def main(argv=None):
     args = parse_args(argv)
+    bench_numpy.CLOCK = time.process_time
     table = {}
     with blas_threads(args.threads):
         for workload in args.workloads:
@@ -155,15 +162,15 @@ def main(argv=None):
                 medians = {part: float(np.median([r[part] for r in rows])) * 1e3 for part in PARTS}
                 table[f"{workload} {program}"] = {**medians, "step": sum(medians.values())}
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"median ms per step over {args.steps} steps, {args.threads} threads, Adam: {args.adam}, "
-          f"load average {load:.2f}")
+    print(f"median CPU ms per step over {args.steps} steps, {args.threads} threads, Adam: {args.adam}, cross-entropy: "
+          f"{args.cross_entropy}, GRU: {args.gru}, load average {load:.2f}")
     print(f"{'workload':<20}{'forward':>9}{'backward':>10}{'bookkeeping':>13}{'Adam':>8}{'step':>8}")
     for name, r in table.items():
         print(f"{name:<20}" + "".join(f"{r[k]:>{w}.2f}" for k, w in
                                       (("forward", 9), ("backward", 10), ("bookkeeping", 13), ("adam", 8), ("step", 8))))
     if args.out:
         write_json(args.out, {"steps": args.steps, "threads": args.threads, "adam": args.adam, "load": load,
-                              "ms_per_step": table})
+                              "cross_entropy": args.cross_entropy, "gru": args.gru, "ms_per_step": table})
     return table
 
 
