@@ -229,7 +229,7 @@ class Adam(_Optimizer):
             if p.grad is None:
                 continue
             g = self._gradient(i, p)
-            # BEGIN SOLUTION optim: count self.steps[i]; update m and v in place (flushed), then p.data
+            # BEGIN SOLUTION optim: count self.steps[i]; update m and v in place, then p.data
             self.steps[i] += 1
             t = int(self.steps[i])
             m[...] = b1 * m + (1 - b1) * g
