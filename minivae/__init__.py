@@ -5,7 +5,7 @@ Reading order (each module builds only on the ones before it):
   ops.py               every primitive with its VJP beside it, then composites (mean, softmax,
                        ...); at the bottom, Tensor's operators (+, *, @, .sum(), .T, ...)
   fused.py             fused primitives: gru_sequence, a whole GRU with its backward through time;
-                       softmax_cross_entropy, whose backward reuses its forward's softmax
+                       softmax_cross_entropy, whose backward reuses the softmax its forward saves
   gradcheck.py         finite-difference gradient checks, and the debugger that names the wrong op
   graph.py             pictures of the recorded graph (matplotlib PNG, or Graphviz text)
   layers.py            Module, Dense, MLP, Embedding, dropout_mask, GRUCell (textbook), GRU
@@ -15,6 +15,8 @@ Reading order (each module builds only on the ones before it):
   optim.py             SGD, Adam, clip_grad_norm
   models.py            the image VAE (MLPVAE)
   diagnostics.py       held-out ELBO, importance-weighted likelihood, active units, mutual information
+  fast.py              fast forms tested equal to the textbook ones: the IW likelihood on every
+                       core, FusedAdam (Adam in place, in blocks, over threads)
   autoencoders.py      deterministic autoencoders: plain, denoising, sparse, k-sparse, contractive
   shapes.py            generated images with known factors; the mutual information gap (MIG)
   vqvae.py             VQ-VAE: codebook, straight-through, EMA update, dead-code restarts, GRU prior

@@ -2,11 +2,6 @@
 mutual information. All run without recording a graph and return plain numbers/arrays; the
 densities are distributions.py's and log-sum-exp is ops.logsumexp, applied to arrays. Sentence
 diagnostics (reconstruction, linear probes) are in text_diagnostics.py."""
-import contextlib
-import ctypes
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
 from . import ops
@@ -72,10 +67,7 @@ def mutual_information(mu, logvar, z):
     return float(neg_entropy - np.mean(log_qz))
 
 
-THREADS = min(4, os.cpu_count() or 1)  # chunks of samples evaluated at once by iw_log_likelihood
-
-
-def iw_log_likelihood(model, x, K, rng, batch_size=None, chunk=500, progress=None, fast=True):
+def iw_log_likelihood(model, x, K, rng, batch_size=None, chunk=500, progress=None):
     """Importance-weighted estimate of log p(x) per example, with K samples from q(z|x).
 
         log p_K(x) = logsumexp_k [log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log K
@@ -83,9 +75,8 @@ def iw_log_likelihood(model, x, K, rng, batch_size=None, chunk=500, progress=Non
     K = 1 is the ELBO; the bound tightens (never loosens, in expectation) as K grows. Each batch of
     examples is encoded once; its samples are decoded `chunk` at a time (all chunk * batch_size rows
     in one pass), so memory stays bounded for K = 5000. progress: None, or a function wrapping an
-    iterable and its length (e.g. a tqdm bar) that sees the batches. fast=False always takes
-    model.log_likelihood, the textbook form of the fast float32 Bernoulli term (the reference of
-    its tests and of scripts/bench/bench_iw_eval.py). Returns an (N,) float64 array.
+    iterable and its length (e.g. a tqdm bar) that sees the batches. fast.iw_log_likelihood gives
+    the same numbers on every core. Returns an (N,) float64 array.
     Reference: Burda et al. 2016, arXiv:1509.00519, eq. 8.
     """
     if K < 1:
@@ -93,16 +84,15 @@ def iw_log_likelihood(model, x, K, rng, batch_size=None, chunk=500, progress=Non
     batch_size = batch_size or max(1, 4000 // min(K, chunk))
     starts = range(0, len(x), batch_size)
     out = []
-    # each thread runs its own GEMMs: OpenBLAS's threads on top would oversubscribe the cores
-    with no_grad(), ThreadPoolExecutor(THREADS) as pool, blas_threads(1 if THREADS > 1 else None):
+    with no_grad():
         for start in (progress(starts, len(starts)) if progress else starts):
             xb = x[start:start + batch_size]  # (b, n_in)
             mu, logvar = (t.data for t in model.encode(Tensor(xb)))  # (b, d) each
-            # every draw first, in order, so the samples do not depend on the threads
-            eps = [rng.standard_normal((min(chunk, K - k0), *mu.shape)).astype(mu.dtype) for k0 in range(0, K, chunk)]
-            # chunks on every core, as NumPy releases the GIL (1.8x on 2 cores with one BLAS thread each)
-            log_w = np.concatenate(list(pool.map(lambda e: _log_weights(model, xb, mu, logvar, e, fast), eps)))
-            out.append(log_mean_exp(log_w))
+            log_w = []  # (k, b) for each chunk of samples
+            for k0 in range(0, K, chunk):
+                eps = rng.standard_normal((min(chunk, K - k0), *mu.shape)).astype(mu.dtype)  # (k, b, d)
+                log_w.append(_log_weights(model, xb, mu, logvar, eps))
+            out.append(log_mean_exp(np.concatenate(log_w)))
     return np.concatenate(out)
 
 
@@ -113,75 +103,20 @@ def log_mean_exp(log_w):
     # END SOLUTION
 
 
-def _log_weights(model, xb, mu, logvar, eps, fast=True):
-    """log w (k, b) in float64 of the k samples z = mu + exp(0.5*logvar) * eps, eps (k, b, d)."""
+def _log_weights(model, xb, mu, logvar, eps, log_likelihood=None):
+    """log w (k, b) in float64 of the k samples z = mu + exp(0.5*logvar) * eps, eps (k, b, d).
+
+    log_likelihood: a function of the arrays (xb, x_out) giving log p(x|z) (k, b); None: the model's.
+    """
     z = sample_gaussian(mu, logvar, eps).data
     x_out = model.decode(Tensor(z.reshape(-1, mu.shape[1]))).data.reshape(*eps.shape[:2], -1)  # (k, b, n_in)
-    if fast and getattr(model, "likelihood", None) == "bernoulli" and x_out.dtype == np.float32:
-        log_px_z = _bernoulli_log_likelihood_fast(xb, x_out)  # (k, b)
-    else:
+    if log_likelihood is None:
         log_px_z = model.log_likelihood(Tensor(xb), Tensor(x_out)).data  # xb broadcasts over k
+    else:
+        log_px_z = log_likelihood(xb, x_out)
     # BEGIN SOLUTION iwae: log w = log p(x|z) + log p(z) - log q(z|x), in float64
     z64 = z.astype(np.float64)
     log_pz = standard_normal_log_density(z64).data
     log_qz = gaussian_log_density(z64, mu.astype(np.float64), logvar.astype(np.float64)).data
     return log_px_z.astype(np.float64) + log_pz - log_qz  # (k, b)
     # END SOLUTION
-
-
-def _bernoulli_log_likelihood_fast(x, x_logits):
-    """distributions.bernoulli_log_likelihood(x, x_logits) for float32 logits (k, b, n) and x (b, n).
-
-    The same sum(x*l - softplus(l)) in fewer passes over the logits, with no log1p (slow in float32):
-        sum softplus(l) = sum max(l, 0) + sum log(1 + exp(-|l|)),  sum max(l, 0) = (sum l + sum |l|) / 2
-    and x*l summed by einsum. The last sum is the log of products of 16 factors, each in (1, 2]: one
-    log per 16 pixels, never overflowing. log(1 + e) drops e < 6e-8: at most 5e-5 nats over 784 pixels.
-    """
-    # 3x faster than ops.softplus on (4000, 784) float32 logits, half of the K = 5000 evaluation's time
-    tail = np.abs(x_logits)
-    sum_abs = tail.sum(axis=-1)
-    np.negative(tail, out=tail)
-    np.exp(tail, out=tail)
-    tail += 1.0
-    n = tail.shape[-1] // 16 * 16
-    products = tail[..., :n].reshape(*tail.shape[:-1], 16, n // 16).prod(axis=-2)  # each at most 2**16
-    log_tail = np.log(products).sum(axis=-1) + np.log(tail[..., n:]).sum(axis=-1)
-    softplus_sum = 0.5 * (x_logits.sum(axis=-1) + sum_abs) + log_tail
-    return np.einsum("kbn,bn->kb", x_logits, x) - softplus_sum
-
-
-@contextlib.contextmanager
-def blas_threads(n):
-    """Inside the block, OpenBLAS (the BLAS of NumPy's wheels) runs n threads, restored after. With
-    n None, another BLAS, or no /proc/self/maps to find the library in (not Linux): no change."""
-    found = _openblas_thread_functions() if n is not None else None
-    if found is None:
-        yield
-        return
-    get_threads, set_threads = found
-    before = get_threads()
-    set_threads(n)
-    try:
-        yield
-    finally:
-        set_threads(before)
-
-
-def _openblas_thread_functions():
-    """(get, set) of the loaded OpenBLAS's thread count, or None: found through ctypes, by the
-    names NumPy's wheels (scipy_openblas, 64-bit integers) and other builds export."""
-    if not os.path.exists("/proc/self/maps"):
-        return None
-    with open("/proc/self/maps") as maps:
-        paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower()})
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for prefix, suffix in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "")):
-            get_threads = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-            set_threads = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-            if get_threads is not None and set_threads is not None:
-                return get_threads, set_threads
-    return None

@@ -195,23 +195,27 @@ def unbroadcast(g, parent_value, op_name="?"):
 class Primitive:
     """An op with a forward NumPy function and a VJP; calling it on tensors records a graph node.
 
-    Positional arguments are the op's inputs (tensors, arrays or numbers: all may receive
-    gradients); keyword arguments are static parameters such as `axis`, passed to both the
-    forward function and the VJP. Define the VJP with `defvjp` (one function per input) or
-    `defvjp_all` (one function returning every input's gradient, for ops that share work).
-    A VJP may return g itself or a view of an argument: the engine never writes into what a VJP
-    returns, and a leaf's .grad is always a copy of its own.
+    The forward's positional parameters are the op's inputs (tensors, arrays or numbers: all may
+    receive gradients); its keyword-only parameters, after a `*`, are static parameters such as
+    `axis`, passed by keyword to both the forward function and the VJP. Define the VJP with
+    `defvjp` (one function per input) or `defvjp_all` (one function returning every input's
+    gradient, for ops that share work). A VJP may return g itself or a view of an argument: the
+    engine never writes into what a VJP returns, and a leaf's .grad is always a copy of its own.
+
+    A primitive made with `primitive(saves=True)` has a forward that returns (ans, saved), saved a
+    dict of arrays its VJP needs (a softmax, say): the node keeps them, and the VJP receives them
+    as keyword arguments beside the static parameters.
     """
 
-    def __init__(self, forward):
-        self.forward = forward
+    def __init__(self, forward, saves=False):
+        self.forward, self.saves = forward, saves
         self.name = forward.__name__.lstrip("_")  # `_where` is registered as "where"
         self.__doc__ = forward.__doc__
-        # Inputs come before a `*` in the forward's signature, static parameters after it.
         args = inspect.signature(forward).parameters.values()
         self.n_inputs = None if any(a.kind == a.VAR_POSITIONAL for a in args) else len(
             [a for a in args if a.kind == a.POSITIONAL_OR_KEYWORD])
         self.defaults = {a.name: a.default for a in args if a.kind == a.KEYWORD_ONLY}
+        self.required = [k for k, v in self.defaults.items() if v is inspect.Parameter.empty]
         self._vjps = self._vjp_all = None
         if self.name in PRIMITIVES:
             raise ValueError(f"a primitive named '{self.name}' is already registered")
@@ -242,36 +246,41 @@ class Primitive:
                             f"g of shape {np.shape(g)}: {err}") from err
 
     def __call__(self, *args, **params):
-        if self.n_inputs is not None and len(args) > self.n_inputs:  # e.g. ops.sum(x, 0)
-            extra = args[self.n_inputs:]
-            if len(extra) > len(self.defaults):
-                raise TypeError(f"op '{self.name}' takes {self.n_inputs} inputs and the parameters "
-                                f"{list(self.defaults)}, got {len(args)} positional arguments")
-            params.update(zip(self.defaults, extra))
-            args = args[:self.n_inputs]
-        unknown = set(params) - set(self.defaults)
-        if unknown:
-            raise TypeError(f"op '{self.name}' got unknown parameters {sorted(unknown)}; "
-                            f"it takes {list(self.defaults)}")
-        params = {**self.defaults, **params}
-        missing = [k for k, v in params.items() if v is inspect.Parameter.empty]
+        """Apply the op: bind the static parameters, unwrap the inputs, run the forward, record the node."""
+        params = self.bind(args, params)
+        inputs = _inputs_of(args, self.name)
+        ans, params = self.run([t.data for t in inputs], params)
+        out = Tensor(ans)
+        if _grad_enabled and any(t.requires_grad for t in inputs):  # record only when a gradient will be asked for
+            out.requires_grad = True
+            out._op, out._parents, out._params = self, inputs, params
+        return out
+
+    def bind(self, args, params):
+        """The static parameters with their defaults filled in, after checking the call's arguments."""
+        if self.n_inputs is not None and len(args) != self.n_inputs:  # e.g. ops.sum(x, 0)
+            by_keyword = ", ".join(f"{k}=..." for k in self.defaults)
+            raise TypeError(f"op '{self.name}' takes {self.n_inputs} input(s), got {len(args)} "
+                            f"positional arguments; pass its parameters by keyword ({by_keyword})")
+        if not params.keys() <= self.defaults.keys():
+            unknown = sorted(params.keys() - self.defaults.keys())
+            raise TypeError(f"op '{self.name}' got unknown parameters {unknown}; it takes {list(self.defaults)}")
+        missing = [k for k in self.required if k not in params]
         if missing:
             raise TypeError(f"op '{self.name}' needs the parameter(s) {missing}")
-        inputs = _inputs_of(args, self.name)
-        values = [t.data for t in inputs]
+        return {**self.defaults, **params}
+
+    def run(self, values, params):
+        """(ans, the parameters its VJP receives): the forward on arrays, its errors naming the op."""
         try:
             ans = self.forward(*values, **params)
         except (ValueError, IndexError) as err:
-            shapes = ", ".join(str(v.shape) for v in values)
+            shapes = ", ".join(str(np.shape(v)) for v in values)
             raise type(err)(f"op '{self.name}' on inputs of shapes {shapes}: {err}") from err
-        out = Tensor.__new__(Tensor)
-        out.data, out.grad = ans, None
-        out.requires_grad = _grad_enabled and any(t.requires_grad for t in inputs)
-        if out.requires_grad:  # record the graph only when someone will need it
-            out._op, out._parents, out._params = self, inputs, params
-        else:
-            out._op, out._parents, out._params = None, (), None
-        return out
+        if self.saves:  # the forward also returned the arrays its VJP needs
+            ans, saved = ans
+            params = {**params, **saved}
+        return ans, params
 
     def __repr__(self):
         return f"<primitive {self.name}>"
@@ -292,6 +301,11 @@ def _inputs_of(args, op_name):
     return tuple(inputs)
 
 
-def primitive(forward):
-    """Decorator: register a NumPy function as a primitive op (then attach its VJP)."""
-    return Primitive(forward)
+def primitive(forward=None, *, saves=False):
+    """Decorator: register a NumPy function as a primitive op (then attach its VJP).
+
+    `@primitive(saves=True)` registers a forward that returns (ans, {name: array for its VJP}).
+    """
+    if forward is None:
+        return lambda f: Primitive(f, saves)
+    return Primitive(forward, saves)

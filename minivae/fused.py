@@ -7,7 +7,7 @@ form is the readable reference, and tests/test_layers.py checks that both give t
 and gradients.
 
 softmax_cross_entropy is the per-token loss of a language model, -log softmax(logits)[target],
-as one node whose VJP reuses the softmax its forward computed. Its composed form,
+as one node whose VJP reuses the softmax its forward computed (returned to the engine as saved). Its composed form,
 softmax_cross_entropy_composed (ops.logsumexp minus the picked logit), sits beside it as the
 reference, and tests/test_fused.py checks that both give the same values and gradients.
 """
@@ -15,7 +15,6 @@ import numpy as np
 
 from . import ops
 from .engine import primitive
-from .ops import _stacked_times_matrix
 
 
 def _in_time_order(reverse, *arrays):
@@ -59,8 +58,8 @@ def gru_sequence(x_proj, h0, W_h, b_h, *, mask, reverse=False):
     order of processing: outputs[arange(B), lengths - 1] with padding at the end, outputs[:, 0]
     with reverse=True (layers.GRU picks it so).
 
-    VJP: backpropagation through time. A primitive's forward can keep nothing for its VJP, but
-    `ans` holds every state, so the VJP rebuilds h_prev (the state each step started from: the
+    VJP: backpropagation through time. The forward saves nothing for it: `ans` holds every
+    state, so the VJP rebuilds h_prev (the state each step started from: the
     output of the previous real step, or h0) and recomputes r, z, n, p for all steps at once.
     Let g_t = dL/dh after step t: the output's gradient at t plus what flows back from step
     t+1. At a real step the chain rule through the equations above gives
@@ -100,7 +99,7 @@ def _gru_sequence_vjp(g, ans, x_proj, h0, W_h, b_h, mask, reverse):
     states = np.concatenate([h0[:, None], ans], axis=1)                  # (B, 1 + T, H)
     h_prev = states[np.arange(B)[:, None], before + 1]                   # (B, T, H)
 
-    p = _stacked_times_matrix(h_prev, W_h) + b_h                        # (B, T, 3H)
+    p = (h_prev.reshape(B * T, H) @ W_h + b_h).reshape(B, T, 3 * H)     # one GEMM for all steps
     rz = _gate(x_proj[..., :2 * H] + p[..., :2 * H])
     r, z, p_n = rz[..., :H], rz[..., H:], p[..., 2 * H:]
     n = np.tanh(x_proj[..., 2 * H:] + r * p_n)
@@ -138,7 +137,7 @@ def softmax_cross_entropy_composed(logits, target):
     return ops.logsumexp(logits, axis=-1) - picked
 
 
-@primitive
+@primitive(saves=True)
 def softmax_cross_entropy(logits, *, target):
     """Per-token cross-entropy nll = -log softmax(logits)[target] over the last axis, stably.
 
@@ -146,9 +145,8 @@ def softmax_cross_entropy(logits, *, target):
         p = exp(logits - m) / sum(exp(logits - m))      (every exp in (0, 1]: nothing overflows)
         nll = (m - logits[target]) + log(sum(exp(logits - m)))
     VJP: d nll / d logits = p - onehot(target), so d logits = g[..., None] * (p - onehot(target)).
-    The forward has p in hand; the VJP reuses it rather than computing exp again. A VJP sees only
-    the inputs and the output, so the forward writes p and nll into one (..., V + 1) array and
-    returns its last column, a view whose .base is that array: the VJP reads p from ans.base.
+    The forward has p in hand and returns it beside nll, as saved={"softmax": p} (a primitive made
+    with saves=True); the engine passes it to the VJP, which so never computes exp again.
     """
     V = logits.shape[-1]
     target = np.asarray(target)
@@ -158,23 +156,17 @@ def softmax_cross_entropy(logits, *, target):
     if target.size and (target.min() < 0 or target.max() >= V):
         raise ValueError(f"target ids must lie in 0..{V - 1} (the logits' last axis), got "
                          f"{target.min()}..{target.max()}")
-    out = np.empty(logits.shape[:-1] + (V + 1,), dtype=logits.dtype)     # [p, nll]
-    p = out[..., :V]
     m = np.max(logits, axis=-1, keepdims=True)
-    np.exp(np.subtract(logits, m, out=p), out=p)
+    p = np.exp(logits - m)
     total = np.sum(p, axis=-1, keepdims=True)
     p /= total
     picked = np.take_along_axis(logits, target[..., None], axis=-1)
-    out[..., V:] = (m - picked) + np.log(total)    # m - picked first: exact when the target is the max
-    return out[..., V]
+    nll = (m - picked) + np.log(total)    # m - picked first: exact when the target is the max
+    return nll[..., 0], {"softmax": p}
 
 
-def _softmax_cross_entropy_vjp(g, ans, logits, target):
-    V = logits.shape[-1]
-    if ans.base is None or ans.base.shape != logits.shape[:-1] + (V + 1,):
-        raise ValueError("softmax_cross_entropy's VJP needs the forward's own output, whose .base "
-                         "holds the softmax; it was given a copy")
-    grad = g[..., None] * ans.base[..., :V]                                 # g * p
+def _softmax_cross_entropy_vjp(g, ans, logits, target, softmax):
+    grad = g[..., None] * softmax                                           # g * p
     rows = np.indices(target.shape, sparse=True)
     grad[rows + (np.asarray(target),)] -= g                                 # - g * onehot(target)
     return grad

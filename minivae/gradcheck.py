@@ -157,21 +157,23 @@ def check_vjp(op, values, params=None, needs=None, eps=1e-6, rtol=1e-5, atol=1e-
     and a `message`. The check runs in float64 (values are converted); a separate call in the
     inputs' own dtypes catches a VJP that upcasts.
     """
-    params = dict(params or {})
+    params = {k: v for k, v in (params or {}).items() if k in op.defaults}  # static ones: a node's may hold saved arrays
     needs = list(needs) if needs is not None else [np.asarray(v).dtype.kind == "f" for v in values]
     rng = np.random.default_rng(seed)
     x64 = [np.asarray(v, dtype=np.float64) for v in values]
     p64 = {k: (np.float64 if k == "dtype" else v) for k, v in params.items()}
-    f = lambda *xs: np.asarray(op.forward(*xs, **p64), dtype=np.float64)  # noqa: E731
-    ans = f(*x64)
+    f = lambda *xs: np.asarray(op.run(xs, p64)[0], dtype=np.float64)  # noqa: E731
+    ans, vjp_p64 = op.run(x64, p64)  # the VJP's parameters: p64 and what the forward saved for it
+    ans = np.asarray(ans, dtype=np.float64)
     u = rng.standard_normal(ans.shape)
     names = _input_names(op, len(values))
     try:
-        grads = op.vjp(u, ans, x64, p64, needs)
+        grads = op.vjp(u, ans, x64, vjp_p64, needs)
         own = grads  # ...and once more in the inputs' own dtypes, to catch an upcast
         if any(np.asarray(v).dtype != np.float64 for v in values):
-            ans_own = np.asarray(op.forward(*values, **params))
-            own = op.vjp(u.astype(ans_own.dtype), ans_own, list(values), params, needs)
+            ans_own, params_own = op.run(list(values), params)
+            ans_own = np.asarray(ans_own)
+            own = op.vjp(u.astype(ans_own.dtype), ans_own, list(values), params_own, needs)
     except NotImplementedError:
         raise
     except Exception as err:

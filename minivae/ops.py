@@ -128,28 +128,11 @@ def relu(x):
 relu.defvjp(lambda g, ans, x: g * (x > 0))
 
 
-def flush_subnormals(a):
-    """Set the subnormal entries of a (0 < |a| < tiny, 1.2e-38 in float32) to 0, in place; return a.
-
-    Values this small are below float32's resolution next to any normal number they meet, so 0
-    changes no sum of them; float64 (tiny 2.2e-308) is practically never affected.
-    """
-    a = np.asarray(a)  # a NumPy scalar (from 0-d inputs) becomes a 0-d array that copyto can write
-    # buys 2.7x on a trained MNIST decoder's step (11 -> 4 ms): x86 computes slowly on subnormals
-    np.copyto(a, 0, where=np.abs(a) < np.finfo(a.dtype).tiny)
-    return a
-
-
 @primitive
 def softplus(x):
-    """log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)), finite for any x.
-
-    VJP: g*sigmoid(x), computed as g*exp(x - ans): log(sigmoid(x)) = x - softplus(x) exactly, and
-    x - ans <= 0, so this never overflows and costs one exp. exp(-|x|) (below -87 in float32) and
-    the gradient have their subnormal entries set to 0 by flush_subnormals.
-    """
-    return np.maximum(x, 0) + np.log1p(flush_subnormals(np.exp(-np.abs(x))))
-softplus.defvjp(lambda g, ans, x: flush_subnormals(g * np.exp(x - ans)))
+    """log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)), finite for any x.  VJP: g*sigmoid(x)."""
+    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+softplus.defvjp(lambda g, ans, x: g * _stable_sigmoid(x))
 
 
 @primitive
@@ -214,73 +197,42 @@ def logsumexp(x, *, axis=None, keepdims=False):
     """
     m = np.max(x, axis=axis, keepdims=True)
     m = np.where(np.isfinite(m), m, 0)  # an all -inf slice gives -inf, not nan
-    e = _exp_of_difference(x, m)
     with np.errstate(divide="ignore"):  # log(0) = -inf is the right answer for an empty sum
-        out = np.log(np.sum(e, axis=axis, keepdims=True)) + m
+        out = np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m
     if keepdims:
         return out
     return out.reshape(()) if axis is None else np.squeeze(out, axis=axis)
 
 
-def _exp_of_difference(x, y):
-    """exp(x - y) shaped like x, computed in one new array (the arrays can be (B, T, vocabulary) large)."""
-    out = np.subtract(x, y, out=np.empty_like(x))
-    return np.exp(out, out=out)
-
-
 def _logsumexp_vjp(g, ans, x, axis, keepdims):
     # BEGIN SOLUTION ops: g * softmax(x), with softmax(x) = exp(x - ans) (_expand g and ans first)
-    softmax = _exp_of_difference(x, _expand(ans, x, axis, keepdims))
-    return np.multiply(softmax, _expand(g, x, axis, keepdims), out=softmax)
+    return _expand(g, x, axis, keepdims) * np.exp(x - _expand(ans, x, axis, keepdims))
     # END SOLUTION
 logsumexp.defvjp(_logsumexp_vjp)
 
 
 # ===================================================================== linear algebra
-def _stacked_times_matrix(x, w):
-    """x (..., n, k) @ w (k, m) as ONE (N, k) @ (k, m) product: np.matmul would do one per leading index."""
-    return np.matmul(x.reshape(-1, x.shape[-1]), w).reshape(*x.shape[:-1], w.shape[-1])
-
-
 def _matmul_vjp_x(g, ans, x, y):
-    # BEGIN SOLUTION ops: g @ y.T (swap y's last two axes); treat a vector x as (1, k), y as (k, 1)
-    if y.ndim == 1:  # (..., k) @ (k,) -> (...): the outer product of g and y
-        return g[..., None] * y
-    if y.ndim == 2 and x.ndim > 2:
-        return _stacked_times_matrix(g, y.T)
-    gx = g[..., None, :] if x.ndim == 1 else g  # a vector x acted as a (1, k) matrix
-    out = gx @ np.swapaxes(y, -1, -2)
-    return out[..., 0, :] if x.ndim == 1 else out
+    # BEGIN SOLUTION ops: g @ y.T, with .T swapping the last two axes (np.swapaxes(y, -1, -2))
+    return g @ np.swapaxes(y, -1, -2)
     # END SOLUTION
 
 
 def _matmul_vjp_y(g, ans, x, y):
-    # BEGIN SOLUTION ops: x.T @ g (swap x's last two axes); the engine sums over broadcast batch axes
-    if x.ndim == 1:  # (k,) @ (..., k, m) -> (..., m)
-        return x[:, None] * g[..., None, :]
-    if y.ndim == 2 and x.ndim > 2:  # the sum over the leading axes happens inside one product
-        return x.reshape(-1, x.shape[-1]).T @ g.reshape(-1, g.shape[-1])
-    gy = g[..., None] if y.ndim == 1 else g  # a vector y acted as a (k, 1) matrix
-    out = np.swapaxes(x, -1, -2) @ gy
-    return out[..., 0] if y.ndim == 1 else out
+    # BEGIN SOLUTION ops: x.T @ g, with .T swapping the last two axes; the engine sums over batch axes
+    return np.swapaxes(x, -1, -2) @ g
     # END SOLUTION
 
 
 @primitive
-def matmul(x, y):
-    """Matrix product x @ y (batched over leading axes, as np.matmul).
+def _matmul(x, y):
+    """Matrix product x @ y of arrays with at least 2 axes, batched over leading axes as np.matmul.
 
-    VJP: g @ y.T for x and x.T @ g for y (leading batch axes are summed by the engine). A stack
-    of matrices times one matrix, e.g. (B, T, H) @ (H, V), is computed as a single (B*T, H) @
-    (H, V) product, forwards and backwards, rather than as one product per b.
+    VJP: g @ y.T for x and x.T @ g for y, .T swapping the last two axes; a batch axis one input
+    broadcast is summed back by the engine.
     """
-    k_y = y.shape[0] if y.ndim == 1 else y.shape[-2]
-    if x.ndim == 0 or y.ndim == 0 or x.shape[-1] != k_y:
-        raise ValueError(f"inner dimensions must agree, got {x.shape[-1:]} and ({k_y},)")
-    if y.ndim == 2 and x.ndim > 2:
-        return _stacked_times_matrix(x, y)
     return np.matmul(x, y)
-matmul.defvjp(_matmul_vjp_x, _matmul_vjp_y)
+_matmul.defvjp(_matmul_vjp_x, _matmul_vjp_y)
 
 
 # ===================================================================== shape and indexing
@@ -363,13 +315,29 @@ def where(cond, x, y):
     return _where(x, y, cond=np.asarray(cond.data if isinstance(cond, Tensor) else cond, dtype=bool))
 
 
+def matmul(x, y):
+    """Matrix product x @ y as np.matmul: a vector x acts as one row (1, k), a vector y as one column (k, 1)."""
+    ndim_x, ndim_y = (np.ndim(a.data if isinstance(a, Tensor) else a) for a in (x, y))
+    if ndim_x == 0 or ndim_y == 0:
+        shapes = [np.shape(a.data if isinstance(a, Tensor) else a) for a in (x, y)]
+        raise ValueError(f"op 'matmul': a scalar operand is not allowed (got shapes {shapes[0]} and "
+                         f"{shapes[1]}), as in NumPy; scale with * instead")
+    if ndim_y == 1:  # (..., k) @ (k,) is (..., k) @ (k, 1) without its last axis
+        out = matmul(x, reshape(y, shape=(-1, 1)))
+        return reshape(out, shape=out.shape[:-1])
+    if ndim_x == 1:  # (k,) @ (..., k, m) is (1, k) @ (..., k, m) without its second-to-last axis
+        out = _matmul(reshape(x, shape=(1, -1)), y)
+        return reshape(out, shape=out.shape[:-2] + out.shape[-1:])
+    return _matmul(x, y)
+
+
 # ===================================================================== composites (no VJP needed)
 def mean(x, axis=None, keepdims=False):
     """Average over `axis`: sum / count."""
     shape = np.shape(x.data if isinstance(x, Tensor) else x)
     axes = range(len(shape)) if axis is None else np.atleast_1d(axis)
     count = int(np.prod([shape[a] for a in axes]))
-    return sum(x, axis, keepdims) / count
+    return sum(x, axis=axis, keepdims=keepdims) / count
 
 
 def var(x, axis=None, keepdims=False):
@@ -443,7 +411,7 @@ Tensor.__getitem__ = lambda x, index: getitem(x, index=_index_data(index))
 Tensor.T = property(lambda x: transpose(x))
 Tensor.reshape = lambda x, *shape: reshape(x, shape=shape[0] if len(shape) == 1 else shape)
 Tensor.transpose = _transpose_method
-Tensor.sum = lambda x, axis=None, keepdims=False: sum(x, axis, keepdims)
+Tensor.sum = lambda x, axis=None, keepdims=False: sum(x, axis=axis, keepdims=keepdims)
 Tensor.mean = lambda x, axis=None, keepdims=False: mean(x, axis, keepdims)
-Tensor.max = lambda x, axis=None, keepdims=False: max(x, axis, keepdims)
+Tensor.max = lambda x, axis=None, keepdims=False: max(x, axis=axis, keepdims=keepdims)
 Tensor.astype = lambda x, dtype: astype(x, dtype=dtype)

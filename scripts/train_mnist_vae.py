@@ -19,12 +19,13 @@ import warnings
 
 import numpy as np
 
-from minivae import data, diagnostics, flags, schedules
+from minivae import data, diagnostics, fast, flags, schedules
 from minivae.allocator import reuse_freed_memory
 from minivae.engine import no_grad
 from minivae.fileio import write_json
 from minivae.models import LEARNED_X_LOGVAR, make_model
-from minivae.optim import Adam, clip_grad_norm
+from minivae.fast import FusedAdam
+from minivae.optim import clip_grad_norm
 from minivae.run import Run, plot_module, progress, resume, stop_if_not_finite
 
 ARCHITECTURE = ("dataset", "hidden", "latent", "activation", "likelihood", "x_logvar", "conditional", "dtype")
@@ -165,7 +166,7 @@ def main(argv=None):
     model = make_model(config, rng)
     if args.output_bias == "data":
         model.init_output_bias(x_train.mean(axis=0))
-    optimizer = Adam(model.parameters(), lr=args.lr)
+    optimizer = FusedAdam(model.parameters(), lr=args.lr)
     labels = {"y": y_test, "batch_size": len(x_test)} if args.conditional else {}  # for evaluate_elbo
     history, step, start_epoch = [], 0, 0
     if args.resume:
@@ -234,7 +235,7 @@ def main(argv=None):
         if args.iw_samples:
             x_iw = x_test[:args.iw_examples or len(x_test)]
             t0 = time.perf_counter()
-            iw_nll = -float(np.mean(diagnostics.iw_log_likelihood(
+            iw_nll = -float(np.mean(fast.iw_log_likelihood(
                 model, x_iw, args.iw_samples, np.random.default_rng([args.seed, 2]), progress=iw_progress(args))))
             print(f"importance-weighted test NLL (K={args.iw_samples}, {len(x_iw)} images): "
                   f"{iw_nll:.2f} nats ({time.perf_counter() - t0:.0f} s)")

@@ -204,9 +204,9 @@ def dtype_log(monkeypatch):
     """Every primitive's output and every VJP's gradients, as (op, what, dtype) triples."""
     log = []
     for name, prim in engine.PRIMITIVES.items():
-        def forward(*args, _f=prim.forward, _name=name, **params):
+        def forward(*args, _f=prim.forward, _name=name, _saves=prim.saves, **params):
             out = _f(*args, **params)
-            log.append((_name, "output", np.asarray(out).dtype))
+            log.append((_name, "output", np.asarray(out[0] if _saves else out).dtype))  # (ans, saved) if it saves
             return out
         monkeypatch.setattr(prim, "forward", forward)
     vjp = engine.Primitive.vjp

@@ -8,7 +8,7 @@ import pytest
 import minivae.engine as engine
 import minivae.ops as ops
 from minivae import Tensor, no_grad
-from minivae.gradcheck import check_grads
+from minivae.gradcheck import check_grads, check_vjp
 
 pytestmark = pytest.mark.engine  # graded under the engine topic (tests/conftest.py)
 
@@ -163,7 +163,7 @@ def test_methods_mirror_numpy():
     np.testing.assert_allclose(t.transpose(1, 0).data, x.T)
     np.testing.assert_allclose(t.sum(0).data, x.sum(0))
     np.testing.assert_allclose(t.mean(axis=1, keepdims=True).data, x.mean(1, keepdims=True))
-    np.testing.assert_allclose(ops.sum(t, 1, True).data, x.sum(1, keepdims=True))  # positional axis
+    np.testing.assert_allclose(ops.sum(t, axis=1, keepdims=True).data, x.sum(1, keepdims=True))
     assert t.shape == (2, 3) and t.ndim == 2 and t.size == 6 and len(t) == 2
 
 
@@ -171,6 +171,35 @@ def test_methods_mirror_numpy():
 def test_matmul_shape_mismatch_names_op_and_shapes():
     with pytest.raises(ValueError, match=r"matmul.*\(2, 3\).*\(4, 5\)"):
         Tensor(np.ones((2, 3))) @ Tensor(np.ones((4, 5)))
+
+
+def test_matmul_with_a_scalar_operand_is_refused_as_numpy_refuses_it():
+    for x, y in ((Tensor(np.ones((2, 3))), 2.0), (2.0, Tensor(np.ones(3))), (Tensor(np.ones(2)), Tensor(np.float64(2.0)))):
+        with pytest.raises(ValueError, match=r"op 'matmul': a scalar operand is not allowed.*\(\)"):
+            x @ y
+    with pytest.raises(ValueError):
+        np.ones((2, 3)) @ 2.0  # NumPy's own refusal of the same call
+
+
+def test_a_primitive_saves_arrays_for_its_vjp_explicitly():
+    from minivae.engine import PRIMITIVES, primitive
+
+    @primitive(saves=True)
+    def square_root(x):
+        root = np.sqrt(x)
+        return root, {"twice_root": 2 * root}
+    square_root.defvjp(lambda g, ans, x, twice_root: g / twice_root)
+
+    try:
+        x = Tensor(np.array([4.0, 9.0]), requires_grad=True)
+        y = square_root(x)
+        np.testing.assert_array_equal(y.data, [2.0, 3.0])
+        y.backward(np.ones(2))
+        np.testing.assert_allclose(x.grad, [0.25, 1 / 6])
+        check_grads(square_root, np.array([0.5, 2.0]))  # raises if reverse mode and finite differences disagree
+        assert check_vjp(square_root, [np.array([0.5, 2.0])]) == []
+    finally:
+        del PRIMITIVES["square_root"]
 
 
 def test_broadcast_mismatch_names_op_and_shapes():
@@ -226,6 +255,10 @@ def test_a_shape_error_inside_a_vjp_names_the_op_and_shapes():
 def test_bad_parameters_are_reported():
     with pytest.raises(TypeError, match="unknown parameters.*'axes'"):
         ops.sum(Tensor(np.ones(2)), axes=0)
+    with pytest.raises(TypeError, match=r"'sum' takes 1 input\(s\), got 2 positional.*by keyword \(axis=..., keepdims=...\)"):
+        ops.sum(Tensor(np.ones(2)), 0)
+    with pytest.raises(TypeError, match=r"'reshape' needs the parameter\(s\) \['shape'\]"):
+        ops.reshape(Tensor(np.ones(2)))
     with pytest.raises(TypeError, match="cannot make a Tensor"):
         Tensor("hello")
 

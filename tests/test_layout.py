@@ -87,3 +87,34 @@ def test_the_quickstart_has_exactly_two_commands():
     section = readme[readme.index("## Quickstart"):readme.index("## How the code is organised")]
     block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
     assert len(block.strip().splitlines()) == 2, block
+
+
+TEXTBOOK = ("engine", "ops", "layers", "distributions", "elbo", "optim", "diagnostics")  # the rooms students read
+SPEED_IMPORTS = ("ctypes", "threading", "concurrent", "multiprocessing")
+
+
+def _speed_work(source):
+    """Lines of `source` that import ctypes or threads, or call a function with an out= buffer."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            modules = [getattr(node, "module", None) or ""] + [a.name for a in node.names]
+            if any(m.split(".")[0] in SPEED_IMPORTS for m in modules):
+                found.append(f"line {node.lineno} imports {', '.join(filter(None, modules))}")
+        elif isinstance(node, ast.Call) and any(k.arg == "out" for k in node.keywords):
+            found.append(f"line {node.lineno} calls {ast.unparse(node.func)} with out=")
+    return found
+
+
+def test_the_textbook_modules_hold_no_speed_work():
+    """No ctypes, no threads and no out= buffers where students read: those live in fused.py and fast.py."""
+    found = {name: _speed_work((ROOT / "minivae" / f"{name}.py").read_text()) for name in TEXTBOOK}
+    assert not any(found.values()), f"speed work in a textbook module: { {k: v for k, v in found.items() if v} }"
+
+
+def test_the_speed_work_check_sees_each_kind():
+    """Negative control: the check above flags each kind of speed work, and plain lines pass."""
+    for line in ("import ctypes", "from concurrent.futures import ThreadPoolExecutor", "import threading",
+                 "np.exp(x, out=x)"):
+        assert _speed_work(line), line
+    assert _speed_work("import numpy as np\ny = np.exp(x)\nz = np.sum(y, axis=0)") == []

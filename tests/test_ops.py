@@ -147,11 +147,11 @@ OP_SPECS = [
     OpSpec("matmul", ops.matmul, anp.matmul,
            [((3, 4), (4, 2)), ((2, 3, 4), (4, 5)), ((4,), (4, 3)), ((3, 4), (4,)), ((2, 3, 4), (2, 4, 2)),
             ((1, 3, 4), (2, 4, 2))], arity=2),
-    OpSpec("reshape", lambda x: ops.reshape(x, (2, 6)), lambda x: anp.reshape(x, (2, 6)),
+    OpSpec("reshape", lambda x: ops.reshape(x, shape=(2, 6)), lambda x: anp.reshape(x, (2, 6)),
            [((3, 4),), ((3, 4), (4,)), ((12,),)]),
-    OpSpec("reshape", lambda x: ops.reshape(x, ()), lambda x: anp.reshape(x, ()), [((),), ((1, 1),)]),
+    OpSpec("reshape", lambda x: ops.reshape(x, shape=()), lambda x: anp.reshape(x, ()), [((),), ((1, 1),)]),
     OpSpec("transpose", lambda x: ops.transpose(x), anp.transpose, [((3, 4),), ((3, 4), (4,)), ((),)]),
-    OpSpec("transpose", lambda x: ops.transpose(x, (1, 2, 0)), lambda x: anp.transpose(x, (1, 2, 0)),
+    OpSpec("transpose", lambda x: ops.transpose(x, axes=(1, 2, 0)), lambda x: anp.transpose(x, (1, 2, 0)),
            [((2, 3, 4),), ((2, 3, 4), (3, 1))]),
     OpSpec("concatenate", lambda x, y: ops.concatenate([x, y], axis=1),
            lambda x, y: anp.concatenate([x, y], axis=1), [((3, 4), (3, 2)), ((3, 1), (3, 5)), ((3, 2), (3, 4), (2,))],
@@ -309,22 +309,6 @@ def test_stable_ops_at_extreme_inputs(dtype):
     assert np.all(np.isfinite(x.grad)) and x.grad.dtype == dtype
     for t in (sp, sg, lse, lse_neg):
         assert t.dtype == dtype
-
-
-def test_softplus_and_its_gradient_have_no_subnormal_numbers():
-    """softplus(-95) ~ sigmoid(-95) = 5.5e-42 is subnormal in float32: both are 0, not slow subnormals."""
-    tiny = np.finfo(np.float32).tiny
-    x = Tensor(np.array([-95.0, -85.0, -80.0, 0.0], dtype=np.float32), requires_grad=True)
-    y = ops.softplus(x)
-    assert y.data[0] == 0.0 and y.data[2] == pytest.approx(np.exp(-80.0), rel=1e-5) and y.data[2] > tiny
-    y.backward(np.array([1.0, 1e-3, 1.0, 1.0], dtype=np.float32))
-    assert x.grad[0] == 0.0                                   # sigmoid(-95) * 1 < tiny
-    assert x.grad[1] == 0.0                                   # normal sigmoid(-85), but * 1e-3 < tiny
-    assert x.grad[2] == pytest.approx(np.exp(-80.0), rel=1e-5) and x.grad[2] > tiny   # kept
-    assert x.grad[3] == pytest.approx(0.5)
-    y = Tensor(np.array([-95.0, -80.0]), requires_grad=True)  # float64: the whole tail is normal
-    ops.softplus(y).sum().backward()
-    np.testing.assert_allclose(y.grad, np.exp([-95.0, -80.0]), rtol=1e-12)
 
 
 def test_logsumexp_of_all_minus_inf_is_minus_inf():

@@ -1,4 +1,4 @@
-"""Optimisers: hand-computed steps, no subnormal moments, exact resume, clipping, errors."""
+"""Optimisers: hand-computed steps, exact resume, clipping, errors."""
 import io
 import math
 
@@ -59,42 +59,6 @@ def test_adam_keeps_float32():
     opt = Adam([p])
     opt.step()
     assert p.data.dtype == opt.m[0].dtype == opt.v[0].dtype == np.float32
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_adam_moments_never_go_subnormal(dtype):
-    tiny = np.finfo(dtype).tiny
-    small = math.sqrt(tiny) * 1e-2                # its square is subnormal (1e-20 in float32)
-    first = np.array([small, -small, 1e-3, -1e-3, 0.0], dtype)
-    p = param(np.ones(5, dtype))
-    opt = Adam([p], lr=1e-3)
-    m_plain, v_plain = np.zeros(5, dtype), np.zeros(5, dtype)   # the same recursions, unflushed
-    n_steps = 1200 if dtype == np.float32 else 3600       # long enough for m to decay past tiny
-    for step in range(n_steps):
-        g = first if step == 0 else np.zeros(5, dtype)
-        p.grad = g.copy()
-        opt.step()
-        m_plain = m_plain * dtype(0.9) + dtype(0.1) * g
-        v_plain = v_plain * dtype(0.999) + dtype(0.001) * g * g
-        assert not has_subnormals(opt.m[0]) and not has_subnormals(opt.v[0]), step
-    assert has_subnormals(m_plain) and has_subnormals(v_plain)   # what the flush prevents
-    # flushed to exactly 0 (a floor at tiny would make a new subnormal, beta * tiny, every step)
-    assert opt.m[0][:2].tolist() == [0, 0] and opt.v[0][:2].tolist() == [0, 0]
-    assert np.all(np.isfinite(p.data))
-
-
-def test_sgd_momentum_buffer_never_goes_subnormal():
-    p = param(np.ones(3, np.float32))
-    opt = SGD([p], lr=0.1, momentum=0.9)
-    buf_plain = np.zeros(3, np.float32)
-    for step in range(1200):
-        g = np.array([1e-3, -1e-30, 0.0], np.float32) if step == 0 else np.zeros(3, np.float32)
-        p.grad = g
-        opt.step()
-        buf_plain = buf_plain * np.float32(0.9) + g
-        assert not has_subnormals(opt.momentum_buffer[0]), step
-    assert has_subnormals(buf_plain)
-    assert opt.momentum_buffer[0].tolist() == [0, 0, 0]
 
 
 def test_steps_update_moments_in_place_so_saved_state_stays_attached():

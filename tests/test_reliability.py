@@ -104,7 +104,7 @@ import numpy as np
 # KeyboardInterrupt handler; restore it, as an interactive terminal would have it.
 signal.signal(signal.SIGINT, signal.default_int_handler)
 import minivae.fileio
-from minivae.optim import Adam
+from minivae.fast import FusedAdam
 mode, at, script, *argv = sys.argv[1:]
 at, calls = int(at), {"n": 0}
 
@@ -124,7 +124,7 @@ def hook(real, is_ours):
     return wrapped
 
 if mode == "step":
-    Adam.step = hook(Adam.step, lambda args: True)
+    FusedAdam.step = hook(FusedAdam.step, lambda args: True)
 elif mode in ("before", "written"):
     np.savez = hook(np.savez, lambda args: True)
 else:

@@ -13,7 +13,7 @@ import pytest
 from minivae import schedules
 from minivae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from minivae.models import MLPVAE
-from minivae.optim import Adam
+from minivae.fast import FusedAdam
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_mnist_vae.py"
 spec = importlib.util.spec_from_file_location("train_mnist_vae", SCRIPT)
@@ -262,7 +262,7 @@ def test_a_nan_gradient_with_a_finite_loss_stops_like_the_nan_stop(tmp_path, mon
     """The optimiser refuses a step whose gradients are not finite; the script stops cleanly,
     naming the step and the parameter, and keeps the last good checkpoint."""
     run = tmp_path / "run"
-    real_step = Adam.step
+    real_step = FusedAdam.step
     calls = {"n": 0}
 
     def step_with_a_nan_gradient(self):
@@ -270,7 +270,7 @@ def test_a_nan_gradient_with_a_finite_loss_stops_like_the_nan_stop(tmp_path, mon
         if calls["n"] == 45:  # step 44, in epoch 2 (40 steps per epoch)
             self.params[0].grad[0] = np.nan
         real_step(self)
-    monkeypatch.setattr(Adam, "step", step_with_a_nan_gradient)
+    monkeypatch.setattr(FusedAdam, "step", step_with_a_nan_gradient)
     with pytest.raises(SystemExit, match=r"step 44: params\[0\] .* NaN or infinite gradient entries; no "
                                          r"parameter was updated.*Last good checkpoint: .*checkpoint.npz"):
         train_mnist_vae.main(TINY + ["--epochs", "3", "--out", str(run), "--no-plots"])

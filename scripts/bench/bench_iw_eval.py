@@ -1,15 +1,19 @@
-"""Time the importance-weighted test NLL of a trained MNIST VAE, three ways side by side in one run.
+"""Time the importance-weighted test NLL of a trained MNIST VAE, several ways side by side in one run.
 
 The same images, the same samples (one seed), one after another on this machine:
-  fast      what train_mnist_vae.py --iw-samples runs: float32, the Bernoulli term in few passes
-  textbook  float32 with the model's own log-likelihood (distributions.bernoulli_log_likelihood)
-  float64   the reference: the model cast to float64, textbook log-likelihood
+  fast      what train_mnist_vae.py --iw-samples runs: fast.iw_log_likelihood, float32, chunks of
+            samples on every core and the Bernoulli term in products
+  threads   the same with the model's own Bernoulli term (what the products buy: fast vs threads)
+  products  the same on one thread (what the threads buy: fast vs products)
+  textbook  diagnostics.iw_log_likelihood in float32: one thread, the model's own log-likelihood
+  float64   the reference: the model cast to float64, textbook evaluation
 It prints each one's seconds, that time scaled to the whole test set, its NLL and its distance to
 the float64 value, and the ratios. The float32 paths must agree with float64 to 0.01 nat.
 
     python scripts/bench/bench_iw_eval.py runs/mnist-dynamic/checkpoint.npz --data-dir path/to/mnist
     python scripts/bench/bench_iw_eval.py runs/mnist-dynamic/checkpoint.npz --data-dir path/to/mnist \\
         --images 10000 --paths fast
+    python scripts/bench/bench_iw_eval.py runs/mnist-dynamic/checkpoint.npz --paths fast threads products textbook
 """
 import argparse
 import json
@@ -19,11 +23,12 @@ import warnings
 
 import numpy as np
 
-from minivae import data, diagnostics
+from minivae import data, diagnostics, fast
 from minivae.checkpoint import CheckpointError
 from minivae.saved import load_model
 
-PATHS = ("fast", "textbook", "float64")
+PATHS = ("fast", "threads", "products", "textbook", "float64")
+DEFAULT_PATHS = ("fast", "textbook", "float64")
 
 
 def parse_args(argv=None):
@@ -33,13 +38,19 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", help="folder with the MNIST IDX files (else the cache or the bundled test set)")
     p.add_argument("--images", type=int, default=500, help="test images to evaluate (10,000: all)")
     p.add_argument("--samples", type=int, default=5000, help="K, importance samples per image")
-    p.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS), help="which evaluations to time")
+    p.add_argument("--paths", nargs="+", choices=PATHS, default=list(DEFAULT_PATHS), help="which evaluations to time")
     p.add_argument("--seed", type=int, default=1, help="binarisation and sampling seed")
     p.add_argument("--out", help="also write the results to this JSON file")
     args = p.parse_args(argv)
     if args.images < 1 or args.samples < 1:
         p.error(f"--images and --samples must be >= 1 (got {args.images}, {args.samples})")
     return args
+
+
+EVALUATIONS = {"fast": fast.iw_log_likelihood,
+               "threads": lambda *a: fast.iw_log_likelihood(*a, bernoulli_in_products=False),
+               "products": lambda *a: fast.iw_log_likelihood(*a, threads=1),
+               "textbook": diagnostics.iw_log_likelihood, "float64": diagnostics.iw_log_likelihood}
 
 
 def as_float64(model, config):
@@ -74,8 +85,7 @@ def main(argv=None):
         evaluated = as_float64(model, config) if path == "float64" else model
         images = x.astype(np.float64) if path == "float64" else x
         t0 = time.perf_counter()
-        log_px = diagnostics.iw_log_likelihood(evaluated, images, args.samples, np.random.default_rng(args.seed),
-                                               fast=path == "fast")
+        log_px = EVALUATIONS[path](evaluated, images, args.samples, np.random.default_rng(args.seed))
         seconds = time.perf_counter() - t0
         results[path] = {"seconds": seconds, "minutes_for_10000": seconds * 10000 / len(x) / 60,
                          "nll": -float(np.mean(log_px))}

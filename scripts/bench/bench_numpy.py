@@ -5,7 +5,8 @@ graph, no per-op bookkeeping and no intermediate array the maths does not need c
 for any autodiff engine built on NumPy: minivae's time minus this program's time is the engine's
 overhead. The GRU's forward and backward through time are minivae's own NumPy kernels (the
 gru_sequence primitive's forward function and VJP, called on plain arrays), and the update is
-minivae's Adam, so both programs share the optimiser; the seconds spent in Adam are kept apart.
+minivae's Adam (the form --adam picks), so both programs share the optimiser; the seconds spent
+in Adam are kept apart.
 tests/test_benchmark.py checks that the loss and every gradient equal minivae's engine's.
 """
 import time
@@ -13,8 +14,11 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from bench_workloads import make_adam
+
+CLOCK = time.perf_counter  # of the Adam timing and BACKWARD_STARTS (scripts/bench/profile_step.py: CPU time)
+BACKWARD_STARTS = []  # the clock when each backward pass starts (scripts/bench/profile_step.py reads it)
 from minivae.fused import gru_sequence
-from minivae.optim import Adam
 
 
 def train(workload, job, model):
@@ -30,12 +34,12 @@ def train(workload, job, model):
         loss, grads = forward_backward(batch)
         if params is None:  # Adam only needs .data and .grad: the arrays updated in place
             params = [SimpleNamespace(data=w, grad=None) for w, _ in grads]
-            step.optimizer = Adam(params, lr=job["lr"])
+            step.optimizer = make_adam(params, job)
         for p, (_, g) in zip(params, grads):
             p.grad = g
-        t0 = time.perf_counter()
+        t0 = CLOCK()
         step.optimizer.step()
-        adam_seconds.append(time.perf_counter() - t0)
+        adam_seconds.append(CLOCK() - t0)
         return loss
     step.adam_seconds = adam_seconds
     return step
@@ -79,6 +83,7 @@ def mlp_forward_backward(x, weights):
         rec = softplus.sum() - np.vdot(xb, logits)            # -sum log p(x|z) (Bernoulli)
         kl = 0.5 * np.sum(mu * mu + std * std - logvar - 1)
         loss = (rec + kl) / np.float32(n)
+        BACKWARD_STARTS.append(CLOCK())
         # backward: d loss / d logits = (sigmoid(logits) - x) / n, and so on down the layers
         g = np.where(logits >= 0, np.float32(1), e)
         g /= 1 + e
@@ -149,6 +154,7 @@ def sentence_vae_forward_backward(w):
         nll = np.log(total[:, 0]) + m[:, 0] - target_logit                   # -log softmax at target
         kl = 0.5 * np.sum(mu * mu + std * std - logvar - 1, axis=1)
         loss = np.sum(nll) / np.float32(B) + kl.mean()
+        BACKWARD_STARTS.append(CLOCK())
         # backward: d loss / d logits = (softmax - onehot(target)) / B, from the kept exp
         p *= 1 / (B * total)
         p[np.arange(n), target] -= np.float32(1 / B)

@@ -14,7 +14,8 @@ import numpy as np
 
 from minivae import collapse, data, layers, ops, text
 from minivae.distributions import kl_standard_normal, sample_gaussian
-from minivae.fused import softmax_cross_entropy
+from minivae.fused import softmax_cross_entropy, softmax_cross_entropy_composed
+from minivae.fast import FusedAdam
 from minivae.models import MLPVAE
 from minivae.optim import Adam
 
@@ -24,6 +25,14 @@ GRU = {"vocab": 2000, "embed": 64, "hidden": 128, "latent": 16, "batch_size": 32
 GRU_LARGE = {"vocab": 10000, "embed": 300, "hidden": 256, "latent": 16, "batch_size": 32, "lr": 1e-3,
              "word_dropout": 0.5, "bucket": 50, "toy_topics": 10, "toy_lengths": (4, 40), "max_len": 60}
 CONFIGS = {"mlp": MLP, "gru": GRU, "gru_large": GRU_LARGE}
+ADAMS = ("fused", "textbook")  # --adam: fast.FusedAdam, or optim.Adam as written in the textbook
+
+
+def make_adam(params, job):
+    """The Adam of minivae's models and of the hand-written ones: --adam picks which form."""
+    if job.get("adam", "fused") == "textbook":
+        return Adam(params, lr=job["lr"])
+    return FusedAdam(params, lr=job["lr"], threads=job["threads"])
 
 
 def mlp_workload(job):
@@ -84,17 +93,23 @@ def minivae_mlp(seed):
     return MLPVAE(MLP["n_in"], (MLP["hidden"],), MLP["latent"], rng=np.random.default_rng([seed, 3]))
 
 
-def minivae_sentence_vae(n_vocab, seed, config=GRU):
-    """The sentence VAE from minivae.layers: the initial weights every framework starts from."""
+def minivae_sentence_vae(n_vocab, seed, config=GRU, job_options=None):
+    """The sentence VAE from minivae.layers: the initial weights every framework starts from.
+
+    job_options: {"cross_entropy": "fused" (fused.softmax_cross_entropy) or "composed" (its composed
+    form), "gru": "fused" (fused.gru_sequence) or "unrolled" (layers.GRUCell step by step)}.
+    """
+    job_options = job_options or {}
 
     class SentenceVAE(layers.Module):
         def __init__(self, rng):
             E, H, d = config["embed"], config["hidden"], config["latent"]
             self.embedding = layers.Embedding(n_vocab, E, rng)  # shared by encoder and decoder
-            self.encoder = layers.GRU(E, H, rng)
+            fused = job_options.get("gru", "fused") == "fused"  # "unrolled": layers.GRUCell step by step
+            self.encoder = layers.GRU(E, H, rng, fused=fused)
             self.to_latent = layers.Dense(H, 2 * d, rng)
             self.to_state = layers.Dense(d, H, rng)
-            self.decoder = layers.GRU(E, H, rng)
+            self.decoder = layers.GRU(E, H, rng, fused=fused)
             self.to_vocab = layers.Dense(H, n_vocab, rng)
 
         def loss(self, b):
@@ -106,17 +121,21 @@ def minivae_sentence_vae(n_vocab, seed, config=GRU):
             z = sample_gaussian(mu, logvar, b["eps"])                            # (B, d)
             h0 = ops.tanh(self.to_state(z))                                      # (B, H)
             out, _ = self.decoder(self.embedding(b["dec_in"]), b["lengths"] + 1, h0)  # (B, T+1, H)
-            # buys 30% on gru_large --bucket 0: the vocabulary layer on the real targets, not the padded grid
+            # the vocabulary layer on the real targets only, not the padded grid (as PyTorch over packed sequences)
             real = np.nonzero(b["mask"])                                         # N (row, step) pairs
             logits = self.to_vocab(out[real])                                    # (N, V)
-            nll = softmax_cross_entropy(logits, target=b["dec_target"][real])    # -log softmax, (N,)
+            target = b["dec_target"][real]
+            if job_options.get("cross_entropy", "fused") == "composed":                # --cross-entropy composed
+                nll = softmax_cross_entropy_composed(logits, target)
+            else:
+                nll = softmax_cross_entropy(logits, target=target)               # -log softmax, (N,)
             return ops.sum(nll) / B + ops.mean(kl_standard_normal(mu, logvar))
 
     return SentenceVAE(np.random.default_rng([seed, 4]))
 
 
 def train_minivae(workload, job, model):
-    """A step function (batch -> float32 loss) training `model` with minivae's engine and Adam."""
+    """A step function (batch -> float32 loss) training `model` with minivae's engine and Adam (--adam)."""
     assert all(p.dtype == np.float32 for p in model.parameters())
     if workload == "mlp":
         x = job["x"]
@@ -126,7 +145,7 @@ def train_minivae(workload, job, model):
             return model.loss(x[idx], eps)[0]
     else:
         loss = model.loss
-    optimizer = Adam(model.parameters(), lr=job["lr"])
+    optimizer = make_adam(model.parameters(), job)
 
     def step(batch):
         objective = loss(batch)
