@@ -6,7 +6,7 @@ can be built again exactly as the training script built it, and the parameters l
     model = load_model("runs/mnist-vae/checkpoint.npz")
     images = model.sample(16, np.random.default_rng(0))
 
-Which builder runs is decided by the config's "model" entry ("mlp_vae", "sentence_vae"); older
+Which builder runs is decided by the config's "model" entry ("mlp_vae", "sentence_vae", "vqvae2"); older
 checkpoints without it are recognised by what they hold. A new kind of model registers one row
 in BUILDERS: a function from the checkpoint's state dict to the model, parameters not yet loaded.
 """
@@ -16,6 +16,7 @@ from .checkpoint import CheckpointError, check_fields, load_checkpoint
 from .models import make_model
 from .sentence_vae import SentenceVAE
 from .text import Vocab
+from .vqvae2 import make_model as make_vqvae2
 
 
 def sentence_model(config, vocab_size, rng=None):
@@ -39,6 +40,7 @@ def _sentence_vae(state):
 BUILDERS = {  # the config's "model" -> a function of the checkpoint's state building that model
     "mlp_vae": lambda state: make_model(state["config"]),
     "sentence_vae": _sentence_vae,
+    "vqvae2": lambda state: make_vqvae2(state["config"]),  # scripts/train_autoencoder.py --model vqvae2
 }
 
 
