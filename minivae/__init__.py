@@ -18,6 +18,7 @@ Reading order (each module builds only on the ones before it):
   autoencoders.py      deterministic autoencoders: plain, denoising, sparse, k-sparse, contractive
   shapes.py            generated images with known factors; the mutual information gap (MIG)
   vqvae.py             VQ-VAE: codebook, straight-through, EMA update, dead-code restarts, GRU prior
+  vqvae2.py            VQ-VAE-2: a global top code, patch codes conditioned on it, a GRU prior per level
   iaf.py               MADE masked layers and the VAE with an inverse-autoregressive-flow posterior
   fileio.py, checkpoint.py   atomic writes, saving and resuming training
   data.py              image datasets (with an offline fallback)

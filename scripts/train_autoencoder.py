@@ -16,6 +16,7 @@ import warnings
 
 import numpy as np
 
+import vqvae2_run
 from minivae import autoencoders, data, diagnostics, iaf, shapes, train, vqvae
 from minivae.engine import Tensor, no_grad
 from minivae.fileio import write_json
@@ -33,8 +34,7 @@ ARCHITECTURE = ("model", "dataset", "hidden", "latent", "activation", "likelihoo
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", choices=[*MODELS, "vqvae2"], default="ae", help="which autoencoder to train "
-                   "(vqvae2 trains in two stages and is measured: scripts/vqvae2_run.py)")
+    p.add_argument("--model", choices=[*MODELS, "vqvae2"], default="ae", help="which autoencoder to train")
     p.add_argument("--dataset", choices=["mnist", "shapes"], help="default: shapes for beta_vae, else mnist")
     p.add_argument("--data-dir", help="folder holding the four MNIST IDX .gz files (else the cache, "
                    "downloading when online, else the bundled digits)")
@@ -66,9 +66,8 @@ def parse_args(argv=None):
     g.add_argument("--ema-decay", type=float, default=0.99, help="vqvae --ema: decay of the moving averages")
     g.add_argument("--restart-every", type=int, default=50, help="vqvae: every N steps, move the codes "
                    "unused in them onto encoder outputs (0: never; the codebook still starts on them)")
-    g.add_argument("--prior-epochs", type=int, default=10, help="vqvae: epochs of the GRU prior")
-    g.add_argument("--quick", action="store_true", help="vqvae2: a 2-minute run, "
-                   "--limit 10000 --epochs 2 --prior-epochs 3 (fewer images for the class consistency)")
+    g.add_argument("--prior-epochs", type=int, help="vqvae: epochs of the GRU prior (default 10; vqvae2: 3)")
+    g.add_argument("--quick", action="store_true", help=f"vqvae2: a short run ({vqvae2_run.QUICK_HELP})")
     g.add_argument("--iaf-steps", type=int, default=2, help="iaf: number of flow steps T")
     g.add_argument("--made-hidden", type=int, default=80, help="iaf: MADE hidden units")
     g.add_argument("--iw-samples", type=int, default=0, help="K of the importance-weighted test NLL "
@@ -79,9 +78,7 @@ def parse_args(argv=None):
     args.dataset = args.dataset or ("shapes" if args.model == "beta_vae" else "mnist")
     args.latent = args.latent or LATENT[args.model]
     args.n_codes = args.n_codes or (512 if args.model == "vqvae2" else 64)
-    if args.quick and args.model == "vqvae2":
-        import vqvae2_run  # the quick budget is that run's
-        vars(args).update(vqvae2_run.QUICK)
+    args.prior_epochs = args.prior_epochs if args.prior_epochs is not None else (3 if args.model == "vqvae2" else 10)
     args.beta = args.beta if args.beta is not None else (4.0 if args.model == "beta_vae" else 1.0)
     args.out = args.out or f"runs/{args.model}"
     train.check_flags(p, args, at_least_1=("epochs", "batch_size", "latent", "hidden", "k", "n_codes",
@@ -297,11 +294,8 @@ def run(args, argv=None):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    if args.model == "vqvae2":  # two stages and their measurements: their own loop
-        import vqvae2_run
-        return vqvae2_run.run(args, argv, __file__)[0]
-    return run(args, argv)[0]
+    args = parse_args(argv)  # vqvae2: two stages and their measurements, in their own loop
+    return (vqvae2_run.run(args, argv, __file__) if args.model == "vqvae2" else run(args, argv))[0]
 
 
 def bar_chart(values, path, xlabel, ylabel, title):

@@ -21,6 +21,7 @@ from minivae.fileio import write_json
 from minivae.optim import Adam
 
 QUICK = {"limit": 10000, "epochs": 2, "prior_epochs": 3}  # --quick: about 2 minutes on 2 idle cores
+QUICK_HELP = "--limit 10000 --epochs 2 --prior-epochs 3, class consistency on 200 test images"
 LEVELS = ("top", "bottom")
 LOG2 = np.log(2.0)
 
@@ -114,6 +115,8 @@ def evaluate(model, x, batch_size=1000):
 
 def run(args, argv=None, script=None):
     """Both stages, the measurements and the pictures; returns (metrics, model, x_test)."""
+    if args.quick:
+        vars(args).update(QUICK)
     train.reuse_freed_memory()  # large temporaries without page faults (see its docstring)
     session = train.Run(args, argv, script)  # the output folder, the last checkpoint, the clean stop
     dtype, out = np.dtype(args.dtype), session.path
