@@ -23,6 +23,7 @@ import numpy as np
 from . import ops
 from .autoencoders import Autoencoder
 from .engine import Tensor
+from .fused import softmax_cross_entropy
 from .layers import GRU, Dense, Embedding, Module, parameter
 
 
@@ -176,8 +177,8 @@ class CodePrior(Module):
         B, L = idx.shape
         inputs = np.concatenate([np.full((B, 1), self.n_codes), idx[:, :-1]], axis=1)
         h, _ = self.gru(self._inputs(inputs, context), np.full(B, L))  # (B, L, H)
-        log_p = ops.log_softmax(self.out(h))  # (B, L, K)
-        return ops.sum(log_p[np.arange(B)[:, None], np.arange(L)[None, :], idx], axis=1)
+        # -log softmax(logits)[k] per step, fused: its backward reuses the forward's softmax
+        return -ops.sum(softmax_cross_entropy(self.out(h), target=idx), axis=1)  # (B, L, K) logits -> (B,)
 
     def loss(self, idx, context=None):
         nll = -ops.mean(self.log_prob(idx, context))

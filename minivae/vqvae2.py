@@ -92,7 +92,7 @@ class VQVAE2(Module):
     likelihood = "bernoulli"
 
     def __init__(self, hidden=(400,), n_top=4, code_dim=16, n_codes_top=512, n_codes_bottom=512,
-                 patch_hidden=128, patch_features=32, top_hidden=256, prior_hidden=128,
+                 patch_hidden=128, patch_features=32, top_hidden=256, prior_hidden=64,
                  commitment=0.25, ema=True, rng=None, dtype=np.float32):
         rng = rng if rng is not None else np.random.default_rng(0)
         D, F = int(code_dim), int(patch_features)

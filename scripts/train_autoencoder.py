@@ -66,7 +66,7 @@ def parse_args(argv=None):
     g.add_argument("--ema-decay", type=float, default=0.99, help="vqvae --ema: decay of the moving averages")
     g.add_argument("--restart-every", type=int, default=50, help="vqvae: every N steps, move the codes "
                    "unused in them onto encoder outputs (0: never; the codebook still starts on them)")
-    g.add_argument("--prior-epochs", type=int, help="vqvae: epochs of the GRU prior (default 10; vqvae2: 3)")
+    g.add_argument("--prior-epochs", type=int, help="vqvae: epochs of the GRU prior (default 10; vqvae2: 2)")
     g.add_argument("--quick", action="store_true", help=f"vqvae2: a short run ({vqvae2_run.QUICK_HELP})")
     g.add_argument("--iaf-steps", type=int, default=2, help="iaf: number of flow steps T")
     g.add_argument("--made-hidden", type=int, default=80, help="iaf: MADE hidden units")
@@ -78,7 +78,7 @@ def parse_args(argv=None):
     args.dataset = args.dataset or ("shapes" if args.model == "beta_vae" else "mnist")
     args.latent = args.latent or LATENT[args.model]
     args.n_codes = args.n_codes or (512 if args.model == "vqvae2" else 64)
-    args.prior_epochs = args.prior_epochs if args.prior_epochs is not None else (3 if args.model == "vqvae2" else 10)
+    args.prior_epochs = args.prior_epochs if args.prior_epochs is not None else (2 if args.model == "vqvae2" else 10)
     args.beta = args.beta if args.beta is not None else (4.0 if args.model == "beta_vae" else 1.0)
     args.out = args.out or f"runs/{args.model}"
     train.check_flags(p, args, at_least_1=("epochs", "batch_size", "latent", "hidden", "k", "n_codes",

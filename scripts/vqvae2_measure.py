@@ -27,7 +27,7 @@ from minivae.optim import Adam
 
 N_DRAWS = 10  # bottom (or top) codes drawn per kept image
 CONSISTENCY_IMAGES = 1000  # test images whose codes are kept (200 with --quick)
-CLASSIFIER_EPOCHS = 5
+CLASSIFIER_EPOCHS = 5  # 2 with --quick
 
 
 def flat_baseline(args, x_train, x_test, out):
@@ -38,7 +38,7 @@ def flat_baseline(args, x_train, x_test, out):
     rng = np.random.default_rng([args.seed, 8])
     model = vqvae.VQVAE(784, tuple(args.hidden), L, args.code_dim, args.n_codes, "relu", commitment=args.commitment,
                         ema=True, rng=rng, dtype=x_train.dtype)
-    prior = vqvae.CodePrior(args.n_codes, L, rng=rng, dtype=x_train.dtype)
+    prior = vqvae.CodePrior(args.n_codes, L, hidden=64, rng=rng, dtype=x_train.dtype)  # as the two-level priors
     recipe = {k: getattr(args, k) for k in ("epochs", "prior_epochs", "batch_size", "lr", "seed", "limit")}
     try:
         state = load_checkpoint(path) if os.path.exists(path) else None
@@ -130,7 +130,7 @@ def measure(model, datasets, codes_train, codes_test, args, out):
         "flat_prior_test": float(flat_nll), "flat_uniform": result["flat_bits_per_image"],
         "flat_unigram": unigram_bits(flat_codes_train, flat_codes_test, flat.n_codes)}
     clf, accuracy = digit_classifier.load_or_train(out("classifier.npz"), x_train, y_train, x_test, y_test, args.seed,
-                                                   CLASSIFIER_EPOCHS)
+                                                   2 if args.quick else CLASSIFIER_EPOCHS)
     n = min(200 if args.quick else CONSISTENCY_IMAGES, len(x_test))
     result["classifier_test_accuracy"] = accuracy
     result["class_consistency"] = {"images": n, "draws_per_image": N_DRAWS,
