@@ -61,5 +61,5 @@ def histogram(probs):
     """Class counts (10,), their entropy in bits (log2 10 = 3.32 when uniform) and the mean top probability."""
     counts = np.bincount(probs.argmax(1), minlength=probs.shape[1])
     p = counts[counts > 0] / counts.sum()
-    return {"class_counts": counts.tolist(), "entropy_bits": float(-np.sum(p * np.log2(p))),
+    return {"class_counts": counts.tolist(), "entropy_bits": float(np.sum(p * np.log2(1 / p))),
             "mean_confidence": float(probs.max(1).mean())}

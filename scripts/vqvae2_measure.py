@@ -155,17 +155,17 @@ def pictures(model, x, y, rng, out, frequent_bottom, samples=None):
     top, bottom = model.codes(x[:10])
     rows = [x[:10], decode_images(model, top, bottom), decode_images(model, top, np.full_like(bottom, frequent_bottom))]
     plot.interpolation_grid(rows, out("reconstructions.png"), row_labels=["original", "two levels", "top only"],
-                            title=f"Test images; decoded from both levels; from the top with every bottom code = {frequent_bottom}")
+                            title=f"Test images; both levels; top only (every bottom code {frequent_bottom})")
     keep = np.repeat(top[:8], 8, axis=0)
     with no_grad():
         redrawn = decode_images(model, keep, model.bottom_prior.sample(keep, rng)).reshape(8, 8, -1)
     plot.interpolation_grid([np.concatenate([x[[i]], rows[1][[i]], redrawn[i]]) for i in range(8)], out("same_top.png"),
                             row_labels=[f"label {c}" for c in y[:8]],
-                            title="Original, reconstruction, then 8 decodes of its top codes with bottom ~ p(bottom | top)")
+                            title="Original, reconstruction, 8 x (its top, bottom ~ p(bottom | top))")
     samples = samples or {"vqvae2": model.sample(64, rng)}
-    titles = {"vqvae2": "VQ-VAE-2: top ~ p(top), bottom ~ p(bottom | top), decoded",
-              "flat_vqvae": "flat VQ-VAE with as many bits, codes ~ its GRU prior", "uniform_codes":
-              "VQ-VAE-2 decoder, uniformly random codes (negative control)"}
+    titles = {"vqvae2": "VQ-VAE-2: top ~ p(top), bottom ~ p(bottom | top)",
+              "flat_vqvae": "flat VQ-VAE, as many bits, codes ~ its prior",
+              "uniform_codes": "VQ-VAE-2 decoder, uniform random codes"}
     names = {"vqvae2": "samples.png", "flat_vqvae": "samples_flat.png", "uniform_codes": "samples_uniform.png"}
     for key, images in samples.items():
         plot.image_grid(images[:64], out(names[key]), title=titles[key])

@@ -23,6 +23,7 @@ from test_autoencoders import check_loss_grads
 from test_layers import _gru_direction_ref
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # the scripts import each other
+import sample  # noqa: E402
 import train_autoencoder  # noqa: E402
 import vqvae2_measure  # noqa: E402
 import vqvae2_run  # noqa: E402
@@ -246,7 +247,7 @@ def test_both_stages_resume_exactly_and_the_checkpoint_loads(tmp_path, monkeypat
                                         "--resume", str(tmp_path / "b" / "checkpoint.npz")])
 
 
-def test_the_run_writes_every_measurement_and_picture(tmp_path, monkeypatch):
+def test_the_run_writes_every_measurement_and_picture_and_sample_py_draws_from_it(tmp_path, monkeypatch):
     monkeypatch.setattr(vqvae2_measure, "CLASSIFIER_EPOCHS", 1)
     monkeypatch.setattr(vqvae2_measure, "CONSISTENCY_IMAGES", 20)
     metrics = train_autoencoder.main(TINY + ["--epochs", "1", "--prior-epochs", "1", "--out", str(tmp_path)])
@@ -263,3 +264,21 @@ def test_the_run_writes_every_measurement_and_picture(tmp_path, monkeypatch):
         assert (tmp_path / f"{name}.png").stat().st_size > 1000, name
     for name in ("classifier.npz", "flat_vqvae.npz", "checkpoint.npz"):
         assert (tmp_path / name).exists()
+    written = sample.main([str(tmp_path / "checkpoint.npz"), "--out", str(tmp_path / "samples")])
+    assert written == ["reconstructions.png", "same_top.png", "samples.png"]
+    for name in written:
+        assert (tmp_path / "samples" / name).stat().st_size > 1000, name
+
+
+@pytest.mark.slow
+def test_vqvae2_learns_on_the_bundled_digits(tmp_path):
+    """A few minutes on the 8,000 bundled digits: the two-level model reconstructs far better than
+    its top codes alone, and each prior beats its uniform and unigram baselines on held-out codes."""
+    metrics = train_autoencoder.main(["--model", "vqvae2", "--no-download", "--epochs", "4", "--no-progress",
+                                      "--no-plots", "--out", str(tmp_path)])
+    rec, base, test = metrics["rec"], metrics["baselines_bits"], metrics["prior_nll_bits"]["test"]
+    assert rec["two_level"] < rec["bottom_all_most_frequent"] - 20
+    assert test["top_prior"] < min(base["top_uniform"], base["top_unigram"])
+    assert test["bottom_prior"] < min(base["bottom_uniform"], base["bottom_unigram"])
+    assert test["bottom_prior"] < test["bottom_prior_alone"]  # the top tells the bottom something
+    assert metrics["class_consistency"]["keep_top_bottom_from_p_bottom_given_top"] > 0.2  # chance: 0.1
