@@ -48,14 +48,16 @@ def flat_baseline(args, x_train, x_test, out):
             return model, prior, state["seconds"]
     except (CheckpointError, KeyError, ValueError) as err:
         print(f"retraining the flat VQ-VAE: {path} does not fit ({err})")
-    t0, emas, usage = time.perf_counter(), [vqvae.EMACodebook(model.codebook, args.ema_decay)], [np.zeros(args.n_codes, int)]
+    t0, emas = time.perf_counter(), [vqvae.EMACodebook(model.codebook, args.ema_decay)]
+    usage = [np.zeros(args.n_codes, int)]  # how often each code was chosen since the last restart
     optimizer, step = Adam([p for p in model.parameters() if p is not model.codebook.E], lr=args.lr), 0
     vqvae2_run.start_codebooks(model, x_train[:args.batch_size], rng, emas)
     for epoch in range(args.epochs):
         bar = train.progress(data.batches(len(x_train), args.batch_size, rng), -(-len(x_train) // args.batch_size),
                              f"flat VQ-VAE, epoch {epoch + 1}", not args.no_progress)
         averages, step, _ = vqvae2_run.autoencoder_epoch(model, x_train, optimizer, emas, usage, rng, args, step, bar)
-        print(f"flat VQ-VAE epoch {epoch + 1}/{args.epochs}  train objective {averages['train_objective']:.2f}", flush=True)
+        print(f"flat VQ-VAE epoch {epoch + 1}/{args.epochs}  train objective {averages['train_objective']:.2f}",
+              flush=True)
     codes, prior_optimizer = model.codes(x_train), Adam(prior.parameters(), lr=args.lr)
     for _ in range(args.prior_epochs):
         for idx in data.batches(len(codes), args.batch_size, rng):
@@ -69,10 +71,13 @@ def flat_baseline(args, x_train, x_test, out):
 
 
 def mean_rec(model, decode, x, batch_size=1000):
-    """Mean BCE (nats per image) of x against decode(index array) for consecutive batches."""
+    """Mean BCE (nats per image) of the images x against decode(rows), the logits of those rows of x."""
+    total = 0.0
     with no_grad():
-        return float(sum(np.sum(model.reconstruction_error(Tensor(x[i:i + batch_size]), decode(np.arange(i, min(i + batch_size, len(x))))).data)
-                         for i in range(0, len(x), batch_size)) / len(x))
+        for i in range(0, len(x), batch_size):
+            rows = np.arange(i, min(i + batch_size, len(x)))
+            total += float(np.sum(model.reconstruction_error(Tensor(x[rows]), decode(rows)).data))
+    return total / len(x)
 
 
 def unigram_bits(codes_train, codes_test, K):
@@ -113,10 +118,11 @@ def measure(model, datasets, codes_train, codes_test, args, out):
     flat_codes_train, flat_codes_test = flat.codes(x_train[:args.limit or len(x_train)]), flat.codes(x_test)
     result = {"bits_per_image": model.n_top * float(np.log2(Ks[0])) + vqvae2.N_BOTTOM * float(np.log2(Ks[1])),
               "flat_bits_per_image": flat.n_latents * float(np.log2(flat.n_codes)), "flat_seconds": flat_seconds}
+    top_frequent, bottom_frequent = np.full_like(top, frequent[0]), np.full_like(bottom, frequent[1])
     result["rec"] = {
         "two_level": mean_rec(model, lambda i: model.decode_codes(top[i], bottom[i]), x_test),
-        "bottom_all_most_frequent": mean_rec(model, lambda i: model.decode_codes(top[i], np.full_like(bottom[i], frequent[1])), x_test),
-        "top_all_most_frequent": mean_rec(model, lambda i: model.decode_codes(np.full_like(top[i], frequent[0]), bottom[i]), x_test),
+        "bottom_all_most_frequent": mean_rec(model, lambda i: model.decode_codes(top[i], bottom_frequent[i]), x_test),
+        "top_all_most_frequent": mean_rec(model, lambda i: model.decode_codes(top_frequent[i], bottom[i]), x_test),
         "flat_vqvae": mean_rec(flat, lambda i: flat.decode_codes(flat_codes_test[i]), x_test)}
     result["flat_codes_used"] = int(len(np.unique(flat_codes_test)))
     result["flat_perplexity"] = vqvae.perplexity(flat_codes_test, flat.n_codes)

@@ -182,7 +182,8 @@ def run(args, argv=None, script=None):
             save(args.epochs, prior_epoch + 1)
 
         n = min(len(x_test), len(x_train))  # train vs test NLL of the final priors, on as many images each
-        final = {"train": prior_nll_bits(model, *(c[:n] for c in codes_train)), "test": prior_nll_bits(model, *codes_test)}
+        final = {"train": prior_nll_bits(model, *(c[:n] for c in codes_train)),
+                 "test": prior_nll_bits(model, *codes_test)}
         metrics = {"config": config, "data": data_info, "epochs": history, "prior_epochs": prior_history,
                    "prior_nll_bits": final,
                    "train_seconds": sum(r["seconds"] for r in history),

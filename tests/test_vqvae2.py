@@ -26,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))  # the 
 import sample  # noqa: E402
 import train_autoencoder  # noqa: E402
 import vqvae2_measure  # noqa: E402
-import vqvae2_run  # noqa: E402
 
 D, F, K_T, K_B, L_T = 3, 2, 5, 6, 2
 
@@ -97,7 +96,8 @@ def against_autograd(module, value, reference, *args):
     u = np.random.default_rng(5).standard_normal(out.shape)
     module.zero_grad()
     value().backward(u)
-    grads = autograd.grad(lambda *a: anp.sum(u * reference(dict(zip(names, a)), *args)), list(range(len(names))))(*arrays)
+    scalar = lambda *a: anp.sum(u * reference(dict(zip(names, a)), *args))  # noqa: E731
+    grads = autograd.grad(scalar, list(range(len(names))))(*arrays)
     for (name, p), g in zip(module.named_parameters(), grads):
         np.testing.assert_allclose(np.zeros_like(g) if p.grad is None else p.grad, g, rtol=1e-9, atol=1e-12,
                                    err_msg=name)
