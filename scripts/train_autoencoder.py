@@ -77,7 +77,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     args.dataset = args.dataset or ("shapes" if args.model == "beta_vae" else "mnist")
     args.latent = args.latent or LATENT[args.model]
-    args.n_codes = args.n_codes or (512 if args.model == "vqvae2" else 64)
+    args.n_codes = (512 if args.model == "vqvae2" else 64) if args.n_codes is None else args.n_codes
     args.prior_epochs = args.prior_epochs if args.prior_epochs is not None else (2 if args.model == "vqvae2" else 10)
     args.beta = args.beta if args.beta is not None else (4.0 if args.model == "beta_vae" else 1.0)
     args.out = args.out or f"runs/{args.model}"

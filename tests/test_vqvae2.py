@@ -212,6 +212,16 @@ TINY = ["--model", "vqvae2", "--no-download", "--limit", "300", "--batch-size", 
         "--n-codes", "16", "--no-progress", "--restart-every", "3"]
 
 
+def test_vqvae2_defaults_and_bad_flags(capsys):
+    args = train_autoencoder.parse_args(["--model", "vqvae2"])
+    assert (args.n_codes, args.prior_epochs, args.latent) == (512, 2, 4)
+    assert train_autoencoder.parse_args(["--model", "vqvae"]).n_codes == 64
+    for flags, name in [(["--n-codes", "0"], "--n-codes"), (["--prior-epochs", "-1"], "--prior-epochs")]:
+        with pytest.raises(SystemExit):
+            train_autoencoder.parse_args(["--model", "vqvae2", *flags])
+        assert name in capsys.readouterr().err
+
+
 def test_checkpoint_round_trips_through_load_model(tmp_path):
     args = train_autoencoder.parse_args(TINY + ["--out", str(tmp_path)])
     model = vqvae2.make_model(train.run_config(args), np.random.default_rng(0))
@@ -272,9 +282,9 @@ def test_the_run_writes_every_measurement_and_picture_and_sample_py_draws_from_i
 
 @pytest.mark.slow
 def test_vqvae2_learns_on_the_bundled_digits(tmp_path):
-    """A few minutes on the 8,000 bundled digits: the two-level model reconstructs far better than
+    """8 epochs (504 steps) on the 8,000 bundled digits: the two-level model reconstructs far better than
     its top codes alone, and each prior beats its uniform and unigram baselines on held-out codes."""
-    metrics = train_autoencoder.main(["--model", "vqvae2", "--no-download", "--epochs", "4", "--no-progress",
+    metrics = train_autoencoder.main(["--model", "vqvae2", "--no-download", "--epochs", "8", "--no-progress",
                                       "--no-plots", "--out", str(tmp_path)])
     rec, base, test = metrics["rec"], metrics["baselines_bits"], metrics["prior_nll_bits"]["test"]
     assert rec["two_level"] < rec["bottom_all_most_frequent"] - 20
