@@ -6,7 +6,7 @@ can be built again exactly as the training script built it, and the parameters l
     model = load_model("runs/mnist-vae/checkpoint.npz")
     images = model.sample(16, np.random.default_rng(0))
 
-Which builder runs is decided by the config's "model" entry ("mlp_vae", "sentence_vae", "tdvae"); older
+Which builder runs is decided by the config's "model" entry ("mlp_vae", "sentence_vae", "tdvae", "vqvae2"); older
 checkpoints without it are recognised by what they hold. A new kind of model registers one row
 in BUILDERS: a function from the checkpoint's state dict to the model, parameters not yet loaded.
 """
@@ -17,6 +17,7 @@ from .models import make_model
 from .sentence_vae import SentenceVAE
 from .tdvae import from_config as tdvae_from_config
 from .text import Vocab
+from .vqvae2 import make_model as make_vqvae2
 
 
 def sentence_model(config, vocab_size, rng=None):
@@ -41,6 +42,7 @@ BUILDERS = {  # the config's "model" -> a function of the checkpoint's state bui
     "mlp_vae": lambda state: make_model(state["config"]),
     "sentence_vae": _sentence_vae,
     "tdvae": lambda state: tdvae_from_config(state["config"]),
+    "vqvae2": lambda state: make_vqvae2(state["config"]),  # scripts/train_autoencoder.py --model vqvae2
 }
 
 

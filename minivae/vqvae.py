@@ -23,6 +23,7 @@ import numpy as np
 from . import ops
 from .autoencoders import Autoencoder
 from .engine import Tensor
+from .fused import softmax_cross_entropy
 from .layers import GRU, Dense, Embedding, Module, parameter
 
 
@@ -147,36 +148,49 @@ class CodePrior(Module):
     """An autoregressive prior p(k_1..k_L) = prod_l p(k_l | k_<l): a GRU over the code sequence.
 
     Input at step l is the embedding of k_{l-1} (a start token K at l = 1); the GRU state gives
-    the logits of k_l through a Dense layer. Reference: van den Oord et al. 2017, Sec. 3.2 (they
-    use a PixelCNN over a grid; a GRU over our short sequence is the same idea).
+    the logits of k_l through a Dense layer. With n_context > 0 it is a conditional prior
+    p(k | c): a context vector c joins every step's input (vqvae2.py conditions the bottom codes
+    on the top ones this way). Reference: van den Oord et al. 2017, Sec. 3.2 (they use a
+    PixelCNN over a grid; a GRU over our short sequence is the same idea).
     """
 
-    def __init__(self, n_codes, n_latents, embed=32, hidden=128, rng=None, dtype=np.float32):
+    def __init__(self, n_codes, n_latents, embed=32, hidden=128, rng=None, dtype=np.float32, n_context=0):
         rng = rng if rng is not None else np.random.default_rng(0)
-        self.n_codes, self.n_latents = int(n_codes), int(n_latents)
+        self.n_codes, self.n_latents, self.n_context = int(n_codes), int(n_latents), int(n_context)
         self.embedding = Embedding(n_codes + 1, embed, rng, dtype)  # row K is the start token
-        self.gru = GRU(embed, hidden, rng, dtype)
+        self.gru = GRU(embed + self.n_context, hidden, rng, dtype)
         self.out = Dense(hidden, n_codes, rng, dtype)
 
-    def log_prob(self, idx):
-        """log p(k) per sequence (B,), nats, for code indices idx (B, L)."""
+    def _inputs(self, tokens, context):
+        """The GRU's inputs (B, T, E + C): the embeddings of tokens (B, T), each followed by the context (B, C)."""
+        x = self.embedding(tokens)  # (B, T, E)
+        if context is None:
+            return x
+        return ops.concatenate([x, ops.stack([context] * tokens.shape[1], axis=1)], axis=2)
+
+    def log_prob(self, idx, context=None):
+        """log p(k | context) per sequence (B,), nats, for code indices idx (B, L).
+
+        context (B, n_context), a Tensor, is what the distribution is conditioned on: it joins the
+        input at every step (None for the unconditional prior).
+        """
         B, L = idx.shape
         inputs = np.concatenate([np.full((B, 1), self.n_codes), idx[:, :-1]], axis=1)
-        h, _ = self.gru(self.embedding(inputs), np.full(B, L))  # (B, L, H)
-        log_p = ops.log_softmax(self.out(h))  # (B, L, K)
-        return ops.sum(log_p[np.arange(B)[:, None], np.arange(L)[None, :], idx], axis=1)
+        h, _ = self.gru(self._inputs(inputs, context), np.full(B, L))  # (B, L, H)
+        # -log softmax(logits)[k] per step, fused: its backward reuses the forward's softmax
+        return -ops.sum(softmax_cross_entropy(self.out(h), target=idx), axis=1)  # (B, L, K) logits -> (B,)
 
-    def loss(self, idx):
-        nll = -ops.mean(self.log_prob(idx))
+    def loss(self, idx, context=None):
+        nll = -ops.mean(self.log_prob(idx, context))
         return nll, {"objective": float(nll.data), "nll": float(nll.data)}
 
-    def sample(self, n, rng):
-        """n code sequences (n, L), each code drawn from p(k_l | k_<l) in turn."""
+    def sample(self, n, rng, context=None):
+        """n code sequences (n, L), each code drawn from p(k_l | k_<l, context) in turn."""
         cell, token = self.gru.cell, np.full(n, self.n_codes)
         h = Tensor(np.zeros((n, cell.n_hidden), cell.W_h.dtype))
         codes = []
         for _ in range(self.n_latents):
-            h = cell(self.embedding(token), h)
+            h = cell(self._inputs(token[:, None], context).reshape(n, -1), h)
             p = ops.softmax(self.out(h)).data.astype(np.float64)  # (n, K)
             token = (p.cumsum(1) < rng.random((n, 1))).sum(1).clip(0, self.n_codes - 1)
             codes.append(token)

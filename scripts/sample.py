@@ -9,7 +9,10 @@ conditional model adds one row of samples per class (class_samples.png). For a s
 temperature and beam search (samples.txt); the reconstructions of sentences given with
 --sentence or on stdin (reconstructions.txt), and the interpolation between two of them
 (interpolation.txt). Text outputs are printed too. For a TD-VAE (scripts/train_tdvae.py): its
-rollouts on fresh test sequences (rollouts.png, or rollouts_context11.png and rollouts_context1.png).
+rollouts on fresh test sequences (rollouts.png, or rollouts_context11.png and rollouts_context1.png). For a VQ-VAE-2
+(train_autoencoder.py --model vqvae2): ancestral samples (samples.png), test images with their
+two-level and top-only reconstructions (reconstructions.png) and 8 bottoms drawn for each kept top
+(same_top.png).
 
 Everything is written to --out (default: samples/ beside the checkpoint). A folder holding a
 training run's results (checkpoint.npz, metrics.json) is refused, so a run is never overwritten.
@@ -37,6 +40,7 @@ from minivae.run import plot_module
 from minivae.saved import load_model
 from minivae.sentence_vae import SentenceVAE
 from minivae.tdvae import TDVAE
+from minivae.vqvae2 import VQVAE2
 
 TEXT_ONLY = ("sentence", "stdin", "interpolate")  # flags that only a sentence model reads
 
@@ -44,7 +48,8 @@ TEXT_ONLY = ("sentence", "stdin", "interpolate")  # flags that only a sentence m
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("checkpoint", help="a checkpoint.npz written by train_mnist_vae.py, train_text_vae.py or train_tdvae.py")
+    p.add_argument("checkpoint", help="a checkpoint.npz written by train_mnist_vae.py, train_text_vae.py, "
+                   "train_tdvae.py or train_autoencoder.py --model vqvae2")
     p.add_argument("--out", help="output folder (default: samples/ beside the checkpoint)")
     p.add_argument("--n", type=int, default=10, help="test images to reconstruct, or sentences per decoding method")
     p.add_argument("--seed", type=int, default=0, help="seed of z ~ N(0, I) and of sampled words")
@@ -95,6 +100,8 @@ def main(argv=None):
     with no_grad():
         if isinstance(model, TDVAE):  # rollouts on fresh test sequences, as after training
             written = train_tdvae.pictures(model, {**model.config, "data_dir": args.data_dir or model.config["data_dir"]}, args.out)
+        elif isinstance(model, VQVAE2):
+            written = vqvae2_images(args, model, rng)
         else:
             written = (sentences if isinstance(model, SentenceVAE) else images)(args, model, rng)
     print(f"wrote {', '.join(written)} to {args.out}")
@@ -159,6 +166,21 @@ def images(args, model, rng):
         plot.interpolation_grid(rows, output_path("class_samples.png"), row_labels=range(10), clip=clip,
                                 title="p(x|z, y): one row per class y, one z ~ N(0, I) per column")
         written.append("class_samples.png")
+    return written
+
+
+def vqvae2_images(args, model, rng):
+    """The PNGs of a VQ-VAE-2, drawn by vqvae2_measure.pictures from the run's test images."""
+    import vqvae2_measure
+    import vqvae2_run
+    run = argparse.Namespace(data_dir=args.data_dir or model.config["data_dir"],
+                             no_download=args.no_download or model.config["no_download"])
+    with contextlib.redirect_stdout(io.StringIO()):  # its lines speak of training
+        _, _, x_test, y_test, _ = vqvae2_run.load_data(run, np.dtype(model.config["dtype"]))
+    frequent = int(np.bincount(model.codes(x_test)[1].ravel()).argmax())  # the "top only" picture's bottom code
+    written = vqvae2_measure.pictures(model, x_test, y_test, rng, lambda name: os.path.join(args.out, name), frequent)
+    if not written:
+        raise SystemExit('sample.py draws images with matplotlib: pip install "minivae[plot]"')
     return written
 
 

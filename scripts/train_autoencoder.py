@@ -2,11 +2,13 @@
 
 --model picks it: ae, dae (denoising), sparse (KL-to-rho), ksparse, contractive, vae, beta_vae
 (trained on the generated shapes by default, with traversals and the MIG score), vqvae (with its
-GRU prior over the codes) or iaf (a VAE with an inverse-autoregressive-flow posterior). Without the
+GRU prior over the codes), vqvae2 (two levels of codes and their priors, measured against a flat
+VQ-VAE: scripts/vqvae2_run.py) or iaf (a VAE with an inverse-autoregressive-flow posterior). Without the
 full data set and a network it trains on the MNIST test set bundled with minivae and says so.
 
     python scripts/train_autoencoder.py --model dae --noise masking --noise-level 0.3 --out runs/dae
     python scripts/train_autoencoder.py --model vqvae --ema --data-dir path/to/mnist --epochs 5 --out runs/vq
+    python scripts/train_autoencoder.py --model vqvae2 --data-dir path/to/mnist --out runs/vqvae2
 """
 import argparse
 import time
@@ -14,6 +16,7 @@ import warnings
 
 import numpy as np
 
+import vqvae2_run
 from minivae import autoencoders, data, diagnostics, flags, iaf, shapes, vqvae
 from minivae.allocator import reuse_freed_memory
 from minivae.engine import Tensor, no_grad
@@ -24,7 +27,7 @@ from minivae.run import Run, plot_module, resume, stop_if_not_finite
 
 MODELS = ("ae", "dae", "sparse", "ksparse", "contractive", "vae", "beta_vae", "vqvae", "iaf")
 LATENT = {"ae": 32, "dae": 32, "sparse": 196, "ksparse": 256, "contractive": 64, "vae": 20,
-          "beta_vae": 10, "vqvae": 8, "iaf": 20}  # vqvae: the number of code vectors L
+          "beta_vae": 10, "vqvae": 8, "iaf": 20, "vqvae2": 4}  # vqvae: code vectors L; vqvae2: top codes
 GENERATIVE = ("vae", "beta_vae", "vqvae", "iaf")
 ARCHITECTURE = ("model", "dataset", "hidden", "latent", "activation", "likelihood", "dtype", "n_codes",
                 "code_dim", "iaf_steps", "made_hidden", "ema")
@@ -33,7 +36,7 @@ ARCHITECTURE = ("model", "dataset", "hidden", "latent", "activation", "likelihoo
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", choices=MODELS, default="ae", help="which autoencoder to train")
+    p.add_argument("--model", choices=[*MODELS, "vqvae2"], default="ae", help="which autoencoder to train")
     p.add_argument("--dataset", choices=["mnist", "shapes"], help="default: shapes for beta_vae, else mnist")
     p.add_argument("--data-dir", help="folder holding the four MNIST IDX .gz files (else the cache, "
                    "downloading when online, else the bundled digits)")
@@ -58,14 +61,15 @@ def parse_args(argv=None):
     g.add_argument("--k-warmup-epochs", type=float, default=1.0, help="ksparse: epochs to go from dense to k")
     g.add_argument("--contraction", type=float, default=0.1, help="contractive: lambda")
     g.add_argument("--beta", type=float, help="KL weight (default 1 for vae and iaf, 4 for beta_vae)")
-    g.add_argument("--n-codes", type=int, default=64, help="vqvae: codebook size K")
+    g.add_argument("--n-codes", type=int, help="vqvae: codebook size K (default 64); vqvae2: K of each level (512)")
     g.add_argument("--code-dim", type=int, default=16, help="vqvae: code vector size D")
     g.add_argument("--commitment", type=float, default=0.25, help="vqvae: commitment weight")
     g.add_argument("--ema", action="store_true", help="vqvae: EMA codebook update instead of its loss")
     g.add_argument("--ema-decay", type=float, default=0.99, help="vqvae --ema: decay of the moving averages")
     g.add_argument("--restart-every", type=int, default=50, help="vqvae: every N steps, move the codes "
                    "unused in them onto encoder outputs (0: never; the codebook still starts on them)")
-    g.add_argument("--prior-epochs", type=int, default=10, help="vqvae: epochs of the GRU prior")
+    g.add_argument("--prior-epochs", type=int, help="vqvae: epochs of the GRU prior (default 10; vqvae2: 2)")
+    g.add_argument("--quick", action="store_true", help=f"vqvae2: a short run ({vqvae2_run.QUICK_HELP})")
     g.add_argument("--iaf-steps", type=int, default=2, help="iaf: number of flow steps T")
     g.add_argument("--made-hidden", type=int, default=80, help="iaf: MADE hidden units")
     g.add_argument("--iw-samples", type=int, default=0, help="K of the importance-weighted test NLL "
@@ -75,6 +79,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     args.dataset = args.dataset or ("shapes" if args.model == "beta_vae" else "mnist")
     args.latent = args.latent or LATENT[args.model]
+    args.n_codes = (512 if args.model == "vqvae2" else 64) if args.n_codes is None else args.n_codes
+    args.prior_epochs = args.prior_epochs if args.prior_epochs is not None else (2 if args.model == "vqvae2" else 10)
     args.beta = args.beta if args.beta is not None else (4.0 if args.model == "beta_vae" else 1.0)
     args.out = args.out or f"runs/{args.model}"
     flags.check_flags(p, args, at_least_1=("epochs", "batch_size", "latent", "hidden", "k", "n_codes",
@@ -293,7 +299,10 @@ def train_model(args, argv=None):
 
 
 def main(argv=None):
-    return train_model(parse_args(argv), argv)[0]
+    args = parse_args(argv)  # vqvae2: two stages and their measurements, in their own loop
+    if args.model == "vqvae2":
+        return vqvae2_run.train_model(args, argv, __file__)[0]
+    return train_model(args, argv)[0]
 
 
 def bar_chart(values, path, xlabel, ylabel, title):
