@@ -60,10 +60,12 @@ def load_checkpoint(path):
             arrays = {k: archive[k] for k in archive.files if k != "__meta__"}
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
-    except ValueError as err:  # numpy's own text may name allow_pickle: a checkpoint never needs it
-        why = "not a NumPy .npz archive" if "pickle" in str(err) else f"ValueError: {err}"
-        raise CheckpointError(f"{path} is not a readable minivae checkpoint ({why}); it may be truncated "
-                              "or from another program") from None
+    except ValueError as err:  # numpy refuses an object array unless allow_pickle, which a checkpoint never needs
+        if "pickle" in str(err):
+            raise CheckpointError(f"{path} is not a minivae checkpoint: it holds pickled Python objects, which "
+                                  "minivae never loads (unpickling can run code)") from None
+        raise CheckpointError(f"{path} is not a readable minivae checkpoint (ValueError: {err}); it may be "
+                              "truncated or from another program") from None
     except (zipfile.BadZipFile, KeyError, OSError, EOFError) as err:
         raise CheckpointError(f"{path} is not a readable minivae checkpoint ({type(err).__name__}: "
                               f"{err}); it may be truncated or from another program") from err

@@ -307,6 +307,15 @@ def kl_per_dim(kl_values, path, threshold=None, threshold_label="threshold", tit
     return _save(fig, path)
 
 
+def bar_chart(values, path, xlabel, ylabel, title):
+    """Save a bar chart of `values` against their index (e.g. how often each VQ-VAE code is used)."""
+    fig = _new_figure((7.0, 3.0))
+    ax = fig.add_subplot()
+    ax.bar(np.arange(len(values)), values)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    return _save(fig, path)
+
+
 def bars(table_rows, key, path, label_key="method", xlabel=None, title=None):
     """Save a horizontal bar chart of `key` across the rows of a table (dicts with `label_key` and `key`).
 

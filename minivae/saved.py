@@ -7,7 +7,8 @@ can be built again exactly as the training script built it, and the parameters l
     images = model.sample(16, np.random.default_rng(0))
 
 Which builder runs is decided by the config's "model" entry ("mlp_vae", "sentence_vae"); older
-checkpoints without it are recognised by what they hold. A new kind of model registers one row
+checkpoints without it are recognised by what they hold, and the entries their configs lack
+(CONFIG_DEFAULTS: those added to the flags since) are taken as those runs had them. A new kind of model registers one row
 in BUILDERS: a function from the checkpoint's state dict to the model, parameters not yet loaded.
 """
 import numpy as np
@@ -34,6 +35,18 @@ def _sentence_vae(state):
     model = sentence_model(state["config"], len(vocab))
     model.vocab = vocab
     return model
+
+
+CONFIG_DEFAULTS = {  # kind -> config entries that older checkpoints lack, as the runs that wrote them had them
+    "mlp_vae": {"x_logvar": "learned-scalar", "conditional": False, "dtype": "float32"},
+}
+
+
+def fill_defaults(config, kind):
+    """Add to `config` (in place) the CONFIG_DEFAULTS entries of `kind` it lacks; return those added."""
+    missing = {key: value for key, value in CONFIG_DEFAULTS.get(kind, {}).items() if key not in config}
+    config.update(missing)
+    return missing
 
 
 BUILDERS = {  # the config's "model" -> a function of the checkpoint's state building that model

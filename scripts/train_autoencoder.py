@@ -20,12 +20,15 @@ from minivae.engine import Tensor, no_grad
 from minivae.fileio import write_json
 from minivae.models import MLPVAE
 from minivae.optim import Adam
-from minivae.run import Run, plot_module, resume, stop_if_not_finite
+from minivae.run import Run, plot_module, resume, stop_if_not_finite, warn_if_one_batch
 
 MODELS = ("ae", "dae", "sparse", "ksparse", "contractive", "vae", "beta_vae", "vqvae", "iaf")
 LATENT = {"ae": 32, "dae": 32, "sparse": 196, "ksparse": 256, "contractive": 64, "vae": 20,
           "beta_vae": 10, "vqvae": 8, "iaf": 20}  # vqvae: the number of code vectors L
 GENERATIVE = ("vae", "beta_vae", "vqvae", "iaf")
+USES = {"dae": ("noise", "noise_level"), "sparse": ("rho", "sparsity_weight"), "ksparse": ("k", "k_warmup_epochs"),
+        "contractive": ("contraction",), "iaf": ("iaf_steps", "made_hidden"), "vae beta_vae iaf": ("beta", "iw_samples", "iw_examples"),
+        "vqvae": ("n_codes", "code_dim", "commitment", "ema", "ema_decay", "restart_every", "prior_epochs")}  # models -> their own flags
 ARCHITECTURE = ("model", "dataset", "hidden", "latent", "activation", "likelihood", "dtype", "n_codes",
                 "code_dim", "iaf_steps", "made_hidden", "ema")
 
@@ -40,10 +43,10 @@ def parse_args(argv=None):
     p.add_argument("--no-download", action="store_true", help="never use the network")
     p.add_argument("--limit", type=int, default=0, help="train on the first N images only (0: all)")
     p.add_argument("--epochs", type=int, default=5, help="passes over the training images")
-    p.add_argument("--max-seconds", type=float, default=0.0, help="stop training after this many "
+    p.add_argument("--max-seconds", type=flags.finite_float, default=0.0, help="stop training after this many "
                    "seconds (0: no limit), e.g. to compare two models at equal time")
     p.add_argument("--batch-size", type=int, default=128, help="images per Adam step")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--lr", type=flags.finite_float, default=1e-3, help="Adam learning rate")
     p.add_argument("--latent", type=int, help=f"code size (vqvae: code vectors L); default {LATENT}")
     p.add_argument("--hidden", type=int, nargs="*", default=[400], help="hidden layer sizes")
     p.add_argument("--activation", choices=["relu", "tanh", "softplus"], default="relu", help="hidden units' nonlinearity")
@@ -51,18 +54,18 @@ def parse_args(argv=None):
                    help="bernoulli: BCE reconstruction; gaussian: L2 (unit variance)")
     g = p.add_argument_group("model hyperparameters")
     g.add_argument("--noise", choices=["masking", "gaussian"], default="masking", help="dae corruption")
-    g.add_argument("--noise-level", type=float, default=0.3, help="dae: drop fraction, or noise std")
-    g.add_argument("--rho", type=float, default=0.1, help="sparse: target mean activation")
-    g.add_argument("--sparsity-weight", type=float, default=3.0, help="sparse: beta of the KL penalty")
+    g.add_argument("--noise-level", type=flags.finite_float, default=0.3, help="dae: drop fraction, or noise std")
+    g.add_argument("--rho", type=flags.finite_float, default=0.1, help="sparse: target mean activation")
+    g.add_argument("--sparsity-weight", type=flags.finite_float, default=3.0, help="sparse: beta of the KL penalty")
     g.add_argument("--k", type=int, default=25, help="ksparse: code units kept per example")
-    g.add_argument("--k-warmup-epochs", type=float, default=1.0, help="ksparse: epochs to go from dense to k")
-    g.add_argument("--contraction", type=float, default=0.1, help="contractive: lambda")
-    g.add_argument("--beta", type=float, help="KL weight (default 1 for vae and iaf, 4 for beta_vae)")
+    g.add_argument("--k-warmup-epochs", type=flags.finite_float, default=1.0, help="ksparse: epochs to go from dense to k")
+    g.add_argument("--contraction", type=flags.finite_float, default=0.1, help="contractive: lambda")
+    g.add_argument("--beta", type=flags.finite_float, help="KL weight (default 1 for vae and iaf, 4 for beta_vae)")
     g.add_argument("--n-codes", type=int, default=64, help="vqvae: codebook size K")
     g.add_argument("--code-dim", type=int, default=16, help="vqvae: code vector size D")
-    g.add_argument("--commitment", type=float, default=0.25, help="vqvae: commitment weight")
+    g.add_argument("--commitment", type=flags.finite_float, default=0.25, help="vqvae: commitment weight")
     g.add_argument("--ema", action="store_true", help="vqvae: EMA codebook update instead of its loss")
-    g.add_argument("--ema-decay", type=float, default=0.99, help="vqvae --ema: decay of the moving averages")
+    g.add_argument("--ema-decay", type=flags.finite_float, default=0.99, help="vqvae --ema: decay of the moving averages")
     g.add_argument("--restart-every", type=int, default=50, help="vqvae: every N steps, move the codes "
                    "unused in them onto encoder outputs (0: never; the codebook still starts on them)")
     g.add_argument("--prior-epochs", type=int, default=10, help="vqvae: epochs of the GRU prior")
@@ -73,8 +76,10 @@ def parse_args(argv=None):
     g.add_argument("--iw-examples", type=int, default=1000, help="test images for the IW NLL (0: all)")
     flags.add_run_flags(p, out=None)
     args = p.parse_args(argv)
+    flags.warn_ignored(p, args, {name: f"with --model {args.model}" for models, names in USES.items()
+                                 if args.model not in models.split() for name in names})
     args.dataset = args.dataset or ("shapes" if args.model == "beta_vae" else "mnist")
-    args.latent = args.latent or LATENT[args.model]
+    args.latent = LATENT[args.model] if args.latent is None else args.latent  # --latent 0 is refused below
     args.beta = args.beta if args.beta is not None else (4.0 if args.model == "beta_vae" else 1.0)
     args.out = args.out or f"runs/{args.model}"
     flags.check_flags(p, args, at_least_1=("epochs", "batch_size", "latent", "hidden", "k", "n_codes",
@@ -201,29 +206,30 @@ def train_model(args, argv=None):
     """Train as the flags say (argv: the command line, for the resume command); returns (metrics, model, x_test)."""
     reuse_freed_memory()  # large temporaries without page faults (see its docstring)
     run = Run(args, argv, __file__)  # the output folder, the last checkpoint, the clean stop
-    dtype = np.dtype(args.dtype)
-    x_train, x_test, v_test, data_info = load_data(args, dtype)
-    steps_per_epoch = -(-len(x_train) // args.batch_size)
-    rng = np.random.default_rng(args.seed)
-    model = build_model(args, rng, dtype)
-    if args.model == "ksparse":
-        model.k_warmup = int(args.k_warmup_epochs * steps_per_epoch)
-    ema = vqvae.EMACodebook(model.codebook, args.ema_decay) if args.model == "vqvae" and args.ema else None
-    params = [p for p in model.parameters() if ema is None or p is not model.codebook.E]
-    optimizer = Adam(params, lr=args.lr)
-    config = flags.run_config(args)
-    history, step, start_epoch, seconds = [], 0, 0, 0.0
-    usage = np.zeros(getattr(model, "n_codes", 1), int)  # vqvae: how often each code was chosen lately
-    if args.resume:
-        state = resume(args.resume, args, ARCHITECTURE, model, optimizer, rng, ema=ema)
-        history, step, start_epoch, usage = state["history"], state["step"], state["epoch"], state["usage"]
-        seconds = sum(r["seconds"] for r in history)
-    elif args.model == "vqvae":  # start every code on an encoder output, where it will be used
-        with no_grad():
-            z_e = model.encode(Tensor(x_train[:args.batch_size])).data
-        vqvae.restart_dead_codes(model.codebook, np.zeros_like(usage), z_e, rng, ema)
+    with run.stop_cleanly():  # Ctrl-C, SIGTERM, a full disk: say where, keep the last checkpoint, print how to resume
+        dtype = np.dtype(args.dtype)
+        x_train, x_test, v_test, data_info = load_data(args, dtype)
+        steps_per_epoch = -(-len(x_train) // args.batch_size)
+        warn_if_one_batch(args.batch_size, len(x_train), "images")
+        rng = np.random.default_rng(args.seed)
+        model = build_model(args, rng, dtype)
+        if args.model == "ksparse":
+            model.k_warmup = int(args.k_warmup_epochs * steps_per_epoch)
+        ema = vqvae.EMACodebook(model.codebook, args.ema_decay) if args.model == "vqvae" and args.ema else None
+        params = [p for p in model.parameters() if ema is None or p is not model.codebook.E]
+        optimizer = Adam(params, lr=args.lr)
+        config = flags.run_config(args)
+        history, step, start_epoch, seconds = [], 0, 0, 0.0
+        usage = np.zeros(getattr(model, "n_codes", 1), int)  # vqvae: how often each code was chosen lately
+        if args.resume:
+            state = resume(args.resume, args, ARCHITECTURE, model, optimizer, rng, ema=ema)
+            history, step, start_epoch, usage = state["history"], state["step"], state["epoch"], state["usage"]
+            seconds = sum(r["seconds"] for r in history)
+        elif args.model == "vqvae":  # start every code on an encoder output, where it will be used
+            with no_grad():
+                z_e = model.encode(Tensor(x_train[:args.batch_size])).data
+            vqvae.restart_dead_codes(model.codebook, np.zeros_like(usage), z_e, rng, ema)
 
-    with run.stop_cleanly():  # Ctrl-C or SIGTERM: say where, keep the last checkpoint, print how to resume
         for epoch in range(start_epoch, args.epochs):
             t0, totals, n_seen, restarted = time.perf_counter(), {}, 0, 0
             bar = run.progress(data.batches(len(x_train), args.batch_size, rng), steps_per_epoch, epoch, step)
@@ -265,48 +271,35 @@ def train_model(args, argv=None):
                 print(f"stopping: --max-seconds {args.max_seconds:g} reached after {step} steps")
                 break
 
-    test = evaluate(model, x_test, np.random.default_rng([args.seed, 3]), args)
-    metrics = {"config": config, "data": data_info, "epochs": history, "train_seconds": seconds,
-               **{k: v for k, v in test.items() if k != "code"}}
-    prior = None
-    if args.model == "vqvae":
-        prior, metrics["prior_nll"] = train_prior(model, x_train, args, dtype)
-        with no_grad():
-            sampled = prior.sample(1000, np.random.default_rng([args.seed, 6]))
-            metrics["prior_sample_nll"] = -float(np.mean(prior.log_prob(sampled).data))
-            metrics["prior_test_nll"] = -float(np.mean(prior.log_prob(model.codes(x_test)).data))
-        metrics["uniform_code_nll"] = model.n_latents * float(np.log(model.n_codes))
-    if args.iw_samples and args.model in ("vae", "beta_vae", "iaf"):
-        metrics["test_iw_nll"] = iw_nll(model, x_test, args)
-        print(f"importance-weighted test NLL (K={args.iw_samples}): {metrics['test_iw_nll']:.2f} nats")
-    if args.dataset == "shapes" and "code" in test:  # scored on all 2,700 images: less estimator bias
-        x_seen, v_seen, _, _ = shapes.make_shapes(seed=args.seed, dtype=dtype)
-        code = np.concatenate([diagnostics.encode_all(model, x_seen)[0], test["code"]])
-        mig, gaps, _ = shapes.mutual_information_gap(code, np.concatenate([v_seen, v_test]))
-        metrics.update(mig=mig, mig_per_factor=dict(zip(shapes.FACTORS, gaps.tolist())))
-        print(f"mutual information gap (MIG): {mig:.3f}  per factor: {metrics['mig_per_factor']}")
-    write_json(run.path("metrics.json"), metrics)
-    if not args.no_plots:
-        make_figures(args, run.path, model, x_test, test, prior)
-    print(f"wrote {args.out}/metrics.json, checkpoint.npz" + ("" if args.no_plots else " and figures"))
+        test = evaluate(model, x_test, np.random.default_rng([args.seed, 3]), args)
+        metrics = {"config": config, "data": data_info, "epochs": history, "train_seconds": seconds,
+                   **{k: v for k, v in test.items() if k != "code"}}
+        prior = None
+        if args.model == "vqvae":
+            prior, metrics["prior_nll"] = train_prior(model, x_train, args, dtype)
+            with no_grad():
+                sampled = prior.sample(1000, np.random.default_rng([args.seed, 6]))
+                metrics["prior_sample_nll"] = -float(np.mean(prior.log_prob(sampled).data))
+                metrics["prior_test_nll"] = -float(np.mean(prior.log_prob(model.codes(x_test)).data))
+            metrics["uniform_code_nll"] = model.n_latents * float(np.log(model.n_codes))
+        if args.iw_samples and args.model in ("vae", "beta_vae", "iaf"):
+            metrics["test_iw_nll"] = iw_nll(model, x_test, args)
+            print(f"importance-weighted test NLL (K={args.iw_samples}): {metrics['test_iw_nll']:.2f} nats")
+        if args.dataset == "shapes" and "code" in test:  # scored on all 2,700 images: less estimator bias
+            x_seen, v_seen, _, _ = shapes.make_shapes(seed=args.seed, dtype=dtype)
+            code = np.concatenate([diagnostics.encode_all(model, x_seen)[0], test["code"]])
+            mig, gaps, _ = shapes.mutual_information_gap(code, np.concatenate([v_seen, v_test]))
+            metrics.update(mig=mig, mig_per_factor=dict(zip(shapes.FACTORS, gaps.tolist())))
+            print(f"mutual information gap (MIG): {mig:.3f}  per factor: {metrics['mig_per_factor']}")
+        write_json(run.path("metrics.json"), metrics)
+        if not args.no_plots:
+            make_figures(args, run.path, model, x_test, test, prior)
+        print(f"wrote {args.out}/metrics.json, checkpoint.npz" + ("" if args.no_plots else " and figures"))
     return metrics, model, x_test
 
 
 def main(argv=None):
     return train_model(parse_args(argv), argv)[0]
-
-
-def bar_chart(values, path, xlabel, ylabel, title):
-    """A bar chart PNG (matplotlib's Agg canvas, no pyplot)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(7, 3))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.bar(np.arange(len(values)), values)
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
 
 
 def make_figures(args, output_path, model, x_test, test, prior):
@@ -324,7 +317,7 @@ def make_figures(args, output_path, model, x_test, test, prior):
             plot.image_grid(model.mean_image(model.decode_codes(codes)), output_path("samples.png"),
                             title="codes sampled from the GRU prior, decoded")
             usage = np.bincount(model.codes(x_test).ravel(), minlength=model.n_codes)
-            bar_chart(usage / usage.sum(), output_path("code_usage.png"), "code k", "fraction of test codes",
+            plot.bar_chart(usage / usage.sum(), output_path("code_usage.png"), "code k", "fraction of test codes",
                       f"code usage (perplexity {test['code_perplexity']:.1f} of {model.n_codes})")
         if args.model in ("sparse", "ksparse", "contractive"):
             order = np.argsort(-test["code"].var(0))[:64]  # the most variable code units
