@@ -54,18 +54,21 @@ def save_checkpoint(path, **state):
 
 def load_checkpoint(path):
     """Read a checkpoint written by save_checkpoint; a damaged file raises CheckpointError."""
+    opened = False  # np.load took the file for an .npz archive
     try:
         with np.load(path, allow_pickle=False) as archive:
-            meta = json.loads(str(archive["__meta__"]))
-            arrays = {k: archive[k] for k in archive.files if k != "__meta__"}
+            opened = True
+            arrays = {k: archive[k] for k in archive.files}  # an object array anywhere raises ValueError here
+            meta = json.loads(str(arrays.pop("__meta__")))
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
-    except ValueError as err:  # numpy refuses an object array unless allow_pickle, which a checkpoint never needs
-        if "pickle" in str(err):
+    except ValueError as err:  # numpy's text names allow_pickle, which a checkpoint never needs
+        if opened and "pickle" in str(err):  # an object array inside an .npz
             raise CheckpointError(f"{path} is not a minivae checkpoint: it holds pickled Python objects, which "
                                   "minivae never loads (unpickling can run code)") from None
-        raise CheckpointError(f"{path} is not a readable minivae checkpoint (ValueError: {err}); it may be "
-                              "truncated or from another program") from None
+        why = "not a NumPy .npz archive" if "pickle" in str(err) else f"ValueError: {err}"  # numpy's guess: a pickle
+        raise CheckpointError(f"{path} is not a readable minivae checkpoint ({why}); it may be truncated "
+                              "or from another program") from None
     except (zipfile.BadZipFile, KeyError, OSError, EOFError) as err:
         raise CheckpointError(f"{path} is not a readable minivae checkpoint ({type(err).__name__}: "
                               f"{err}); it may be truncated or from another program") from err

@@ -36,8 +36,8 @@ def atomic_writer(path, mode="wb"):
     except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
-        if isinstance(err, OSError) and err.filename is None:  # a failed write names no file: name the target
-            err.filename = path
+        if isinstance(err, OSError) and err.errno is not None and err.filename is None:
+            err.filename = path  # a failed write names no file: name the target
         raise
 
 

@@ -1,8 +1,9 @@
 """One training run: its output folder, progress, checkpoints and stops.
 
-A script's main() opens the run (Run: the --out folder, its stale temporary files removed),
-builds the model, continues a checkpoint (resume), then loops over epochs inside
-`with run.stop_cleanly():` (Ctrl-C and SIGTERM end the run with a resume command): batches in a
+A script's main() opens the run (Run: the --out folder, locked to this run, its stale temporary
+files removed), then does everything else inside `with run.stop_cleanly():` (Ctrl-C, SIGTERM
+and a full disk end the run with a resume command; the lock is released at the end): it reads
+the data, builds the model, continues a checkpoint (resume), loops over epochs with batches in a
 progress bar (run.progress), the NaN stop (stop_if_not_finite) before each update, and a
 checkpoint (run.save) after each epoch. docs/runs.md says what a user can rely on.
 """

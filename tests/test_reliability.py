@@ -5,7 +5,11 @@ a kill -9 during a save never leaves a broken checkpoint; a folder holding anoth
 overwritten silently; --out is checked at start-up; Ctrl-C and SIGTERM stop cleanly with a
 resume command that works; every flag is validated before data is read; text corpora that are
 not "one sentence per line", or held-out text the vocabulary does not know, are reported; an
-explicit --data-dir must be complete; a checkpoint is validated as a whole when it is opened.
+explicit --data-dir must be complete; a checkpoint is validated as a whole when it is opened;
+one run per folder (a lock, taken over when its run is gone); schedules follow --time-budget;
+Ctrl-C while the data loads and a file-size limit while saving are clean stops; another script's
+checkpoint is refused with the flags; ignored flags, oversized batches and held-out text that is
+training text are warned about.
 """
 import importlib.util
 import json
@@ -603,7 +607,7 @@ def test_a_validation_file_that_is_the_training_file_is_warned_about(tmp_path, c
 
 def test_the_default_toy_corpus_gets_no_overlap_warning():
     from minivae import text
-    assert "WARNING" not in text.describe(text.load_toy_data(2000, seed=0))
+    assert "also in the training split" not in text.describe(text.load_toy_data(2000, seed=0))
 
 
 # ------------------------------------------------------------------ 17. data and checkpoint messages
