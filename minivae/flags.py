@@ -135,8 +135,8 @@ def resume_problem(args):
         return f"--resume: {err}"
     kind, ours = model_kind(state), getattr(args, "model", None)  # a script sets args.model to its kind
     if ours is not None and kind != ours:
-        return (f"--resume: {args.resume} holds a checkpoint of a {kind or 'unknown'} model, and this run trains "
-                f"a {ours}: resume a checkpoint written by the same script (and --model)")
+        return (f"--resume: {args.resume} is a checkpoint of model {kind!r}, and this run trains model {ours!r}: "
+                "resume a checkpoint written by the same script (and --model)")
     return None
 
 

@@ -160,7 +160,7 @@ class Run:
         """Print `first_line`, then which checkpoint is kept and the command that resumes from it (stderr)."""
         print(f"\n{first_line}", file=sys.stderr)
         if self.last_checkpoint is None:
-            print(f"No epoch had finished: there is no checkpoint. Start again with:\n{self.command()}",
+            print(f"There is no checkpoint: no epoch had been saved. Start again with:\n{self.command()}",
                   file=sys.stderr)
             return
         if self.saved is None:

@@ -483,7 +483,7 @@ def test_ctrl_c_while_the_data_loads_is_a_clean_stop_that_leaves_no_folder(scrip
     lines = err.strip().splitlines()
     assert child.returncode == 130 and "Traceback" not in err, err
     assert lines[-3:-1] == ["stopped by Ctrl-C (SIGINT) before training began (reading the data or building the model).",
-                            "No epoch had finished: there is no checkpoint. Start again with:"]
+                            "There is no checkpoint: no epoch had been saved. Start again with:"]
     assert shlex.split(lines[-1])[1:] == [f"scripts/{script}.py", *argv, "--out", str(out)]
     assert not (tmp_path / "new").exists()  # the folders this run made, and nothing else, are gone
 
@@ -560,8 +560,8 @@ def test_another_scripts_checkpoint_is_refused_with_the_flags_before_any_data(so
     if source == target:  # the same script, another --model
         argv, ours = argv + ["--model", "dae"], "dae"
     message = _refused(module.main, argv, capsys, "--resume")
-    assert message == (f"--resume: {checkpoints[source]} holds a checkpoint of a {KINDS[source]} model, and this run "
-                       f"trains a {ours}: resume a checkpoint written by the same script (and --model)")
+    assert message == (f"--resume: {checkpoints[source]} is a checkpoint of model {KINDS[source]!r}, and this run "
+                       f"trains model {ours!r}: resume a checkpoint written by the same script (and --model)")
     assert not (tmp_path / "run").exists()
 
 
