@@ -124,3 +124,24 @@ def check_model_state(state, path, model, rng):
     kind = type(rng.bit_generator).__name__
     if state["rng"].get("bit_generator") != kind:
         raise CheckpointError(f"{path}: the RNG state is for {state['rng'].get('bit_generator')!r}, not {kind}")
+
+
+# ------------------------------------------------------------------ what kind of model a checkpoint holds
+CONFIG_DEFAULTS = {  # kind -> config entries that older checkpoints lack, as the runs that wrote them had them
+    "mlp_vae": {"x_logvar": "learned-scalar", "conditional": False, "dtype": "float32"},
+}
+
+
+def fill_defaults(config, kind):
+    """Add to `config` (in place) the CONFIG_DEFAULTS entries of `kind` it lacks; return those added."""
+    missing = {key: value for key, value in CONFIG_DEFAULTS.get(kind, {}).items() if key not in config}
+    config.update(missing)
+    return missing
+
+
+def model_kind(state):
+    """The config's "model" entry; for a config without one, what the checkpoint's entries say."""
+    config = state["config"]
+    if "model" in config:
+        return config["model"]
+    return "sentence_vae" if "vocab" in state else "mlp_vae" if "dataset" in config else None

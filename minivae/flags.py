@@ -10,9 +10,8 @@ import os
 import tempfile
 
 from . import schedules
-from .checkpoint import CheckpointError, check_fields, load_checkpoint
+from .checkpoint import CheckpointError, check_fields, load_checkpoint, model_kind
 from .elbo import FREE_BITS_MODES
-from .saved import model_kind
 
 NOT_CONFIG = ("resume", "no_progress", "overwrite")  # flags that change how a run is watched, not what it computes
 RESULTS = ("checkpoint.npz", "metrics.json")  # a folder holding either holds a run's results

@@ -20,12 +20,12 @@ import threading
 
 import numpy as np
 
-from .checkpoint import CheckpointError, check_fields, check_model_state, load_checkpoint, save_checkpoint
+from .checkpoint import (CheckpointError, check_fields, check_model_state, fill_defaults, load_checkpoint,
+                         model_kind, save_checkpoint)
 from .elbo import NonFiniteLossError, check_finite
 from .fileio import LockHeld, release_lock, remove_stale_temp_files, take_lock
 from .flags import SAVED, run_config
 from .optim import NonFiniteGradientError
-from .saved import fill_defaults, model_kind
 
 OUTPUTS = (".npz", ".json", ".png", ".txt")  # what a run writes: stale temporary files of these are ours
 LOCK = "run.lock"  # the file in --out that keeps it to one run at a time (fileio.take_lock)

@@ -7,13 +7,13 @@ can be built again exactly as the training script built it, and the parameters l
     images = model.sample(16, np.random.default_rng(0))
 
 Which builder runs is decided by the config's "model" entry ("mlp_vae", "sentence_vae"); older
-checkpoints without it are recognised by what they hold, and the entries their configs lack
-(CONFIG_DEFAULTS: those added to the flags since) are taken as those runs had them. A new kind of model registers one row
-in BUILDERS: a function from the checkpoint's state dict to the model, parameters not yet loaded.
+checkpoints without it are recognised by what they hold (checkpoint.model_kind). A new kind of
+model registers one row in BUILDERS: a function from the checkpoint's state dict to the model,
+parameters not yet loaded.
 """
 import numpy as np
 
-from .checkpoint import CheckpointError, check_fields, load_checkpoint
+from .checkpoint import CheckpointError, check_fields, load_checkpoint, model_kind
 from .models import make_model
 from .sentence_vae import SentenceVAE
 from .text import Vocab
@@ -37,30 +37,10 @@ def _sentence_vae(state):
     return model
 
 
-CONFIG_DEFAULTS = {  # kind -> config entries that older checkpoints lack, as the runs that wrote them had them
-    "mlp_vae": {"x_logvar": "learned-scalar", "conditional": False, "dtype": "float32"},
-}
-
-
-def fill_defaults(config, kind):
-    """Add to `config` (in place) the CONFIG_DEFAULTS entries of `kind` it lacks; return those added."""
-    missing = {key: value for key, value in CONFIG_DEFAULTS.get(kind, {}).items() if key not in config}
-    config.update(missing)
-    return missing
-
-
 BUILDERS = {  # the config's "model" -> a function of the checkpoint's state building that model
     "mlp_vae": lambda state: make_model(state["config"]),
     "sentence_vae": _sentence_vae,
 }
-
-
-def model_kind(state):
-    """The config's "model" entry; for a config without one, what the checkpoint's entries say."""
-    config = state["config"]
-    if "model" in config:
-        return config["model"]
-    return "sentence_vae" if "vocab" in state else "mlp_vae" if "dataset" in config else None
 
 
 def load_model(path):
