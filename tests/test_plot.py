@@ -39,6 +39,7 @@ CALLS = {
     "latent_scatter": lambda path: plot.latent_scatter(RNG.normal(size=(50, 5)), RNG.integers(0, 10, 50), path),
     "kl_per_dim": lambda path: plot.kl_per_dim([0.01, 2.5, 0.3, 4.0], path, threshold=0.25),
     "bars": lambda path: plot.bars(TABLE, "active_units", path),
+    "bar_chart": lambda path: plot.bar_chart([0.5, 0.25, 0.0, 0.25], path, "code k", "fraction", "code usage"),
 }
 
 
