@@ -34,6 +34,7 @@ Reading order (each module builds only on the ones before it):
   decoding.py          greedy, sampling and beam-search decoding, reconstruction, interpolation
   text_diagnostics.py  sentence diagnostics: reconstruction scores, probes
   plot.py              figures
+  charts.py            line panels and bar charts, on plot.py's helpers
   flags.py             the flags the training scripts share, checked before any data is read
   run.py               a training run: output folder, progress, checkpoints, resume, clean stops
   allocator.py         reuse_freed_memory, the training scripts' C allocator setting

@@ -54,14 +54,19 @@ def save_checkpoint(path, **state):
 
 def load_checkpoint(path):
     """Read a checkpoint written by save_checkpoint; a damaged file raises CheckpointError."""
+    opened = False  # np.load took the file for an .npz archive
     try:
         with np.load(path, allow_pickle=False) as archive:
-            meta = json.loads(str(archive["__meta__"]))
-            arrays = {k: archive[k] for k in archive.files if k != "__meta__"}
+            opened = True
+            arrays = {k: archive[k] for k in archive.files}  # an object array anywhere raises ValueError here
+            meta = json.loads(str(arrays.pop("__meta__")))
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
-    except ValueError as err:  # numpy's own text may name allow_pickle: a checkpoint never needs it
-        why = "not a NumPy .npz archive" if "pickle" in str(err) else f"ValueError: {err}"
+    except ValueError as err:  # numpy's text names allow_pickle, which a checkpoint never needs
+        if opened and "pickle" in str(err):  # an object array inside an .npz
+            raise CheckpointError(f"{path} is not a minivae checkpoint: it holds pickled Python objects, which "
+                                  "minivae never loads (unpickling can run code)") from None
+        why = "not a NumPy .npz archive" if "pickle" in str(err) else f"ValueError: {err}"  # numpy's guess: a pickle
         raise CheckpointError(f"{path} is not a readable minivae checkpoint ({why}); it may be truncated "
                               "or from another program") from None
     except (zipfile.BadZipFile, KeyError, OSError, EOFError) as err:
@@ -119,3 +124,24 @@ def check_model_state(state, path, model, rng):
     kind = type(rng.bit_generator).__name__
     if state["rng"].get("bit_generator") != kind:
         raise CheckpointError(f"{path}: the RNG state is for {state['rng'].get('bit_generator')!r}, not {kind}")
+
+
+# ------------------------------------------------------------------ what kind of model a checkpoint holds
+CONFIG_DEFAULTS = {  # kind -> config entries that older checkpoints lack, as the runs that wrote them had them
+    "mlp_vae": {"x_logvar": "learned-scalar", "conditional": False, "dtype": "float32"},
+}
+
+
+def fill_defaults(config, kind):
+    """Add to `config` (in place) the CONFIG_DEFAULTS entries of `kind` it lacks; return those added."""
+    missing = {key: value for key, value in CONFIG_DEFAULTS.get(kind, {}).items() if key not in config}
+    config.update(missing)
+    return missing
+
+
+def model_kind(state):
+    """The config's "model" entry; for a config without one, what the checkpoint's entries say."""
+    config = state["config"]
+    if "model" in config:
+        return config["model"]
+    return "sentence_vae" if "vocab" in state else "mlp_vae" if "dataset" in config else None

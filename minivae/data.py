@@ -45,8 +45,16 @@ class DataUnavailable(RuntimeError):
 # IDX format (LeCun et al.): 2 zero bytes, a type code, the number of dimensions, then one
 # big-endian uint32 per dimension, then the values in C order, big-endian.
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-_FIX = ("The file is damaged or is not this IDX file: delete it (minivae downloads a fresh copy) "
-        "or replace it with a good copy.")
+def _fix(path):
+    """The end of a bad-file message: what to do about the file at `path`.
+
+    A file in minivae's cache can simply be deleted (the next run downloads a fresh copy); one in
+    a folder the user chose (--data-dir) is not downloaded again, so it must be replaced.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    if any(folder == os.path.abspath(cache_dir(name)) for name in DATASETS):
+        return "The file is damaged or is not this IDX file: delete it (minivae downloads a fresh copy) or replace it with a good copy."
+    return "The file is damaged or is not this IDX file: replace it with a good copy."
 
 # Per data set: mirror base URLs, tried in order, and per role (file name, MD5 of the .gz, MD5 of
 # the uncompressed content). The .gz MD5s are the ones published with torchvision.
@@ -81,32 +89,32 @@ def _gunzip(blob, name):
     try:
         return gzip.decompress(blob)
     except (OSError, EOFError, zlib.error) as err:
-        raise DataError(f"{name}: corrupt gzip stream ({err}). {_FIX}") from None
+        raise DataError(f"{name}: corrupt gzip stream ({err}). {_fix(name)}") from None
 
 
 def _parse_idx(content, name, ndim=None):
     """Decode the uncompressed bytes of an IDX file into an array of native byte order."""
     if len(content) < 4 or content[:2] != b"\x00\x00":
         raise DataError(f"{name}: not an IDX file (magic bytes {content[:4].hex() or 'missing'}, "
-                        f"expected 0000 followed by a type code and a dimension count). {_FIX}")
+                        f"expected 0000 followed by a type code and a dimension count). {_fix(name)}")
     code, n_dims = content[2], content[3]
     if code not in _IDX_DTYPES:
         known = ", ".join(f"0x{c:02x} ({np.dtype(t).name})" for c, t in _IDX_DTYPES.items())
-        raise DataError(f"{name}: unknown IDX type code 0x{code:02x} (known: {known}). {_FIX}")
+        raise DataError(f"{name}: unknown IDX type code 0x{code:02x} (known: {known}). {_fix(name)}")
     if n_dims == 0 or (ndim is not None and n_dims != ndim):
         wanted = f"expected {ndim}" if ndim is not None else "expected at least 1"
-        raise DataError(f"{name}: header declares {n_dims} dimensions, {wanted}. {_FIX}")
+        raise DataError(f"{name}: header declares {n_dims} dimensions, {wanted}. {_fix(name)}")
     header = 4 + 4 * n_dims
     if len(content) < header:
         raise DataError(f"{name}: header of {n_dims} dimensions needs {header} bytes, file has only "
-                        f"{len(content)} (truncated). {_FIX}")
+                        f"{len(content)} (truncated). {_fix(name)}")
     shape = tuple(int(d) for d in np.frombuffer(content, ">u4", n_dims, offset=4))
     dtype = np.dtype(_IDX_DTYPES[code])
     expected, actual = math.prod(shape) * dtype.itemsize, len(content) - header
     if actual != expected:
         what = "truncated" if actual < expected else "trailing bytes after the data"
         raise DataError(f"{name}: shape {shape} of {dtype.name} needs {expected} payload bytes, "
-                        f"found {actual} ({what}). {_FIX}")
+                        f"found {actual} ({what}). {_fix(name)}")
     return np.frombuffer(content, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -139,7 +147,7 @@ def _verified_content(blob, name, md5_gz, md5_raw):
     actual_raw = actual_gz if content is blob else _md5(content)
     if actual_raw != md5_raw:
         raise DataError(f"{name}: checksum mismatch: MD5 of the file is {actual_gz} and of its content "
-                        f"{actual_raw}, expected {md5_gz} (.gz) or {md5_raw} (uncompressed). {_FIX}")
+                        f"{actual_raw}, expected {md5_gz} (.gz) or {md5_raw} (uncompressed). {_fix(name)}")
     return content
 
 

@@ -10,7 +10,7 @@ import os
 import tempfile
 
 from . import schedules
-from .checkpoint import CheckpointError, check_fields, load_checkpoint
+from .checkpoint import CheckpointError, check_fields, load_checkpoint, model_kind
 from .elbo import FREE_BITS_MODES
 
 NOT_CONFIG = ("resume", "no_progress", "overwrite")  # flags that change how a run is watched, not what it computes
@@ -85,6 +85,17 @@ def check_flags(parser, args, at_least_1=(), positive=(), at_least_0=(), in_0_1=
         parser.error(problem)
 
 
+def warn_ignored(parser, args, unused):
+    """Print a WARNING for each flag of `unused` ({name: when it is ignored}) set away from its default.
+
+    A flag this run does not read (--k without --model ksparse, --sfb-rate without
+    --soft-free-bits) is said to be ignored, rather than silently having no effect.
+    """
+    for name, when in unused.items():
+        if getattr(args, name) != parser.get_default(name):
+            print(f"WARNING: --{name.replace('_', '-')} has no effect {when}; it is ignored")
+
+
 def beta_params_problem(args):
     """What is wrong with --beta-params (syntax, a non-finite or fractional count, a bad value), or None."""
     schedule = getattr(args, "beta_schedule", "constant")  # a script may have no KL flags
@@ -109,13 +120,22 @@ def beta_params_problem(args):
 
 
 def resume_problem(args):
-    """What is wrong with the --resume checkpoint that can be seen without the model, or None."""
+    """What is wrong with the --resume checkpoint that can be seen without the model, or None.
+
+    Readable, every entry of SAVED with its type, and written for the same kind of model as this
+    run's (the config's "model": another script's checkpoint is refused here, before any data).
+    """
     if not getattr(args, "resume", None):
         return None
     try:
-        check_fields(load_checkpoint(args.resume), SAVED, args.resume)
+        state = load_checkpoint(args.resume)
+        check_fields(state, SAVED, args.resume)
     except CheckpointError as err:
         return f"--resume: {err}"
+    kind, ours = model_kind(state), getattr(args, "model", None)  # a script sets args.model to its kind
+    if ours is not None and kind != ours:
+        return (f"--resume: {args.resume} is a checkpoint of model {kind!r}, and this run trains model {ours!r}: "
+                "resume a checkpoint written by the same script (and --model)")
     return None
 
 
@@ -159,6 +179,20 @@ def beta_schedule(args, total_steps):
     except ValueError as err:
         raise SystemExit(str(err)) from None
     return lambda t: args.beta * fn(t)
+
+
+def beta_step(args, step, done, total_steps):
+    """The step at which the training loop reads the β schedule: `step`, except under --time-budget.
+
+    With a time budget the run's length is its minutes, not its --epochs (often a large cap), so
+    a schedule spread over the whole run (cyclical ones whose --beta-params set no total_steps)
+    is read at the fraction `done` of it (elapsed / budget) and completes when the budget ends.
+    Schedules counted in steps (logistic, linear, ...) stay on the step.
+    """
+    spread = args.beta_schedule in ("cyclical", "cyclical_zero_linear") and "total_steps" not in args.beta_params
+    if getattr(args, "time_budget", 0) and spread:
+        return min(int(done * total_steps), total_steps - 1)
+    return step
 
 
 def run_config(args):

@@ -218,22 +218,6 @@ def curves(records, path, panels, x_key=None, title=None):
     return _save(fig, path)
 
 
-def line_panels(panels, path, ncol=2, title=None):
-    """Save one subplot per panel (title, lines), each line (x, y, matplotlib keyword arguments
-    with a "label"), e.g. a signal, its true continuation and sampled predictions of it."""
-    nrow = math.ceil(len(panels) / ncol)
-    fig = _new_figure((4.5 * ncol, 2.6 * nrow))
-    axes = fig.subplots(nrow, ncol, squeeze=False).ravel()
-    for ax, (panel_title, lines) in zip(axes, panels):
-        for x, y, style in lines:
-            ax.plot(x, y, **style)
-        ax.set_title(panel_title, fontsize="medium")
-        ax.legend(fontsize="x-small")
-    if title:
-        fig.suptitle(title)
-    return _save(fig, path)
-
-
 def training_curves(records, path, title=None):
     """Save -ELBO (train and test), reconstruction, KL and β of the image VAE's per-epoch records."""
     return curves(records, path, MNIST_PANELS, title=title or "Image VAE training")

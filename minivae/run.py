@@ -1,12 +1,15 @@
 """One training run: its output folder, progress, checkpoints and stops.
 
-A script's main() opens the run (Run: the --out folder, its stale temporary files removed),
-builds the model, continues a checkpoint (resume), then loops over epochs inside
-`with run.stop_cleanly():` (Ctrl-C and SIGTERM end the run with a resume command): batches in a
+A script's main() opens the run (Run: the --out folder, locked to this run, its stale temporary
+files removed), then does everything else inside `with run.stop_cleanly():` (Ctrl-C, SIGTERM
+and a full disk end the run with a resume command; the lock is released at the end): it reads
+the data, builds the model, continues a checkpoint (resume), loops over epochs with batches in a
 progress bar (run.progress), the NaN stop (stop_if_not_finite) before each update, and a
 checkpoint (run.save) after each epoch. docs/runs.md says what a user can rely on.
 """
+import atexit
 import contextlib
+import errno
 import numbers
 import os
 import shlex
@@ -17,13 +20,16 @@ import threading
 
 import numpy as np
 
-from .checkpoint import CheckpointError, check_fields, check_model_state, load_checkpoint, save_checkpoint
+from .checkpoint import (CheckpointError, check_fields, check_model_state, fill_defaults, load_checkpoint,
+                         model_kind, save_checkpoint)
 from .elbo import NonFiniteLossError, check_finite
-from .fileio import remove_stale_temp_files
+from .fileio import LockHeld, release_lock, remove_stale_temp_files, take_lock
 from .flags import SAVED, run_config
 from .optim import NonFiniteGradientError
 
 OUTPUTS = (".npz", ".json", ".png", ".txt")  # what a run writes: stale temporary files of these are ours
+LOCK = "run.lock"  # the file in --out that keeps it to one run at a time (fileio.take_lock)
+DISK_FULL = (errno.EFBIG, errno.ENOSPC, errno.EDQUOT)  # a write that failed for want of room
 
 
 # ------------------------------------------------------------------ the run: folder, progress, stops
@@ -44,19 +50,46 @@ class Run:
     """
 
     def __init__(self, args, argv=None, script=None):
+        self.made = _missing_folders(args.out)  # what close() removes again if the run leaves it empty
         os.makedirs(args.out, exist_ok=True)  # flags.out_problem has checked that it can be made
-        removed = remove_stale_temp_files(args.out, lambda name: name.endswith(OUTPUTS))
-        if removed:
-            print(f"removed {len(removed)} temporary file(s) left by an interrupted save: {', '.join(removed)}")
         self.args = args
-        self.last_checkpoint = args.resume
-        self.checkpoint = self.path("checkpoint.npz")
-        self.epoch, self.step = 0, 0
-        self.saved = None  # (epoch, step) of this run's last save
+        self.lock = os.path.join(args.out, LOCK)
         if argv is None:  # the command line of this process
             self.argv, self.script = sys.argv[1:], sys.argv[0]
         else:
             self.argv, self.script = list(argv), sys.argv[0] if script is None else script
+        try:  # before anything else in the folder: another run's files are not ours to touch
+            note = take_lock(self.lock, command=self.command())
+        except LockHeld as err:
+            self._remove_made()
+            owner = err.owner
+            raise SystemExit(f"--out {args.out} is in use by another run (PID {owner.get('pid')} on "
+                             f"{owner.get('host')}): wait for it to end, or choose another --out. If no such run "
+                             f"exists, delete {self.lock}") from None
+        atexit.register(self.close)  # a script that never enters stop_cleanly still lets go at exit
+        if note:
+            print(f"note: {note}")
+        removed = remove_stale_temp_files(args.out, lambda name: name.endswith(OUTPUTS))
+        if removed:
+            print(f"removed {len(removed)} temporary file(s) left by an interrupted save: {', '.join(removed)}")
+        self.last_checkpoint = args.resume
+        self.checkpoint = self.path("checkpoint.npz")
+        self.epoch, self.step = 0, 0
+        self.saved = None  # (epoch, step) of this run's last save
+
+    def close(self):
+        """Remove the folder's lock, and the folders this run made if they hold nothing (a failed start).
+
+        stop_cleanly calls it when its block ends, however it ends; calling it again does nothing.
+        """
+        atexit.unregister(self.close)
+        release_lock(self.lock)
+        self._remove_made()
+
+    def _remove_made(self):
+        for folder in self.made:  # deepest first
+            with contextlib.suppress(OSError):  # not empty, or already gone
+                os.rmdir(folder)
 
     def path(self, name):
         """The path of output file `name` in the --out folder."""
@@ -85,11 +118,13 @@ class Run:
 
     @contextlib.contextmanager
     def stop_cleanly(self):
-        """Turn Ctrl-C (exit code 130) and SIGTERM (143) inside the block into a clean stop.
+        """Turn Ctrl-C (exit code 130), SIGTERM (143) and a full disk (1) inside the block into a clean stop.
 
         The stop says where it happened, keeps the last complete checkpoint (a half-finished
         epoch is not saved: its state is not one a run can continue from exactly) and prints the
-        command that resumes from it.
+        command that resumes from it. A script runs everything after Run() inside this block,
+        reading the data included; when the block ends, however it ends, close() lets go of the
+        folder (and removes it if this run made it and wrote nothing there).
         """
         main_thread = threading.current_thread() is threading.main_thread()
         if main_thread:  # signal handlers can be set only there
@@ -103,21 +138,47 @@ class Run:
                 name, code = "SIGTERM", 143
             else:
                 name, code = "Ctrl-C (SIGINT)", 130
-            print(f"\nstopped by {name} in epoch {self.epoch} at step {self.step}.", file=sys.stderr)
-            if self.last_checkpoint is None:
-                print(f"No epoch had finished: there is no checkpoint. Start again with:\n{self.command()}",
-                      file=sys.stderr)
+            if self.epoch:
+                where = f"in epoch {self.epoch} at step {self.step}"
             else:
-                if self.saved is None:
-                    where = "the one this run resumed from"
-                else:
-                    where = "end of epoch %d, step %d" % self.saved
-                print(f"Kept the last complete checkpoint {self.last_checkpoint} ({where}); steps after it are "
-                      f"not saved. Resume with:\n{self.command(self.last_checkpoint)}", file=sys.stderr)
+                where = "before training began (reading the data or building the model)"
+            self._report_stop(f"stopped by {name} {where}.")
             raise SystemExit(code) from None
+        except OSError as err:
+            if err.errno not in DISK_FULL:
+                raise
+            self._report_stop(f"could not write {err.filename or 'a file in ' + self.args.out}: {err.strerror} "
+                              f"(errno {errno.errorcode[err.errno]}: the disk is full, or a file-size limit such "
+                              f"as ulimit -f is reached). Training stopped.")
+            raise SystemExit(1) from None
         finally:
             if main_thread:
                 signal.signal(signal.SIGTERM, previous)
+            self.close()
+
+    def _report_stop(self, first_line):
+        """Print `first_line`, then which checkpoint is kept and the command that resumes from it (stderr)."""
+        print(f"\n{first_line}", file=sys.stderr)
+        if self.last_checkpoint is None:
+            print(f"There is no checkpoint: no epoch had been saved. Start again with:\n{self.command()}",
+                  file=sys.stderr)
+            return
+        if self.saved is None:
+            where = "the one this run resumed from"
+        else:
+            where = "end of epoch %d, step %d" % self.saved
+        print(f"Kept the last complete checkpoint {self.last_checkpoint} ({where}); steps after it are "
+              f"not saved. Resume with:\n{self.command(self.last_checkpoint)}", file=sys.stderr)
+
+
+def _missing_folders(path):
+    """The folders os.makedirs(path) would create, deepest first."""
+    missing = []
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
 
 
 def _without_resume(argv):
@@ -175,6 +236,13 @@ def progress(iterable, total, desc, enabled=True):
     return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
+def warn_if_one_batch(batch_size, n, what):
+    """Print a WARNING if --batch-size exceeds the `n` training examples: every step then sees all of them."""
+    if batch_size > n:
+        print(f"WARNING: --batch-size {batch_size} is larger than the {n} training {what}: each epoch is one "
+              f"batch of all {n}, one step per epoch")
+
+
 def plot_module():
     """minivae.plot, or None (with a note) when matplotlib is missing, so a run still ends well."""
     try:
@@ -195,6 +263,7 @@ def save_state(path, model, optimizer, rng, **state):
 def _check_fits(state, path, args, architecture, model, optimizer, rng, same, needs, restore):
     """Raise CheckpointError unless the checkpoint `state` read from `path` fits this run (see resume)."""
     check_fields(state, {**SAVED, **{key: numbers.Real for key in needs}}, path)
+    filled = fill_defaults(state["config"], model_kind(state))  # entries older configs lack
     saved, given = state["config"], vars(args)
     unknown = [k for k in architecture if k not in saved]
     if unknown:
@@ -210,6 +279,7 @@ def _check_fits(state, path, args, architecture, model, optimizer, rng, same, ne
     for key, obj in restore.items():
         if obj is not None and not isinstance(state.get(key), dict):
             raise CheckpointError(f"{path} has no --{key.replace('_', '-')} state to resume")
+    return filled
 
 
 def resume(path, args, architecture, model, optimizer, rng, same=None, needs=(), **restore):
@@ -230,7 +300,7 @@ def resume(path, args, architecture, model, optimizer, rng, same=None, needs=(),
     """
     try:
         state = load_checkpoint(path)
-        _check_fits(state, path, args, architecture, model, optimizer, rng, same, needs, restore)
+        filled = _check_fits(state, path, args, architecture, model, optimizer, rng, same, needs, restore)
         model.load_state_dict(state["params"])
         built = {k: v for k, v in optimizer.state_dict().items() if not isinstance(v, np.ndarray)}
         try:  # moments and step counts from the file, hyperparameters as built from the flags
@@ -245,6 +315,9 @@ def resume(path, args, architecture, model, optimizer, rng, same=None, needs=(),
     except CheckpointError as err:
         raise SystemExit(f"--resume: {err}") from None
     print(f"resumed from {path} after epoch {state['epoch']} (step {state['step']})")
+    if filled:
+        print("  its config is older than the flags " + ", ".join(f"--{k.replace('_', '-')}" for k in filled)
+              + "; taken as the runs of that time had them: " + ", ".join(f"{k}={v}" for k, v in filled.items()))
     saved, now = state["config"], run_config(args)
     for key, value in now.items():
         if key not in architecture and saved.get(key, value) != value:

@@ -6,13 +6,15 @@ can be built again exactly as the training script built it, and the parameters l
     model = load_model("runs/mnist-vae/checkpoint.npz")
     images = model.sample(16, np.random.default_rng(0))
 
-Which builder runs is decided by the config's "model" entry ("mlp_vae", "sentence_vae", "tdvae", "vqvae2"); older
-checkpoints without it are recognised by what they hold. A new kind of model registers one row
-in BUILDERS: a function from the checkpoint's state dict to the model, parameters not yet loaded.
+Which builder runs is decided by the config's "model" entry ("mlp_vae", "sentence_vae",
+"tdvae", "vqvae2"); older
+checkpoints without it are recognised by what they hold (checkpoint.model_kind). A new kind of
+model registers one row in BUILDERS: a function from the checkpoint's state dict to the model,
+parameters not yet loaded.
 """
 import numpy as np
 
-from .checkpoint import CheckpointError, check_fields, load_checkpoint
+from .checkpoint import CheckpointError, check_fields, load_checkpoint, model_kind
 from .models import make_model
 from .sentence_vae import SentenceVAE
 from .tdvae import from_config as tdvae_from_config
@@ -44,14 +46,6 @@ BUILDERS = {  # the config's "model" -> a function of the checkpoint's state bui
     "tdvae": lambda state: tdvae_from_config(state["config"]),
     "vqvae2": lambda state: make_vqvae2(state["config"]),  # scripts/train_autoencoder.py --model vqvae2
 }
-
-
-def model_kind(state):
-    """The config's "model" entry; for a config without one, what the checkpoint's entries say."""
-    config = state["config"]
-    if "model" in config:
-        return config["model"]
-    return "sentence_vae" if "vocab" in state else "mlp_vae" if "dataset" in config else None
 
 
 def load_model(path):

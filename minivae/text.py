@@ -29,6 +29,7 @@ MAX_LINE_BYTES = 1 << 16
 MAX_LINE_TOKENS = 1000
 # describe() warns when a held-out split has this much more <unk> than the training split.
 UNK_WARNING = 0.05
+OVERLAP_WARNING = 0.5  # a held-out split sharing more than this fraction of its sentences with train is warned about
 
 # ----------------------------------------------------------------------------- vocabulary
 
@@ -196,12 +197,14 @@ def _text_data(parts, min_count, max_size, info, factors=None):
     info["vocab_size"] = len(vocab)
     info["n_train_types"] = len({tok for s in parts["train"] for tok in s})
     info["splits"] = {}
+    seen = set(map(tuple, parts["train"]))  # the training sentences as words (ids would merge <unk>s)
     for name, seqs in encoded.items():
         n_tokens = sum(map(len, seqs))
         n_unk = sum(i == UNK_ID for s in seqs for i in s)
         info["splits"][name] = {"n_sentences": len(seqs), "n_tokens": n_tokens, "n_unk": n_unk,
                                 "unk_rate": n_unk / n_tokens if n_tokens else None,
-                                "max_len": max(map(len, seqs), default=0)}
+                                "max_len": max(map(len, seqs), default=0),
+                                "in_train": sum(tuple(sentence) in seen for sentence in parts[name])}
     return TextData(encoded["train"], encoded["valid"], encoded["test"], vocab, info, factors)
 
 
@@ -211,6 +214,9 @@ def describe(data):
     A WARNING line follows for each held-out split whose unknown-word rate exceeds the training
     split's by more than UNK_WARNING (5 points): its words are mostly not the training corpus's,
     so its NLL and perplexity count many words as the one easy token <unk> and look too good.
+    Another follows for each held-out split more than OVERLAP_WARNING (half) of whose sentences
+    also occur in the training split (e.g. --valid-corpus given the training file): its scores
+    then measure memory of the training sentences, not generalisation.
     """
     splits = data.info["splits"]
     rates = ", ".join(f"{name} {split['unk_rate'] or 0:.1%}" for name, split in splits.items())
@@ -221,6 +227,11 @@ def describe(data):
         if excess > UNK_WARNING:
             lines.append(f"WARNING: {splits[name]['unk_rate']:.1%} of the {name} words are <unk>, {excess:.1%} more "
                          f"than in train: is it the same kind of text? Its perplexity will look too good")
+    for name in ("valid", "test"):
+        shared, n = splits[name].get("in_train", 0), splits[name]["n_sentences"]
+        if n and shared > OVERLAP_WARNING * n:
+            lines.append(f"WARNING: {shared} of the {n} {name} sentences ({shared / n:.0%}) are also in the training "
+                         f"split: {name} scores mostly sentences the model trains on")
     return "\n".join(lines)
 
 

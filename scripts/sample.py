@@ -90,6 +90,10 @@ def parse_args(argv=None):
     used = [f"--{name}" for name in TEXT_ONLY if getattr(args, name)]
     if used and not is_text:
         p.error(f"{', '.join(used)}: only for sentence models; {args.checkpoint} holds an image model")
+    used = [f"--{name.replace('_', '-')}" for name in ("pair", "data_dir", "no_download")
+            if getattr(args, name) != p.get_default(name)]
+    if used and is_text:
+        p.error(f"{', '.join(used)}: only for image models; {args.checkpoint} holds a sentence model")
     return args, model
 
 

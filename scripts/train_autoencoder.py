@@ -16,6 +16,7 @@ import warnings
 
 import numpy as np
 
+import autoencoder_figures
 import vqvae2_run
 from minivae import autoencoders, data, diagnostics, flags, iaf, shapes, vqvae
 from minivae.allocator import reuse_freed_memory
@@ -23,12 +24,15 @@ from minivae.engine import Tensor, no_grad
 from minivae.fileio import write_json
 from minivae.models import MLPVAE
 from minivae.optim import Adam
-from minivae.run import Run, plot_module, resume, stop_if_not_finite
+from minivae.run import Run, resume, stop_if_not_finite, warn_if_one_batch
 
 MODELS = ("ae", "dae", "sparse", "ksparse", "contractive", "vae", "beta_vae", "vqvae", "iaf")
 LATENT = {"ae": 32, "dae": 32, "sparse": 196, "ksparse": 256, "contractive": 64, "vae": 20,
           "beta_vae": 10, "vqvae": 8, "iaf": 20, "vqvae2": 4}  # vqvae: code vectors L; vqvae2: top codes
 GENERATIVE = ("vae", "beta_vae", "vqvae", "iaf")
+USES = {"dae": ("noise", "noise_level"), "sparse": ("rho", "sparsity_weight"), "ksparse": ("k", "k_warmup_epochs"),
+        "contractive": ("contraction",), "iaf": ("iaf_steps", "made_hidden"), "vae beta_vae iaf": ("beta", "iw_samples", "iw_examples"),
+        "vqvae vqvae2": ("n_codes", "code_dim", "commitment", "ema", "ema_decay", "restart_every", "prior_epochs")}  # models -> their own flags
 ARCHITECTURE = ("model", "dataset", "hidden", "latent", "activation", "likelihood", "dtype", "n_codes",
                 "code_dim", "iaf_steps", "made_hidden", "ema")
 
@@ -43,10 +47,10 @@ def parse_args(argv=None):
     p.add_argument("--no-download", action="store_true", help="never use the network")
     p.add_argument("--limit", type=int, default=0, help="train on the first N images only (0: all)")
     p.add_argument("--epochs", type=int, default=5, help="passes over the training images")
-    p.add_argument("--max-seconds", type=float, default=0.0, help="stop training after this many "
+    p.add_argument("--max-seconds", type=flags.finite_float, default=0.0, help="stop training after this many "
                    "seconds (0: no limit), e.g. to compare two models at equal time")
     p.add_argument("--batch-size", type=int, default=128, help="images per Adam step")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--lr", type=flags.finite_float, default=1e-3, help="Adam learning rate")
     p.add_argument("--latent", type=int, help=f"code size (vqvae: code vectors L); default {LATENT}")
     p.add_argument("--hidden", type=int, nargs="*", default=[400], help="hidden layer sizes")
     p.add_argument("--activation", choices=["relu", "tanh", "softplus"], default="relu", help="hidden units' nonlinearity")
@@ -54,18 +58,18 @@ def parse_args(argv=None):
                    help="bernoulli: BCE reconstruction; gaussian: L2 (unit variance)")
     g = p.add_argument_group("model hyperparameters")
     g.add_argument("--noise", choices=["masking", "gaussian"], default="masking", help="dae corruption")
-    g.add_argument("--noise-level", type=float, default=0.3, help="dae: drop fraction, or noise std")
-    g.add_argument("--rho", type=float, default=0.1, help="sparse: target mean activation")
-    g.add_argument("--sparsity-weight", type=float, default=3.0, help="sparse: beta of the KL penalty")
+    g.add_argument("--noise-level", type=flags.finite_float, default=0.3, help="dae: drop fraction, or noise std")
+    g.add_argument("--rho", type=flags.finite_float, default=0.1, help="sparse: target mean activation")
+    g.add_argument("--sparsity-weight", type=flags.finite_float, default=3.0, help="sparse: beta of the KL penalty")
     g.add_argument("--k", type=int, default=25, help="ksparse: code units kept per example")
-    g.add_argument("--k-warmup-epochs", type=float, default=1.0, help="ksparse: epochs to go from dense to k")
-    g.add_argument("--contraction", type=float, default=0.1, help="contractive: lambda")
-    g.add_argument("--beta", type=float, help="KL weight (default 1 for vae and iaf, 4 for beta_vae)")
+    g.add_argument("--k-warmup-epochs", type=flags.finite_float, default=1.0, help="ksparse: epochs to go from dense to k")
+    g.add_argument("--contraction", type=flags.finite_float, default=0.1, help="contractive: lambda")
+    g.add_argument("--beta", type=flags.finite_float, help="KL weight (default 1 for vae and iaf, 4 for beta_vae)")
     g.add_argument("--n-codes", type=int, help="vqvae: codebook size K (default 64); vqvae2: K of each level (512)")
     g.add_argument("--code-dim", type=int, default=16, help="vqvae: code vector size D")
-    g.add_argument("--commitment", type=float, default=0.25, help="vqvae: commitment weight")
+    g.add_argument("--commitment", type=flags.finite_float, default=0.25, help="vqvae: commitment weight")
     g.add_argument("--ema", action="store_true", help="vqvae: EMA codebook update instead of its loss")
-    g.add_argument("--ema-decay", type=float, default=0.99, help="vqvae --ema: decay of the moving averages")
+    g.add_argument("--ema-decay", type=flags.finite_float, default=0.99, help="vqvae --ema: decay of the moving averages")
     g.add_argument("--restart-every", type=int, default=50, help="vqvae: every N steps, move the codes "
                    "unused in them onto encoder outputs (0: never; the codebook still starts on them)")
     g.add_argument("--prior-epochs", type=int, help="vqvae: epochs of the GRU prior (default 10; vqvae2: 2)")
@@ -77,10 +81,11 @@ def parse_args(argv=None):
     g.add_argument("--iw-examples", type=int, default=1000, help="test images for the IW NLL (0: all)")
     flags.add_run_flags(p, out=None)
     args = p.parse_args(argv)
+    flags.warn_ignored(p, args, {name: f"with --model {args.model}" for models, names in USES.items()
+                                 if args.model not in models.split() for name in names})
     args.dataset = args.dataset or ("shapes" if args.model == "beta_vae" else "mnist")
-    args.latent = args.latent or LATENT[args.model]
-    args.n_codes = (512 if args.model == "vqvae2" else 64) if args.n_codes is None else args.n_codes
-    args.prior_epochs = args.prior_epochs if args.prior_epochs is not None else (2 if args.model == "vqvae2" else 10)
+    args.latent = LATENT[args.model] if args.latent is None else args.latent  # --latent 0 is refused below
+    vqvae2_run.fill_code_defaults(args)
     args.beta = args.beta if args.beta is not None else (4.0 if args.model == "beta_vae" else 1.0)
     args.out = args.out or f"runs/{args.model}"
     flags.check_flags(p, args, at_least_1=("epochs", "batch_size", "latent", "hidden", "k", "n_codes",
@@ -205,31 +210,34 @@ def train_prior(model, x_train, args, dtype):
 
 def train_model(args, argv=None):
     """Train as the flags say (argv: the command line, for the resume command); returns (metrics, model, x_test)."""
+    if args.model == "vqvae2":  # two stages and their measurements, in their own loop
+        return vqvae2_run.train_model(args, argv, __file__)
     reuse_freed_memory()  # large temporaries without page faults (see its docstring)
     run = Run(args, argv, __file__)  # the output folder, the last checkpoint, the clean stop
-    dtype = np.dtype(args.dtype)
-    x_train, x_test, v_test, data_info = load_data(args, dtype)
-    steps_per_epoch = -(-len(x_train) // args.batch_size)
-    rng = np.random.default_rng(args.seed)
-    model = build_model(args, rng, dtype)
-    if args.model == "ksparse":
-        model.k_warmup = int(args.k_warmup_epochs * steps_per_epoch)
-    ema = vqvae.EMACodebook(model.codebook, args.ema_decay) if args.model == "vqvae" and args.ema else None
-    params = [p for p in model.parameters() if ema is None or p is not model.codebook.E]
-    optimizer = Adam(params, lr=args.lr)
-    config = flags.run_config(args)
-    history, step, start_epoch, seconds = [], 0, 0, 0.0
-    usage = np.zeros(getattr(model, "n_codes", 1), int)  # vqvae: how often each code was chosen lately
-    if args.resume:
-        state = resume(args.resume, args, ARCHITECTURE, model, optimizer, rng, ema=ema)
-        history, step, start_epoch, usage = state["history"], state["step"], state["epoch"], state["usage"]
-        seconds = sum(r["seconds"] for r in history)
-    elif args.model == "vqvae":  # start every code on an encoder output, where it will be used
-        with no_grad():
-            z_e = model.encode(Tensor(x_train[:args.batch_size])).data
-        vqvae.restart_dead_codes(model.codebook, np.zeros_like(usage), z_e, rng, ema)
+    with run.stop_cleanly():  # Ctrl-C, SIGTERM, a full disk: say where, keep the last checkpoint, print how to resume
+        dtype = np.dtype(args.dtype)
+        x_train, x_test, v_test, data_info = load_data(args, dtype)
+        steps_per_epoch = -(-len(x_train) // args.batch_size)
+        warn_if_one_batch(args.batch_size, len(x_train), "images")
+        rng = np.random.default_rng(args.seed)
+        model = build_model(args, rng, dtype)
+        if args.model == "ksparse":
+            model.k_warmup = int(args.k_warmup_epochs * steps_per_epoch)
+        ema = vqvae.EMACodebook(model.codebook, args.ema_decay) if args.model == "vqvae" and args.ema else None
+        params = [p for p in model.parameters() if ema is None or p is not model.codebook.E]
+        optimizer = Adam(params, lr=args.lr)
+        config = flags.run_config(args)
+        history, step, start_epoch, seconds = [], 0, 0, 0.0
+        usage = np.zeros(getattr(model, "n_codes", 1), int)  # vqvae: how often each code was chosen lately
+        if args.resume:
+            state = resume(args.resume, args, ARCHITECTURE, model, optimizer, rng, ema=ema)
+            history, step, start_epoch, usage = state["history"], state["step"], state["epoch"], state["usage"]
+            seconds = sum(r["seconds"] for r in history)
+        elif args.model == "vqvae":  # start every code on an encoder output, where it will be used
+            with no_grad():
+                z_e = model.encode(Tensor(x_train[:args.batch_size])).data
+            vqvae.restart_dead_codes(model.codebook, np.zeros_like(usage), z_e, rng, ema)
 
-    with run.stop_cleanly():  # Ctrl-C or SIGTERM: say where, keep the last checkpoint, print how to resume
         for epoch in range(start_epoch, args.epochs):
             t0, totals, n_seen, restarted = time.perf_counter(), {}, 0, 0
             bar = run.progress(data.batches(len(x_train), args.batch_size, rng), steps_per_epoch, epoch, step)
@@ -271,92 +279,35 @@ def train_model(args, argv=None):
                 print(f"stopping: --max-seconds {args.max_seconds:g} reached after {step} steps")
                 break
 
-    test = evaluate(model, x_test, np.random.default_rng([args.seed, 3]), args)
-    metrics = {"config": config, "data": data_info, "epochs": history, "train_seconds": seconds,
-               **{k: v for k, v in test.items() if k != "code"}}
-    prior = None
-    if args.model == "vqvae":
-        prior, metrics["prior_nll"] = train_prior(model, x_train, args, dtype)
-        with no_grad():
-            sampled = prior.sample(1000, np.random.default_rng([args.seed, 6]))
-            metrics["prior_sample_nll"] = -float(np.mean(prior.log_prob(sampled).data))
-            metrics["prior_test_nll"] = -float(np.mean(prior.log_prob(model.codes(x_test)).data))
-        metrics["uniform_code_nll"] = model.n_latents * float(np.log(model.n_codes))
-    if args.iw_samples and args.model in ("vae", "beta_vae", "iaf"):
-        metrics["test_iw_nll"] = iw_nll(model, x_test, args)
-        print(f"importance-weighted test NLL (K={args.iw_samples}): {metrics['test_iw_nll']:.2f} nats")
-    if args.dataset == "shapes" and "code" in test:  # scored on all 2,700 images: less estimator bias
-        x_seen, v_seen, _, _ = shapes.make_shapes(seed=args.seed, dtype=dtype)
-        code = np.concatenate([diagnostics.encode_all(model, x_seen)[0], test["code"]])
-        mig, gaps, _ = shapes.mutual_information_gap(code, np.concatenate([v_seen, v_test]))
-        metrics.update(mig=mig, mig_per_factor=dict(zip(shapes.FACTORS, gaps.tolist())))
-        print(f"mutual information gap (MIG): {mig:.3f}  per factor: {metrics['mig_per_factor']}")
-    write_json(run.path("metrics.json"), metrics)
-    if not args.no_plots:
-        make_figures(args, run.path, model, x_test, test, prior)
-    print(f"wrote {args.out}/metrics.json, checkpoint.npz" + ("" if args.no_plots else " and figures"))
+        test = evaluate(model, x_test, np.random.default_rng([args.seed, 3]), args)
+        metrics = {"config": config, "data": data_info, "epochs": history, "train_seconds": seconds,
+                   **{k: v for k, v in test.items() if k != "code"}}
+        prior = None
+        if args.model == "vqvae":
+            prior, metrics["prior_nll"] = train_prior(model, x_train, args, dtype)
+            with no_grad():
+                sampled = prior.sample(1000, np.random.default_rng([args.seed, 6]))
+                metrics["prior_sample_nll"] = -float(np.mean(prior.log_prob(sampled).data))
+                metrics["prior_test_nll"] = -float(np.mean(prior.log_prob(model.codes(x_test)).data))
+            metrics["uniform_code_nll"] = model.n_latents * float(np.log(model.n_codes))
+        if args.iw_samples and args.model in ("vae", "beta_vae", "iaf"):
+            metrics["test_iw_nll"] = iw_nll(model, x_test, args)
+            print(f"importance-weighted test NLL (K={args.iw_samples}): {metrics['test_iw_nll']:.2f} nats")
+        if args.dataset == "shapes" and "code" in test:  # scored on all 2,700 images: less estimator bias
+            x_seen, v_seen, _, _ = shapes.make_shapes(seed=args.seed, dtype=dtype)
+            code = np.concatenate([diagnostics.encode_all(model, x_seen)[0], test["code"]])
+            mig, gaps, _ = shapes.mutual_information_gap(code, np.concatenate([v_seen, v_test]))
+            metrics.update(mig=mig, mig_per_factor=dict(zip(shapes.FACTORS, gaps.tolist())))
+            print(f"mutual information gap (MIG): {mig:.3f}  per factor: {metrics['mig_per_factor']}")
+        write_json(run.path("metrics.json"), metrics)
+        if not args.no_plots:
+            autoencoder_figures.make_figures(args, run.path, model, x_test, test, prior)
+        print(f"wrote {args.out}/metrics.json, checkpoint.npz" + ("" if args.no_plots else " and figures"))
     return metrics, model, x_test
 
 
 def main(argv=None):
-    args = parse_args(argv)  # vqvae2: two stages and their measurements, in their own loop
-    if args.model == "vqvae2":
-        return vqvae2_run.train_model(args, argv, __file__)[0]
-    return train_model(args, argv)[0]
-
-
-def bar_chart(values, path, xlabel, ylabel, title):
-    """A bar chart PNG (matplotlib's Agg canvas, no pyplot)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(7, 3))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.bar(np.arange(len(values)), values)
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-
-
-def make_figures(args, output_path, model, x_test, test, prior):
-    """Reconstructions for all; samples, code units, code usage or traversals where they teach something."""
-    plot = plot_module()
-    if plot is None:
-        return
-    rng = np.random.default_rng([args.seed, 4])
-    with no_grad():
-        plot.reconstructions(x_test[:10], model.reconstruct(x_test[:10]), output_path("reconstructions.png"), n=10)
-        if args.model in ("vae", "beta_vae", "iaf"):
-            plot.image_grid(model.sample(64, rng), output_path("samples.png"), title="samples, z ~ N(0, I)")
-        if prior is not None:
-            codes = prior.sample(64, rng)
-            plot.image_grid(model.mean_image(model.decode_codes(codes)), output_path("samples.png"),
-                            title="codes sampled from the GRU prior, decoded")
-            usage = np.bincount(model.codes(x_test).ravel(), minlength=model.n_codes)
-            bar_chart(usage / usage.sum(), output_path("code_usage.png"), "code k", "fraction of test codes",
-                      f"code usage (perplexity {test['code_perplexity']:.1f} of {model.n_codes})")
-        if args.model in ("sparse", "ksparse", "contractive"):
-            order = np.argsort(-test["code"].var(0))[:64]  # the most variable code units
-            W = model.encoder.layers[0].W.data[:, order].T  # (64, 784): their filters (one-layer encoders)
-            lo, hi = W.min(1, keepdims=True), W.max(1, keepdims=True)
-            plot.image_grid((W - lo) / (hi - lo), output_path("filters.png"), title="encoder filters of the code units")
-        if args.model in ("sparse", "ksparse"):  # what switching each unit on adds to the average code
-            code = test["code"]
-            order = np.argsort(-code.var(0))[:64]
-            h = np.repeat(code.mean(0, keepdims=True), len(order) + 1, axis=0)  # row 0: the average
-            h[np.arange(1, len(order) + 1), order] = np.percentile(code, 99, axis=0)[order]
-            images = model.mean_image(model.decode(Tensor(h)))
-            diff = images[1:] - images[0]
-            lo, hi = diff.min(1, keepdims=True), diff.max(1, keepdims=True)
-            plot.image_grid((diff - lo) / np.maximum(hi - lo, 1e-8), output_path("code_units.png"),
-                            title="what each code unit adds to the average code's image")
-        if args.model in ("vae", "beta_vae"):
-            mu = test["code"]
-            dims = np.argsort(-mu.var(0))[:10]
-            rows = shapes.traversal(lambda z: model.mean_image(model.decode(Tensor(z.astype(mu.dtype)))),
-                                    mu[0], dims, np.linspace(-3, 3, 9))
-            plot.interpolation_grid(rows, output_path("traversals.png"), row_labels=[f"z{j}" for j in dims],
-                                    title=f"latent traversals, z_j from -3 to 3 (beta = {args.beta:g})")
+    return train_model(parse_args(argv), argv)[0]
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from minivae.fileio import write_json
 from minivae.models import LEARNED_X_LOGVAR, make_model
 from minivae.fast import FusedAdam
 from minivae.optim import clip_grad_norm
-from minivae.run import Run, plot_module, progress, resume, stop_if_not_finite
+from minivae.run import Run, plot_module, progress, resume, stop_if_not_finite, warn_if_one_batch
 
 ARCHITECTURE = ("dataset", "hidden", "latent", "activation", "likelihood", "x_logvar", "conditional", "dtype")
 
@@ -88,6 +88,9 @@ def parse_args(argv=None):
                       positive=("lr",),
                       at_least_0=("beta", "free_bits", "clip", "iw_samples", "iw_examples", "warmup_steps",
                                   "time_budget"))
+    flags.warn_ignored(p, args, {name: when for name, used, when in [
+        ("iw_examples", args.iw_samples, "without --iw-samples"), ("free_bits_mode", args.free_bits, "without --free-bits")]
+        if not used})
     if args.data_dir is not None:  # complete: the bundled fallback is for runs that asked for no folder
         try:
             data.check_data_dir(args.dataset, args.data_dir)
@@ -156,38 +159,41 @@ def main(argv=None):
     reuse_freed_memory()  # large temporaries without page faults (see its docstring)
     dtype = np.dtype(args.dtype)
     run = Run(args, argv, __file__)  # the output folder, the last checkpoint, the clean stop
-    x_train, y_train, x_test, y_test, data_info = load_data(args, dtype)
-    steps_per_epoch = -(-len(x_train) // args.batch_size)
-    total_steps = args.epochs * steps_per_epoch
-    beta_fn = flags.beta_schedule(args, total_steps)
+    with run.stop_cleanly():  # Ctrl-C, SIGTERM, a full disk: say where, keep the last checkpoint, print how to resume
+        x_train, y_train, x_test, y_test, data_info = load_data(args, dtype)
+        steps_per_epoch = -(-len(x_train) // args.batch_size)
+        total_steps = args.epochs * steps_per_epoch
+        warn_if_one_batch(args.batch_size, len(x_train), "images")
+        beta_fn = flags.beta_schedule(args, total_steps)
 
-    rng = np.random.default_rng(args.seed)
-    config = flags.run_config(args)
-    model = make_model(config, rng)
-    if args.output_bias == "data":
-        model.init_output_bias(x_train.mean(axis=0))
-    optimizer = FusedAdam(model.parameters(), lr=args.lr)
-    labels = {"y": y_test, "batch_size": len(x_test)} if args.conditional else {}  # for evaluate_elbo
-    history, step, start_epoch = [], 0, 0
-    if args.resume:
-        state = resume(args.resume, args, ARCHITECTURE, model, optimizer, rng)
-        history, step, start_epoch = state["history"], state["step"], state["epoch"]
+        rng = np.random.default_rng(args.seed)
+        config = flags.run_config(args)
+        model = make_model(config, rng)
+        if args.output_bias == "data":
+            model.init_output_bias(x_train.mean(axis=0))
+        optimizer = FusedAdam(model.parameters(), lr=args.lr)
+        labels = {"y": y_test, "batch_size": len(x_test)} if args.conditional else {}  # for evaluate_elbo
+        history, step, start_epoch = [], 0, 0
+        if args.resume:
+            state = resume(args.resume, args, ARCHITECTURE, model, optimizer, rng)
+            history, step, start_epoch = state["history"], state["step"], state["epoch"]
+            if history and cut_short(history[-1], steps_per_epoch):
+                print(f"note: in the checkpoint, {cut_short(history[-1], steps_per_epoch)}")
 
-    budget = TimeBudget(args.time_budget, history)
-    with run.stop_cleanly():  # Ctrl-C or SIGTERM: say where, keep the last checkpoint, print how to resume
+        budget = TimeBudget(args.time_budget, history)
         for epoch in range(start_epoch, args.epochs):
             if budget.is_over():
                 break
             budget.start_epoch()
-            totals, n_seen = {"neg_elbo": 0.0, "rec": 0.0, "kl": 0.0}, 0
+            totals, n_seen, first_step = {"neg_elbo": 0.0, "rec": 0.0, "kl": 0.0}, 0, step
             bar = run.progress(data.batches(len(x_train), args.batch_size, rng), steps_per_epoch, epoch, step)
             for idx in bar:
-                done = max(step / total_steps, budget.used())  # how far the run is, for the lr schedule
+                done = max(step / total_steps, budget.used())  # how far the run is, for the lr and beta schedules
                 optimizer.lr = schedules.learning_rate(args.lr_schedule, args.lr, done, step, args.warmup_steps)
                 x = x_train[idx]  # (B, 784)
                 if args.binarize == "dynamic":
                     x = data.binarize(x, "dynamic", rng)
-                beta = beta_fn(step)
+                beta = beta_fn(flags.beta_step(args, step, done, total_steps))
                 y = y_train[idx] if args.conditional else None  # the labels, for the conditional VAE
                 if args.iw_train > 1:  # K reparameterisation draws per image: (K, B, latent)
                     eps = rng.standard_normal((args.iw_train, len(idx), args.latent)).astype(dtype)
@@ -215,7 +221,8 @@ def main(argv=None):
             record = {"epoch": epoch + 1, "train_neg_elbo": totals["neg_elbo"] / n_seen,
                       "train_rec": totals["rec"] / n_seen, "train_kl": totals["kl"] / n_seen,
                       "test_neg_elbo": test["neg_elbo"], "test_rec": test["rec"], "test_kl": test["kl"],
-                      "beta": beta_fn(step - 1), "lr": optimizer.lr, "steps": step, "seconds": seconds}
+                      "beta": beta, "lr": optimizer.lr, "steps": step, "batches": step - first_step,
+                      "seconds": seconds}
             history.append(record)
             print(f"epoch {epoch + 1:3d}/{args.epochs}  train -ELBO {record['train_neg_elbo']:8.2f}  "
                   f"test -ELBO {record['test_neg_elbo']:8.2f}  rec {record['test_rec']:7.2f}  "
@@ -225,6 +232,8 @@ def main(argv=None):
 
         if budget.is_over():
             print(f"time budget of {args.time_budget:g} min used after {len(history)} epochs ({step} steps)")
+            if history and cut_short(history[-1], steps_per_epoch):
+                print(cut_short(history[-1], steps_per_epoch))
         with no_grad():
             if args.conditional:
                 mu = model.encode(x_test, y_test)[0].data
@@ -246,9 +255,22 @@ def main(argv=None):
             "iw_samples": args.iw_samples or None, "active_units": n_active,
             "kl_per_dim": [float(v) for v in final_kl]})
         if not args.no_plots:
-            make_figures(args, run.path, model, x_test, y_test, mu, history, beta_fn, steps_per_epoch, final_kl)
+            beta_curve = (beta_fn, total_steps)  # beta over the steps, as the loop read it
+            if args.time_budget and step:  # read by the budget's clock: over the steps taken, evenly spaced in time
+                beta_curve = (lambda t: beta_fn(flags.beta_step(args, t, t / step, total_steps)), step)
+            make_figures(args, run.path, model, x_test, y_test, mu, history, beta_curve, final_kl)
         print(f"wrote {args.out}/metrics.json, checkpoint.npz" + ("" if args.no_plots else " and figures"))
     return history
+
+
+def cut_short(record, steps_per_epoch):
+    """For an epoch the time budget ended before its last batch, a sentence saying so; else None."""
+    batches = record.get("batches", steps_per_epoch)  # records written before "batches" existed: complete
+    if batches >= steps_per_epoch:
+        return None
+    return (f"epoch {record['epoch']} ended early, after {batches} of its {steps_per_epoch} batches (time budget); "
+            f"it counts as finished, and --resume continues with epoch {record['epoch'] + 1}, skipping the rest "
+            f"of epoch {record['epoch']}")
 
 
 def iw_progress(args):
@@ -265,7 +287,7 @@ def iw_progress(args):
     return wrap
 
 
-def make_figures(args, output_path, model, x_test, y_test, mu, history, beta_fn, steps_per_epoch, kl_per_dim):
+def make_figures(args, output_path, model, x_test, y_test, mu, history, beta_curve, kl_per_dim):
     """The PNGs: samples, reconstructions, curves, beta schedule, latent space, and interpolations
     (unconditional) or one row of samples per class (conditional).
 
@@ -301,7 +323,7 @@ def make_figures(args, output_path, model, x_test, y_test, mu, history, beta_fn,
             plot.latent_grid(lambda z: model.mean_image(model.decode(z.astype(mu.dtype))), output_path("latent_grid.png"),
                              clip=clip)
     plot.training_curves(history, output_path("curves.png"))
-    plot.beta_schedule(beta_fn, args.epochs * steps_per_epoch, output_path("beta_schedule.png"))
+    plot.beta_schedule(*beta_curve, output_path("beta_schedule.png"))
     plot.kl_per_dim(kl_per_dim, output_path("kl_per_dim.png"), threshold=args.free_bits or None,
                     threshold_label="free bits")
 

@@ -227,7 +227,8 @@ def pictures(model, config, out, baseline=None, x_test=None):
                 lines.append((np.arange(T1 + 1, T1 + 121), baseline.rollout(obs[i:i + 1], 120)[0, :, 0],
                               {"color": "C3", "lw": 0.8, "ls": "--", "label": "next-step GRU"}))
             panels.append((f"omega {omega[i]:.2f}: from t = {T1}, a jump of {jump}, then 20 of 1", lines))
-    plot.line_panels(panels, os.path.join(out, "rollouts.png"), title="Oscillator rollouts (Figure 4 of Gregor et al. 2019, small)")
+    from minivae.charts import line_panels  # matplotlib is there: plot_module() returned plot
+    line_panels(panels, os.path.join(out, "rollouts.png"), title="Oscillator rollouts (Figure 4 of Gregor et al. 2019, small)")
     return ["rollouts.png"]
 
 

@@ -27,7 +27,7 @@ from minivae.engine import no_grad
 from minivae.fileio import write_json
 from minivae.layers import dropout_mask
 from minivae.optim import Adam, clip_grad_norm
-from minivae.run import Run, plot_module, resume, stop_if_not_finite
+from minivae.run import Run, plot_module, resume, stop_if_not_finite, warn_if_one_batch
 from minivae.saved import sentence_model
 from minivae.text_diagnostics import (encode_sentences, factor_probe, greedy_reconstructions,
                                       reconstruction_scores, write_text_outputs)
@@ -131,6 +131,11 @@ def parse_args(argv=None):
     for a, a_on, b, b_on in exclusive:
         if a_on and b_on:
             p.error(f"{a} and {b} cannot be combined (choose one)")
+    needs = [("sfb_rate", args.soft_free_bits, "without --soft-free-bits"), ("mdr_lr", args.mdr, "without --mdr"),
+             ("span_lambda", args.contiguous_dropout, "without --contiguous-dropout"), ("bow_hidden", args.bow, "without --bow"),
+             ("free_bits_mode", args.free_bits, "without --free-bits"), ("lowercase", args.corpus != "toy", "with --corpus toy"),
+             ("max_len", args.corpus != "toy", "with --corpus toy")]
+    flags.warn_ignored(p, args, {name: when for name, used, when in needs if not used})
     return args
 
 
@@ -154,34 +159,35 @@ def main(argv=None):
     reuse_freed_memory()  # large temporaries without page faults (see its docstring)
     dtype = np.dtype(args.dtype)
     run = Run(args, argv, __file__)  # the output folder, the last checkpoint, the clean stop
-    data = load_data(args)
-    vocab = data.vocab
-    print(f"corpus {args.corpus}: {text.describe(data)}")  # with a WARNING if valid/test words are unknown
-    uses_bn = args.bn_vae > 0 or args.bn_vae_tau is not None
-    # Batch norm needs >= 2 sentences per batch, so a last batch of 1 is dropped when it is on.
-    n_train_batches = len(data.train) // args.batch_size if uses_bn else -(-len(data.train) // args.batch_size)
-    if n_train_batches < 1:
-        raise SystemExit(f"--batch-size {args.batch_size} is larger than the {len(data.train)} training sentences")
-    beta_fn = flags.beta_schedule(args, args.epochs * n_train_batches)
-    word_p = 1.0 if args.historyless else args.word_dropout
+    with run.stop_cleanly():  # Ctrl-C, SIGTERM, a full disk: say where, keep the last checkpoint, print how to resume
+        data = load_data(args)
+        vocab = data.vocab
+        print(f"corpus {args.corpus}: {text.describe(data)}")  # with a WARNING if valid/test words are unknown
+        uses_bn = args.bn_vae > 0 or args.bn_vae_tau is not None
+        # Batch norm needs >= 2 sentences per batch, so a last batch of 1 is dropped when it is on.
+        n_train_batches = len(data.train) // args.batch_size if uses_bn else -(-len(data.train) // args.batch_size)
+        warn_if_one_batch(args.batch_size, len(data.train), "sentences")
+        if n_train_batches < 1:
+            raise SystemExit(f"--batch-size {args.batch_size} is larger than the {len(data.train)} training sentences")
+        beta_fn = flags.beta_schedule(args, args.epochs * n_train_batches)
+        word_p = 1.0 if args.historyless else args.word_dropout
 
-    rng = np.random.default_rng(args.seed)
-    model = sentence_model(vars(args), len(vocab), rng)  # the one construction load_model uses too
-    optimizer = Adam(model.parameters(), lr=args.lr)
-    sfb = None
-    if args.soft_free_bits:
-        sfb = SoftFreeBits(args.soft_free_bits, args.sfb_rate, weight=0.1 * args.beta, max_weight=args.beta)
-    mdr = MDR(args.mdr, args.mdr_lr) if args.mdr else None
-    config = flags.run_config(args)
-    history, step, start_epoch, train_tokens, train_seconds = [], 0, 0, 0.0, 0.0
-    if args.resume:
-        state = resume(args.resume, args, ARCHITECTURE, model, optimizer, rng, same={"vocab": vocab.to_dict()},
-                       needs=("train_tokens", "train_seconds"), soft_free_bits=sfb, mdr=mdr)
-        history, step, start_epoch = state["history"], state["step"], state["epoch"]
-        train_tokens, train_seconds = state["train_tokens"], state["train_seconds"]
-    print(f"SentenceVAE with {model.num_parameters():,} parameters")
+        rng = np.random.default_rng(args.seed)
+        model = sentence_model(vars(args), len(vocab), rng)  # the one construction load_model uses too
+        optimizer = Adam(model.parameters(), lr=args.lr)
+        sfb = None
+        if args.soft_free_bits:
+            sfb = SoftFreeBits(args.soft_free_bits, args.sfb_rate, weight=0.1 * args.beta, max_weight=args.beta)
+        mdr = MDR(args.mdr, args.mdr_lr) if args.mdr else None
+        config = flags.run_config(args)
+        history, step, start_epoch, train_tokens, train_seconds = [], 0, 0, 0.0, 0.0
+        if args.resume:
+            state = resume(args.resume, args, ARCHITECTURE, model, optimizer, rng, same={"vocab": vocab.to_dict()},
+                           needs=("train_tokens", "train_seconds"), soft_free_bits=sfb, mdr=mdr)
+            history, step, start_epoch = state["history"], state["step"], state["epoch"]
+            train_tokens, train_seconds = state["train_tokens"], state["train_seconds"]
+        print(f"SentenceVAE with {model.num_parameters():,} parameters")
 
-    with run.stop_cleanly():  # Ctrl-C or SIGTERM: say where, keep the last checkpoint, print how to resume
         for epoch in range(start_epoch, args.epochs):
             t0, totals, n_sent = time.perf_counter(), {"rec": 0.0, "kl": 0.0}, 0
             batches = text.text_batches(data.train, args.batch_size, rng, bucket=args.bucket, drop_last=uses_bn)

@@ -115,6 +115,15 @@ def evaluate(model, x, batch_size=1000):
     return result
 
 
+def fill_code_defaults(args):
+    """Codebook size and prior epochs left unset: 512 codes per level and 2 prior epochs for
+    vqvae2 (its priors see 20 codes per image), 64 codes and 10 prior epochs for vqvae."""
+    if args.n_codes is None:
+        args.n_codes = 512 if args.model == "vqvae2" else 64
+    if args.prior_epochs is None:
+        args.prior_epochs = 2 if args.model == "vqvae2" else 10
+
+
 def train_model(args, argv=None, script=None):
     """Both stages, the measurements and the pictures; returns (metrics, model, x_test)."""
     if args.quick:

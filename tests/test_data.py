@@ -171,7 +171,7 @@ def test_corrupt_gzip_is_a_clear_error(tmp_path):
         path = bad_file(tmp_path, blob)
         with pytest.raises(data.DataError, match="corrupt gzip") as err:
             data.read_idx(path)
-        assert str(path) in str(err.value) and "delete it" in str(err.value)
+        assert str(path) in str(err.value) and "replace it with a good copy" in str(err.value)
 
 
 def test_truncated_payload_names_expected_and_actual_bytes(tmp_path):
@@ -180,7 +180,7 @@ def test_truncated_payload_names_expected_and_actual_bytes(tmp_path):
         data.read_idx(path)
     msg = str(err.value)
     assert str(path) in msg and "needs 36 payload bytes, found 31" in msg and "truncated" in msg
-    assert "delete it" in msg
+    assert "replace it with a good copy" in msg and "delete it" not in msg  # not a cached file: no fresh copy comes
 
 
 def test_trailing_bytes_are_an_error(tmp_path):
@@ -329,7 +329,7 @@ def test_corrupt_local_file_names_expected_and_actual_md5(tiny, tmp_path):
     msg = str(err.value)
     assert str(local / TINY_NAMES["test_labels"]) in msg and "checksum mismatch" in msg
     assert md5(bad) in msg and md5(TINY_GZ["test_labels"]) in msg and md5(TINY_RAW["test_labels"]) in msg
-    assert "delete it" in msg
+    assert "replace it with a good copy" in msg and "delete it" not in msg  # an explicit data_dir: no download
     # Corruption is never papered over by the offline fallback.
     (local / "t10k-labels-idx1-ubyte").write_bytes(b"")
     with pytest.raises(data.DataError):

@@ -11,7 +11,7 @@ pytest.importorskip("matplotlib")
 import matplotlib.pyplot as plt  # noqa: E402  (only to check that no pyplot figure is left open)
 from matplotlib.figure import Figure  # noqa: E402
 
-from minivae import plot  # noqa: E402
+from minivae import charts, plot  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RNG = np.random.default_rng(0)
@@ -39,14 +39,15 @@ CALLS = {
     "latent_scatter": lambda path: plot.latent_scatter(RNG.normal(size=(50, 5)), RNG.integers(0, 10, 50), path),
     "kl_per_dim": lambda path: plot.kl_per_dim([0.01, 2.5, 0.3, 4.0], path, threshold=0.25),
     "bars": lambda path: plot.bars(TABLE, "active_units", path),
-    "line_panels": lambda path: plot.line_panels([("a", [(np.arange(5), np.arange(5) ** 2, {"label": "x^2"})]),
+    "line_panels": lambda path: charts.line_panels([("a", [(np.arange(5), np.arange(5) ** 2, {"label": "x^2"})]),
                                                   ("b", [(np.arange(3), np.ones(3), {"ls": "--", "label": "1"})])], path, ncol=1),
+    "bar_chart": lambda path: charts.bar_chart([0.5, 0.25, 0.0, 0.25], path, "code k", "fraction", "code usage"),
 }
 
 
 def test_every_public_function_has_a_row():
-    public = {name for name, f in inspect.getmembers(plot, inspect.isfunction)
-              if f.__module__ == plot.__name__ and not name.startswith("_")}
+    public = {name for module in (plot, charts) for name, f in inspect.getmembers(module, inspect.isfunction)
+              if f.__module__ == module.__name__ and not name.startswith("_")}
     assert public - {"pca_2d"} == set(CALLS)
 
 

@@ -5,7 +5,11 @@ a kill -9 during a save never leaves a broken checkpoint; a folder holding anoth
 overwritten silently; --out is checked at start-up; Ctrl-C and SIGTERM stop cleanly with a
 resume command that works; every flag is validated before data is read; text corpora that are
 not "one sentence per line", or held-out text the vocabulary does not know, are reported; an
-explicit --data-dir must be complete; a checkpoint is validated as a whole when it is opened.
+explicit --data-dir must be complete; a checkpoint is validated as a whole when it is opened;
+one run per folder (a lock, taken over when its run is gone); schedules follow --time-budget;
+Ctrl-C while the data loads and a file-size limit while saving are clean stops; another script's
+checkpoint is refused with the flags; ignored flags, oversized batches and held-out text that is
+training text are warned about.
 """
 import importlib.util
 import json
@@ -375,8 +379,255 @@ def test_a_damaged_checkpoint_is_refused_with_what_is_wrong(change, expected, go
     assert not (tmp_path / "run" / "checkpoint.npz").exists()
 
 
-def test_a_checkpoint_holding_python_objects_is_refused_without_mentioning_pickle(tmp_path, capsys):
+def test_a_checkpoint_holding_python_objects_is_refused_saying_so(tmp_path, capsys):
     path = tmp_path / "c.npz"
     np.savez(path, __meta__=np.array([{"format": "minivae-checkpoint-1"}], dtype=object))
     message = _refused(mnist.main, TINY + ["--out", str(tmp_path / "run"), "--resume", str(path)], capsys, "--resume")
-    assert "is not a readable minivae checkpoint" in message and "pickle" not in message
+    assert message == (f"--resume: {path} is not a minivae checkpoint: it holds pickled Python objects, which "
+                       "minivae never loads (unpickling can run code)")
+
+
+# ------------------------------------------------------------------ 10. one run per folder
+HOLD = """
+import importlib, runpy, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as an interactive terminal has it (see CHILD)
+target, script, *argv = sys.argv[1:]
+module_name, name = target.split(":")
+module, calls = importlib.import_module(module_name), []
+real = getattr(module, name)
+
+def held(*args, **kwargs):
+    print("PAUSED", flush=True)
+    time.sleep(60)
+    return real(*args, **kwargs)
+
+setattr(module, name, held)
+sys.argv = [script, *argv]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def _child(code, args, tmp_path, wait_for="PAUSED"):
+    """A script in a child process (code: HOLD or FSIZE), returned once it printed `wait_for` (None: at once)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MINIVAE_DATA": str(tmp_path / "empty-cache"),
+           "OPENBLAS_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if wait_for is None:
+        return child
+    for line in child.stdout:
+        if line.strip() == wait_for:
+            return child
+    child.wait()
+    raise AssertionError(f"the child never printed {wait_for}: {child.stderr.read()}")
+
+
+def test_a_second_run_on_the_same_folder_stops_at_once_naming_the_first(tmp_path):
+    import socket
+    run = tmp_path / "run"
+    first = _child(HOLD, ["minivae.data:_bundled_fallback", "scripts/train_mnist_vae.py", *TINY, "--out", run], tmp_path)
+    second = _child(HOLD, ["minivae.data:_bundled_fallback", "scripts/train_mnist_vae.py", *TINY, "--out", run],
+                    tmp_path, wait_for=None)  # a real second process; it never gets as far as the data
+    out, err = second.communicate(timeout=120)
+    assert second.returncode == 1 and "PAUSED" not in out
+    assert err.strip().splitlines() == [
+        f"--out {run} is in use by another run (PID {first.pid} on {socket.gethostname()}): wait for it to end, "
+        f"or choose another --out. If no such run exists, delete {run / 'run.lock'}"]
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=60)
+    assert first.returncode == 143 and not run.exists()  # the lock went with the run, and the empty folder too
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over_with_a_note(tmp_path, capsys):
+    import socket
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its PID names no process now
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.lock").write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname()}))
+    mnist.main(TINY + ["--epochs", "1", "--out", str(run)])
+    assert (f"note: took over the lock {run / 'run.lock'} of a run that ended without removing it (PID {gone.pid} "
+            f"on {socket.gethostname()} no longer runs)") in capsys.readouterr().out
+    assert not (run / "run.lock").exists() and (run / "checkpoint.npz").exists()
+
+
+# ------------------------------------------------------------------ 11. schedules follow --time-budget
+def test_a_cyclical_beta_schedule_and_the_lr_follow_the_time_budget_not_the_epoch_cap(tmp_path):
+    history = mnist.main(TINY + ["--epochs", "100000", "--time-budget", "0.03", "--beta-schedule", "cyclical",
+                                 "--beta-params", "n_cycles=1,ratio=0.5", "--lr-schedule", "cosine",
+                                 "--out", str(tmp_path / "run")])
+    assert history[-1]["beta"] == 1.0  # the second half of its one cycle: beta 1, reached within the budget
+    assert history[-1]["lr"] < 0.5e-3  # cosine decay over the budget, most of the way to 0
+
+
+def test_a_budget_that_ends_inside_an_epoch_says_so_and_so_does_the_resume(tmp_path, capsys):
+    run = tmp_path / "run"
+    history = mnist.main(TINY + ["--epochs", "2", "--time-budget", "0.00001", "--out", str(run)])
+    note = ("epoch 1 ended early, after 1 of its 16 batches (time budget); it counts as finished, and --resume "
+            "continues with epoch 2, skipping the rest of epoch 1")
+    assert history[-1]["batches"] == 1 and note in capsys.readouterr().out.splitlines()
+    mnist.main(TINY + ["--epochs", "2", "--out", str(run), "--resume", str(run / "checkpoint.npz")])
+    assert f"note: in the checkpoint, {note}" in capsys.readouterr().out.splitlines()
+
+
+# ------------------------------------------------------------------ 12. Ctrl-C while the data loads
+@pytest.mark.parametrize("script, target, argv", [
+    ("train_mnist_vae", "minivae.data:_bundled_fallback", TINY),  # the bundled MNIST, read when offline
+    ("train_text_vae", "minivae.text:toy_corpus", TEXT)])  # the toy corpus being generated
+def test_ctrl_c_while_the_data_loads_is_a_clean_stop_that_leaves_no_folder(script, target, argv, tmp_path):
+    out = tmp_path / "new" / "run"
+    child = _child(HOLD, [target, f"scripts/{script}.py", *argv, "--out", out], tmp_path)
+    assert (out / "run.lock").exists()
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=60)
+    lines = err.strip().splitlines()
+    assert child.returncode == 130 and "Traceback" not in err, err
+    assert lines[-3:-1] == ["stopped by Ctrl-C (SIGINT) before training began (reading the data or building the model).",
+                            "There is no checkpoint: no epoch had been saved. Start again with:"]
+    assert shlex.split(lines[-1])[1:] == [f"scripts/{script}.py", *argv, "--out", str(out)]
+    assert not (tmp_path / "new").exists()  # the folders this run made, and nothing else, are gone
+
+
+def test_a_failed_start_removes_the_folder_it_made(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(b"a sentence\nanother\x00 one\n")
+    with pytest.raises(SystemExit, match="NUL"):
+        text_vae.main(TEXT[2:] + ["--corpus", str(corpus), "--out", str(tmp_path / "new" / "run")])
+    assert not (tmp_path / "new").exists()
+
+
+# ------------------------------------------------------------------ 13. a full disk while saving
+FSIZE = """
+import resource, runpy, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # CPython ignores it already; said here to be sure
+from minivae.run import Run
+real = Run.save
+
+def save(self, *args, **kwargs):
+    real(self, *args, **kwargs)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))  # from the first checkpoint on: files of <= 4 kB
+
+Run.save = save
+script, *argv = sys.argv[1:]
+sys.argv = [script, *argv]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def test_a_file_size_limit_while_saving_is_one_stop_message_that_keeps_the_last_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    argv = TINY + ["--epochs", "2", "--out", str(run)]
+    child = _child(FSIZE, ["scripts/train_mnist_vae.py", *argv], tmp_path, wait_for=None)
+    _, err = child.communicate(timeout=120)
+    lines = err.strip().splitlines()
+    assert child.returncode == 1 and "Traceback" not in err, err
+    assert lines[-3] == (f"could not write {run / 'checkpoint.npz'}: File too large (errno EFBIG: the disk is full, "
+                         "or a file-size limit such as ulimit -f is reached). Training stopped.")
+    assert lines[-2] == (f"Kept the last complete checkpoint {run / 'checkpoint.npz'} (end of epoch 1, step 16); "
+                         "steps after it are not saved. Resume with:")
+    assert shlex.split(lines[-1])[1:] == ["scripts/train_mnist_vae.py", *argv, "--resume", str(run / "checkpoint.npz")]
+    assert load_checkpoint(run / "checkpoint.npz")["epoch"] == 1
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.npz"]  # no temporary file, no lock
+
+
+# ------------------------------------------------------------------ 14. another script's checkpoint
+AE = ["--model", "ae", "--hidden", "16", "--latent", "2", "--batch-size", "500", "--limit", "500", "--no-progress",
+      "--no-download", "--no-plots"]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, good_checkpoint):
+    folder = tmp_path_factory.mktemp("kinds")
+    (folder / "mnist.npz").write_bytes(good_checkpoint)
+    text_vae.main(TEXT + ["--epochs", "1", "--out", str(folder / "text")])
+    _script("train_autoencoder").main(AE + ["--epochs", "1", "--out", str(folder / "ae")])
+    return {"mnist": folder / "mnist.npz", "text": folder / "text" / "checkpoint.npz",
+            "autoencoder": folder / "ae" / "checkpoint.npz"}
+
+
+KINDS = {"mnist": "mlp_vae", "text": "sentence_vae", "autoencoder": "ae"}
+ARGV = {"mnist": TINY, "text": TEXT, "autoencoder": AE}
+
+
+@pytest.mark.parametrize("source, target", [(s, t) for s in KINDS for t in KINDS if s != t]
+                         + [("autoencoder", "autoencoder")])
+def test_another_scripts_checkpoint_is_refused_with_the_flags_before_any_data(source, target, checkpoints, tmp_path,
+                                                                             capsys, monkeypatch):
+    module = {"mnist": mnist, "text": text_vae}.get(target) or _script("train_autoencoder")
+    monkeypatch.setattr(module, "load_data", lambda *a: pytest.fail("data was read"))
+    argv = ARGV[target] + ["--out", str(tmp_path / "run"), "--resume", str(checkpoints[source])]
+    ours = KINDS[target]
+    if source == target:  # the same script, another --model
+        argv, ours = argv + ["--model", "dae"], "dae"
+    message = _refused(module.main, argv, capsys, "--resume")
+    assert message == (f"--resume: {checkpoints[source]} is a checkpoint of model {KINDS[source]!r}, and this run "
+                       f"trains model {ours!r}: resume a checkpoint written by the same script (and --model)")
+    assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------ 15. every script's flags, the same checks
+def test_autoencoder_sizes_of_zero_are_refused_not_replaced_by_a_default(tmp_path, capsys):
+    train_autoencoder = _script("train_autoencoder")
+    for flag in ("--latent", "--batch-size", "--n-codes"):
+        assert _refused(train_autoencoder.main, AE + [flag, "0", "--out", str(tmp_path)], capsys, flag) == \
+            f"{flag} must be >= 1 (got 0)"
+    assert "expected a finite number, got 'inf'" in _refused(
+        train_autoencoder.main, AE + ["--lr", "inf", "--out", str(tmp_path)], capsys, "--lr")
+
+
+@pytest.mark.parametrize("script, argv, warning", [
+    ("train_autoencoder", AE + ["--k", "5"], "WARNING: --k has no effect with --model ae; it is ignored"),
+    ("train_autoencoder", AE + ["--beta", "2"], "WARNING: --beta has no effect with --model ae; it is ignored"),
+    ("train_text_vae", TEXT + ["--sfb-rate", "0.1"], "WARNING: --sfb-rate has no effect without --soft-free-bits; "
+                                                     "it is ignored"),
+    ("train_mnist_vae", TINY + ["--iw-examples", "10"], "WARNING: --iw-examples has no effect without --iw-samples; "
+                                                        "it is ignored")])
+def test_a_flag_the_run_ignores_is_warned_about(script, argv, warning, capsys):
+    _script(script).parse_args(argv)
+    assert warning in capsys.readouterr().out.splitlines()
+
+
+def test_a_batch_larger_than_the_data_set_is_warned_about(tmp_path, capsys):
+    mnist.main(TINY[:4] + ["--batch-size", "9000"] + TINY[6:] + ["--epochs", "1", "--out", str(tmp_path / "run")])
+    assert ("WARNING: --batch-size 9000 is larger than the 8000 training images: each epoch is one batch of all "
+            "8000, one step per epoch") in capsys.readouterr().out.splitlines()
+
+
+# ------------------------------------------------------------------ 16. held-out text that is training text
+def test_a_validation_file_that_is_the_training_file_is_warned_about(tmp_path, capsys):
+    corpus = tmp_path / "train.txt"
+    corpus.write_text("".join(f"the cat number {i} sat on mat {i % 7}\n" for i in range(200)))
+    text_vae.main(TEXT[2:] + ["--corpus", str(corpus), "--valid-corpus", str(corpus), "--epochs", "1",
+                              "--out", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert ("WARNING: 190 of the 200 valid sentences (95%) are also in the training split: valid scores mostly "
+            "sentences the model trains on") in out.splitlines()
+    assert "test sentences (" not in out  # the test split, carved from the file, is not the training split
+
+
+def test_the_default_toy_corpus_gets_no_overlap_warning():
+    from minivae import text
+    assert "also in the training split" not in text.describe(text.load_toy_data(2000, seed=0))
+
+
+# ------------------------------------------------------------------ 17. data and checkpoint messages
+def test_a_bad_file_in_the_cache_may_be_deleted_one_in_a_data_dir_must_be_replaced(tmp_path, monkeypatch):
+    from minivae import data
+    cache = tmp_path / "empty-cache" / "mnist"
+    cache.mkdir(parents=True)
+    for folder in (cache, tmp_path):
+        (folder / "bad.gz").write_bytes(b"\x1f\x8bnot gzip")
+        with pytest.raises(data.DataError) as err:
+            data.read_idx(folder / "bad.gz")
+        delete = "delete it (minivae downloads a fresh copy) or replace it with a good copy." in str(err.value)
+        assert delete == (folder == cache) and str(err.value).endswith("replace it with a good copy.")
+
+
+def test_an_mnist_checkpoint_older_than_x_logvar_and_conditional_resumes(good_checkpoint, tmp_path, capsys):
+    path = tmp_path / "old.npz"
+    path.write_bytes(good_checkpoint)
+    _tamper(path, lambda s: [s["config"].pop(k) for k in ("x_logvar", "conditional", "model")])
+    history = mnist.main(TINY + ["--epochs", "2", "--out", str(tmp_path / "run"), "--resume", str(path)])
+    assert len(history) == 2
+    assert ("  its config is older than the flags --x-logvar, --conditional; taken as the runs of that time had them: "
+            "x_logvar=learned-scalar, conditional=False") in capsys.readouterr().out.splitlines()

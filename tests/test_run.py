@@ -67,6 +67,7 @@ def test_the_resume_command_replaces_the_runs_own_resume_flag_in_either_form(tmp
         assert run.command("new.npz").split()[1:] == ["scripts/train.py", "--lr", "0.1", "--seed", "2",
                                                       "--resume", "new.npz"]
         assert run.command().split()[1:] == ["scripts/train.py", *given]  # no checkpoint: the command as given
+        run.close()  # lets go of the folder's lock for the next Run in it
 
 
 # ------------------------------------------------------------------ checkpoints and the NaN stop

@@ -149,6 +149,7 @@ def test_sample_script_writes_sentences_from_the_command_line_and_stdin(scripts,
 @pytest.mark.parametrize("argv, message", [
     (["{vae}", "--out", "{vae_dir}"], "holds a training run's results (checkpoint.npz, metrics.json)"),
     (["{vae}", "--sentence", "hello"], "--sentence: only for sentence models"),
+    (["{text}", "--pair", "2", "3"], "--pair: only for image models"),
     (["{vae}", "--n", "0"], "--n must be >= 1"),
     (["{text}", "--temperature", "0"], "--temperature must be > 0"),
     (["{notes}"], "is not a readable minivae checkpoint")])

@@ -117,7 +117,8 @@ def test_load_text_data_with_three_files(tmp_path):
     info = json.loads(json.dumps(data.info))
     assert info["carved_from_train"] == [] and info["split"] is None and info["vocab_size"] == 8
     assert info["splits"]["valid"]["unk_rate"] == 0.5 and info["splits"]["test"]["unk_rate"] == 0.75
-    assert info["splits"]["train"] == {"n_sentences": 3, "n_tokens": 8, "n_unk": 0, "unk_rate": 0.0, "max_len": 3}
+    assert info["splits"]["train"] == {"n_sentences": 3, "n_tokens": 8, "n_unk": 0, "unk_rate": 0.0, "max_len": 3,
+                                      "in_train": 3}
     assert info["files"]["test"]["path"] == str(test) and data.factors is None
 
 
