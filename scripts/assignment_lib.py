@@ -395,34 +395,3 @@ def run_tests(repo, tests=(), extra_args=(), timeout=None, messages=False, every
     if everything:
         return result
     return (result["outcomes"], result["messages"]) if messages else result["outcomes"]
-
-
-def collect_tests(repo):
-    """The ids of the tests the default run of `repo` would run (without running them), or None."""
-    proc = _pytest(repo, ["-q", "--collect-only"])
-    if proc.returncode != 0:
-        return None  # e.g. pytest is not installed: nothing to compare
-    return [line for line in proc.stdout.splitlines() if "::" in line]
-
-
-def load_topic_map(repo):
-    """{test id: [topics]} from tests/assignment_topics.json of `repo`."""
-    path = Path(repo) / TOPIC_MAP
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; make it with: "
-                                "python scripts/make_assignment.py --update-map")
-    with open(path) as f:
-        return json.load(f)["tests"]
-
-
-def write_topic_map(needs, topics, path):
-    """Write the topic map, one test per line so that a diff shows which tests changed."""
-    lines = [f"  {json.dumps(test)}: {json.dumps(t)}" for test, t in needs.items()]
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "w") as f:
-        f.write('{\n  "about": "for each test of the default suite, the assignment topics whose solution '
-                'regions it needs (it fails when they are blanked); measured by '
-                'python scripts/make_assignment.py --update-map",\n')
-        f.write(f'  "topics": {json.dumps(list(topics))},\n  "tests": {{\n')
-        f.write(",\n".join("  " + line for line in lines) + "\n  }\n}\n")
-    os.replace(tmp, path)

@@ -10,8 +10,8 @@ earlier ones are what it builds on. `pytest -m engine` runs exactly the tests gr
 
 Only the copy's assigned topics are scored (its tests/assignment.json; every topic in the
 reference, or with --topics all), and by default only their tests run, in --jobs pytest
-processes at once; --full runs the whole default suite, with the tests for no topic, which must
-pass in every copy (a failure there means code outside the regions was changed). A failing test
+processes at once; --quick runs only each region's primary test (seconds); --full runs the whole
+default suite, with the tests for no topic, which must pass in every copy (a failure there means code outside the regions was changed). A failing test
 that also needs another topic which is not done yet -- a region still blank, or a test needing
 that topic alone failing -- is "blocked": it does not count against its own topic, so an
 unfinished engine does not lower the score of ops. A topic's score is passed / (tests - skipped -
@@ -158,6 +158,8 @@ def main(argv=None):
                         help="for each failing topic, show the failing test to look at first, and its message")
     parser.add_argument("--full", action="store_true",
                         help="run the whole default test suite, not only the tests of the topics scored")
+    parser.add_argument("--quick", action="store_true",
+                        help="run only the primary test of each region of the topics scored (seconds)")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                         help="pytest processes at once (default: 2, or 1 on a single core)")
     parser.add_argument("--json", type=Path, help="also write the scores and each test's outcome here")
@@ -191,6 +193,10 @@ def main(argv=None):
     needs = {t: n for t, n in needs.items()
              if (args.copy / t.split("::")[0]).is_file() and not any(f in t for f in left_out)}
     chosen = None if args.full else [t for t in needs if topic_for(t, needs) in topics]
+    if args.quick:
+        primaries = [lib.PRIMARY[f"{r.path}:{r.where}"] for r in make_assignment.all_regions(args.copy)
+                     if r.topic in topics and f"{r.path}:{r.where}" in lib.PRIMARY]
+        chosen = [t for name in primaries for t in lib.primary_tests(name, list(needs))]
     start = time.perf_counter()
     if chosen is None:
         record = make_assignment.run_tests(args.copy, timeout=args.timeout, everything=True)
@@ -206,8 +212,9 @@ def main(argv=None):
                    if t not in graded and lib.needs_of(t, needs, TOPICS) is not None})
     written = regions_written(args.copy)
     rows = score(outcomes, graded, record.get("topics"), written, topics)
-    print(f"{len(outcomes)} tests ran in {time.perf_counter() - start:.0f} s"
-          + ("" if chosen is None else " (the scored topics' tests; --full runs every test)"))
+    print(f"{len(outcomes)} tests ran in {time.perf_counter() - start:.0f} s" + (
+        " (each region's primary test; without --quick all the scored topics' tests)" if args.quick else
+        "" if chosen is None else " (the scored topics' tests; --full runs every test)"))
     print(report(rows, written))
     print("(each test counts for the topic it is for; 'blocked': failing tests that wait for an unfinished "
           "topic listed under 'waits for', not counted)")

@@ -30,7 +30,8 @@ minivae even when the reference is pip-installed.
 Topics group regions (TOPICS below, in the order to do them). The topic map,
 tests/assignment_topics.json, lists for each test of the default suite the topics it needs:
 test X needs topic T if X fails when T's regions alone are blanked. It is measured, not written
-by hand: --update-map runs the suite once on the reference and once per topic. scripts/grade.py
+by hand: --update-map runs the suite once on the reference and once per topic, one run per core
+at a time (scripts/topic_map.py; given test files or ids, only those, merged in). scripts/grade.py
 scores each topic by the share of its tests that pass; tests/test_assignment.py checks that
 blanking a topic fails exactly that topic's tests (a sample by default, all with -m slow).
 """
@@ -42,13 +43,12 @@ import shutil
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import assignment_lib as lib
-from assignment_lib import (ASSIGNMENT_TEST, LEFT_OUT, TOPIC_MAP, collect_tests,  # noqa: F401 (re-exported)
-                            load_topic_map, run_tests)
+from assignment_lib import ASSIGNMENT_TEST, LEFT_OUT, TOPIC_MAP, run_tests  # noqa: F401 (re-exported)
+from topic_map import collect_tests, load_topic_map, measure_topic_map, update_topic_map  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -312,60 +312,6 @@ def restore(copy, topics=None, root=ROOT, select=None):
         with _atomic_writer(Path(copy) / path, "w") as fh:
             fh.write(text)
     return restored
-
-
-# ----------------------------------------------------------------------------- the topic map
-
-def measure_topic_map(root=ROOT, log=print, tests=(), jobs=None):
-    """{test id: [topics it needs]} for the default suite (or just `tests`), by blanking one
-    topic at a time.
-
-    Runs the tests on a plain copy (every one must pass: RuntimeError otherwise), then on one
-    copy per topic with only that topic blanked: a test needs T if it fails there. The 1 + 8
-    runs go `jobs` at a time (default: one per core).
-    """
-    jobs = jobs or os.cpu_count() or 1
-    with tempfile.TemporaryDirectory(prefix="minivae-topic-map-") as tmp:
-        def run(topic):
-            copy = Path(tmp) / (topic or "reference")
-            make_assignment(copy, topics=[topic] if topic else (), root=root, student=False)
-            try:
-                return topic, run_tests(copy, list(tests))
-            finally:
-                shutil.rmtree(copy, ignore_errors=True)
-
-        with ThreadPoolExecutor(max_workers=jobs) as pool:  # each run is a pytest subprocess
-            results = dict(pool.map(run, [None, *TOPICS]))
-    outcomes = results.pop(None)
-    failed = sorted(t for t, o in outcomes.items() if o == "failed")
-    if failed:
-        raise RuntimeError(f"the reference fails {len(failed)} tests, e.g. {failed[:3]}: fix them first")
-    log(f"reference: {len(outcomes)} tests, all pass")
-    needs = {test: [] for test in outcomes}
-    for topic, result in results.items():
-        if set(result) != set(outcomes):
-            raise RuntimeError(f"blanking {topic} changed which tests exist: "
-                               f"{sorted(set(result) ^ set(outcomes))[:5]}")
-        for test in [t for t, o in result.items() if o == "failed"]:
-            needs[test].append(topic)
-        log(f"{topic}: {sum(topic in t for t in needs.values())} tests fail when it is blanked")
-    return needs
-
-
-def update_topic_map(tests=(), root=ROOT, log=print, jobs=None):
-    """Re-measure the topic map of `root` (all of it, or only `tests`: files or test ids, merged
-    into the stored map) and drop entries for tests that no longer exist. Returns the map."""
-    measured = measure_topic_map(root, log, tests, jobs)
-    collected = collect_tests(root)
-    if collected is None:
-        raise RuntimeError("pytest could not collect the tests; run `pytest --collect-only` to see why")
-    stored = load_topic_map(root) if tests and (Path(root) / TOPIC_MAP).is_file() else {}
-    needs = {t: measured.get(t, stored.get(t)) for t in collected if t in measured or t in stored}
-    missing = [t for t in collected if t not in needs]
-    if missing:
-        log(f"warning: {len(missing)} tests are not measured yet, e.g. {missing[0]}: run without test ids")
-    lib.write_topic_map(needs, TOPICS, Path(root) / TOPIC_MAP)
-    return needs
 
 
 def main(argv=None):
