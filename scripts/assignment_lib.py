@@ -67,6 +67,13 @@ DONE = {
 }
 
 
+# Test files that run whole scripts (training, resuming, signals, labs): they need most topics
+# because training uses everything, but test none of them in particular. grade.py runs them only
+# with --full; each topic's own tests are elsewhere.
+END_TO_END = ("tests/test_reliability.py", "tests/test_train_mnist.py", "tests/test_train_text.py",
+              "tests/test_train_autoencoder.py", "tests/test_collapse_study.py", "tests/test_sample.py",
+              "tests/test_labs.py", "tests/test_train.py", "tests/test_misuse.py")
+
 # Each region's primary test (tests/test_mistakes.py), the one `grade.py --explain` shows first:
 # it checks the property the region's classic mistake breaks and says in words what is wrong.
 # Keyed "file:where" (Region.where); a name without [...] stands for all its parametrisations.

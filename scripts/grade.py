@@ -9,8 +9,9 @@ in the topic map (tests/assignment_topics.json, measured by scripts/make_assignm
 earlier ones are what it builds on. `pytest -m engine` runs exactly the tests graded for engine.
 
 Only the copy's assigned topics are scored (its tests/assignment.json; every topic in the
-reference, or with --topics all), and by default only their tests run, in --jobs pytest
-processes at once; --quick runs only each region's primary test (seconds); --full runs the whole
+reference, or with --topics all), and by default only their tests run (not the end-to-end runs
+of whole scripts, END_TO_END in scripts/assignment_lib.py), in --jobs pytest processes at once
+(docs/guide.md gives the time a full copy takes); --quick runs only each region's primary test (seconds); --full runs the whole
 default suite, with the tests for no topic, which must pass in every copy (a failure there means code outside the regions was changed). A failing test
 that also needs another topic which is not done yet -- a region still blank, or a test needing
 that topic alone failing -- is "blocked": it does not count against its own topic, so an
@@ -192,7 +193,8 @@ def main(argv=None):
     left_out = assigned["left_out"] if assigned else []  # files, and tests about them, not in the copy
     needs = {t: n for t, n in needs.items()
              if (args.copy / t.split("::")[0]).is_file() and not any(f in t for f in left_out)}
-    chosen = None if args.full else [t for t in needs if topic_for(t, needs) in topics]
+    chosen = None if args.full else [t for t in needs if topic_for(t, needs) in topics
+                                     and t.split("::")[0] not in lib.END_TO_END]
     if args.quick:
         primaries = [lib.PRIMARY[f"{r.path}:{r.where}"] for r in make_assignment.all_regions(args.copy)
                      if r.topic in topics and f"{r.path}:{r.where}" in lib.PRIMARY]
@@ -214,7 +216,8 @@ def main(argv=None):
     rows = score(outcomes, graded, record.get("topics"), written, topics)
     print(f"{len(outcomes)} tests ran in {time.perf_counter() - start:.0f} s" + (
         " (each region's primary test; without --quick all the scored topics' tests)" if args.quick else
-        "" if chosen is None else " (the scored topics' tests; --full runs every test)"))
+        "" if chosen is None else " (the scored topics' tests but the end-to-end script runs; --full runs "
+        "every test)"))
     print(report(rows, written))
     print("(each test counts for the topic it is for; 'blocked': failing tests that wait for an unfinished "
           "topic listed under 'waits for', not counted)")
@@ -228,7 +231,8 @@ def main(argv=None):
         where = {f"{r.path}:{r.where}": r.topic for r in make_assignment.all_regions(args.copy)}
         print("\n" + (explain(rows, graded, record, topics, where) or "nothing fails"))
     if args.json:
-        _write_json(args.json, {"copy": str(args.copy.resolve()), "topics": rows, "outcomes": outcomes})
+        _write_json(args.json, {"copy": str(args.copy.resolve()), "topics": rows, "outcomes": outcomes,
+                                "durations": record.get("durations", {})})
     failed = sum(o == "failed" for o in outcomes.values()) + len(missing)
     return 1 if failed else 0
 

@@ -6,6 +6,9 @@ solution: they check definitions (the adjoint of broadcasting, finite difference
 integration), limits (a saturated gate) and invariants (Adam's step with a constant gradient).
 scripts/assignment_lib.py (PRIMARY) names each region's test here.
 """
+import ast
+import re
+
 import numpy as np
 import pytest
 
@@ -27,7 +30,13 @@ def _leaf(value):
 def test_unbroadcast_sums_over_the_broadcast_axes(g_shape, x_shape):
     rng = np.random.default_rng(0)
     g, v = rng.standard_normal(g_shape), rng.standard_normal(x_shape)
-    out = np.asarray(engine.unbroadcast(g, np.zeros(x_shape), "add"))
+    try:
+        out = np.asarray(engine.unbroadcast(g, np.zeros(x_shape), "add"))
+    except ValueError as err:  # the engine's own shape check after your region: the shape it saw
+        seen = re.search(r"gradient of shape (\(.*?\)) that cannot be reduced", str(err))
+        if seen is None:
+            raise
+        out = np.zeros(ast.literal_eval(seen[1]))
     stretched = [i for i, n in enumerate(x_shape) if n == 1 and g_shape[len(g_shape) - len(x_shape) + i] != 1]
     why = ("size-1 axes must be summed with keepdims" if stretched and len(g_shape) == len(x_shape) else
            "the axes added in front must be summed away" if not stretched else
