@@ -107,22 +107,22 @@ def test_backward_adds_the_gradients_of_every_use():
 
 # --------------------------------------------------------------------------------------- ops
 
-VJP_CASES = {  # region name -> (op, input values, parameters)
-    "multiply": (ops.multiply, [(3, 4), (3, 4)], {}),
-    "divide": (ops.divide, [(3, 4), "positive (3, 4)"], {}),
-    "exp": (ops.exp, [(3, 4)], {}),
-    "log": (ops.log, ["positive (3, 4)"], {}),
-    "tanh": (ops.tanh, [(3, 4)], {}),
-    "sigmoid": (ops.sigmoid, [(3, 4)], {}),
-    "sum": (ops.sum, [(3, 4)], {"axis": 1, "keepdims": False}),
-    "logsumexp": (ops.logsumexp, [(3, 4)], {"axis": 1, "keepdims": False}),
+VJP_CASES = {  # region name -> (op, inputs as (shape, "real" or "positive"), parameters)
+    "multiply": (ops.multiply, [((3, 4), "real"), ((3, 4), "real")], {}),
+    "divide": (ops.divide, [((3, 4), "real"), ((3, 4), "positive")], {}),
+    "exp": (ops.exp, [((3, 4), "real")], {}),
+    "log": (ops.log, [((3, 4), "positive")], {}),
+    "tanh": (ops.tanh, [((3, 4), "real")], {}),
+    "sigmoid": (ops.sigmoid, [((3, 4), "real")], {}),
+    "sum": (ops.sum, [((3, 4), "real")], {"axis": 1, "keepdims": False}),
+    "logsumexp": (ops.logsumexp, [((3, 4), "real")], {"axis": 1, "keepdims": False}),
 }
 ORDINAL = ["first", "second"]
 
 
 def _values(specs, rng):
-    return [rng.uniform(0.5, 2.0, tuple(int(n) for n in s.split("(")[1].rstrip(")").split(", ")))
-            if isinstance(s, str) else rng.standard_normal(s) for s in specs]
+    return [rng.uniform(0.5, 2.0, shape) if domain == "positive" else rng.standard_normal(shape)
+            for shape, domain in specs]
 
 
 def _vjp_problems(op, values, params, i):
