@@ -158,10 +158,9 @@ def test_matmul_vjp_alone(which):
         values = [rng.standard_normal(s) for s in shapes]
         problems = _vjp_problems(ops.matmul, values, {}, i)
         stacked = any(len(s) > 2 for s in shapes)
-        assert not problems, (
-            f"matmul's VJP for its {ORDINAL[i]} input ({which}) is wrong for {shapes[0]} @ {shapes[1]}: "
-            f"{problems}" + ("; for stacked matrices .T reverses EVERY axis: swap only the last two "
-                             "(np.swapaxes(a, -1, -2))" if stacked else ""))
+        hint = " (for stacked matrices .T reverses EVERY axis: swap only the last two)" if stacked else ""
+        assert not problems, (f"matmul's VJP for its {ORDINAL[i]} input ({which}) is wrong for "
+                              f"{shapes[0]} @ {shapes[1]}{hint}: {problems}")
 
 
 # ----------------------------------------------------------------------------- distributions
