@@ -78,8 +78,10 @@ def test_draw_graph_says_in_the_figure_when_the_engine_is_at_fault(monkeypatch, 
         return ops.sum(x + ops.softplus(ops.softplus(x)))
     right = loss()
     assert engine_agrees(right) is True
-    fig = draw_graph(right, highlight=True)
+    import matplotlib.pyplot as plt
+    fig = draw_graph(right, highlight=True)  # no path: the figure is returned open
     assert not [t for t in fig.texts if ENGINE_NOTE in t.get_text()]
+    plt.close(fig)
     monkeypatch.setattr(engine, "_topological_order", lambda root: _breadth_first(root))
     wrong = loss()
     assert find_wrong_vjp(wrong) is None and engine_agrees(wrong) is False
