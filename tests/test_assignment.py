@@ -300,6 +300,17 @@ def test_the_topic_map_lists_exactly_the_tests_of_the_default_suite():
                                    f"{len(gone)} entries for tests that no longer exist (e.g. {gone[:3]})"
 
 
+def test_every_region_names_a_primary_test_that_exists():
+    """grade.py --explain shows a region's primary test first: each region has one, in the map."""
+    primary, needs = make_assignment.lib.PRIMARY, make_assignment.load_topic_map(ROOT)
+    assert set(primary) == {f"{r.path}:{r.where}" for r in REGIONS}
+    for region, name in primary.items():
+        tests = make_assignment.lib.primary_tests(name, list(needs))
+        assert tests, f"{region}: its primary test {name} is not in the topic map"
+        topic = next(r.topic for r in REGIONS if f"{r.path}:{r.where}" == region)
+        assert all(grade.topic_for(t, needs) in (topic, None) for t in tests), (region, tests)
+
+
 def test_a_correct_student_scores_every_topic_at_100_percent(tmp_path, capsys):
     """Every topic blanked, then refilled from the reference: graded, it exits 0 (--quick: the
     primary tests; the slow test below grades it in full)."""
