@@ -146,6 +146,9 @@ def find_regions(lines, path):
         first = next((k for k in range(start + 1, end) if lines[k].strip()), start) + 1  # 1-based
         inside = [name for lo, hi, name in spans if lo < first <= hi] if spans is not None else [indent]
         where = inside[-1] if inside and spans is not None else lines[first - 1].strip().split("(")[0]
+        if where.startswith("#"):  # a module-level stub: name it after the primitive defined above it
+            defs = [m[1] for m in (re.match(r"def (\w+)\(", x) for x in lines[:start]) if m]
+            where = f"{defs[-1]}.defvjp" if defs else where
         out.append(Region(path, topic, hint, start, end, indent, where, bool(inside and inside[-1])))
     return out
 
