@@ -149,6 +149,7 @@ def test_copy_changes_only_the_regions_and_restore_gives_the_reference_back(tmp_
         assert _outside_regions(lines, path) == _outside_regions(reference, path)
     assert grade.regions_written(tmp_path / "student") == {
         t: [0, sum(r.topic == t for r in REGIONS)] for t in TOPICS}
+    assert [r.where for r in make_assignment.all_regions(tmp_path / "student")] == [r.where for r in REGIONS]
 
     restored = make_assignment.restore(tmp_path / "student", ["gru"])
     assert {r.topic for r in restored} == {"gru"}
