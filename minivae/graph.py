@@ -15,7 +15,10 @@ summarised: nodes of the same op in the same row become one box ("add x12"), and
 import numpy as np
 
 from . import engine
-from .gradcheck import find_wrong_vjp
+from .gradcheck import engine_agrees, find_wrong_vjp
+
+ENGINE_NOTE = ("Every op's VJP agrees with finite differences, yet the gradients do not: the engine is at "
+               "fault (Tensor.backward, _topological_order or unbroadcast); pytest -m engine names it")
 
 
 def gradient_norms(root):
@@ -153,15 +156,20 @@ def draw_graph(root, path=None, names=None, highlight=None, grads=None, max_node
 
     names: {name: Tensor}, e.g. dict(model.named_parameters()), to label leaves. highlight: a
     Tensor, or the gradient debugger's report (find_wrong_vjp), or True to run the debugger now;
-    that node is drawn in red. Returns the matplotlib Figure.
+    that node is drawn in red. With True and no wrong node, the engine's gradients are checked
+    too (gradcheck.engine_agrees): if they are wrong, the figure says the engine is at fault.
+    Returns the matplotlib Figure.
     """
     import matplotlib
     if path is not None:
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    engine_note = None
     if highlight is True:
         highlight = find_wrong_vjp(root)
+        if highlight is None and engine_agrees(root) is False:
+            engine_note = ENGINE_NOTE
     wrong = getattr(highlight, "node", highlight)
     boxes, edges, n_nodes, n_hidden = graph_layout(root, names, grads, max_nodes, max_rows)
     rows = max(b["row"] for b in boxes.values()) - min(b["row"] for b in boxes.values()) + 1
@@ -187,6 +195,8 @@ def draw_graph(root, path=None, names=None, highlight=None, grads=None, max_node
     note = f"{n_nodes} nodes" + (f", grouped by op and row" if len(boxes) < n_nodes - n_hidden else "")
     note += f"; {n_hidden} boxes above the top row not drawn" if n_hidden else ""
     ax.set_title((title + "\n" if title else "") + note, fontsize=9)
+    if engine_note:
+        fig.text(0.5, 0.005, engine_note, ha="center", va="bottom", fontsize=8, color="#c00000", wrap=True)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=110)

@@ -11,6 +11,10 @@ A student copy also
     hand-written models repeat the backward pass, the sampler, the KL and the Adam update),
   * gets ASSIGNMENT.md (which topics, in which order, the commands, what done looks like) and
     tests/assignment.json (the topics, for grade.py), and a first line in README.md pointing there.
+Every copy leaves out grader/ (GRADER: the worked solutions tests compare against; scripts run
+the tests with MINIVAE_GRADER pointing at the reference's folder), and a copy whose topic has
+speed code that repeats its solution (SPEED_CODE: the fused GRU repeats the GRU equations) gets
+that code replaced by a stand-in that runs the student's own solution.
 """
 import ast
 import json
@@ -19,6 +23,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 TOPIC_MAP = "tests/assignment_topics.json"
@@ -31,6 +36,15 @@ STUB_TEXT = ('"""The benchmark is left out of student copies: its hand-written N
              'solutions of the assignment (the backward pass, the sampler, the KL, the Adam update)."""\n'
              'import sys\n\n\ndef main(argv=None):\n    print(__doc__)\n    return 1\n\n\n'
              'if __name__ == "__main__":\n    sys.exit(main())\n')
+GRADER = "grader"  # at the root: worked solutions the tests need, never copied (tests/conftest.py)
+GRADER_DIR = Path(__file__).resolve().parents[1] / GRADER
+
+# topic -> (file, top-level names of a contiguous block of speed code that repeats the topic's
+# solution, the file in grader/ holding the stand-in that replaces the block in a copy with the
+# topic blanked, the imports the stand-in needs).
+SPEED_CODE = {"gru": ("minivae/fused.py", ("gru_sequence", "_gru_sequence_vjp"), "stand_in_fused_gru.py",
+                      "from . import engine\nfrom .engine import Tensor\n")}
+
 VJP_SENTENCE = re.compile(r"VJP: .*?\.(?=\s|\"|$)")
 
 # What each topic's lab shows once the topic is done (scripts/labs.py), and what done looks like.
@@ -47,9 +61,60 @@ DONE = {
     "schedules": ("cyclical annealing matches Fu et al.'s reference code", "python scripts/labs.py schedules"),
     "optim": ("Adam's first steps match Algorithm 1 by hand; the MNIST VAE learns",
               "python scripts/labs.py mnist"),
-    "gru": ("your cell, unrolled, matches the fused GRU in outputs and every gradient", None),
+    "gru": ("the update gate keeps or forgets a state as its name says, and a GRU learns to recall a "
+            "sequence's first bit", "python scripts/labs.py gru"),
     "iwae": ("K = 1 gives the ELBO and the bound rises with K", "python scripts/labs.py iwae"),
 }
+
+
+# Test files that run whole scripts (training, resuming, signals, labs): they need most topics
+# because training uses everything, but test none of them in particular. grade.py runs them only
+# with --full; each topic's own tests are elsewhere.
+END_TO_END = ("tests/test_reliability.py", "tests/test_train_mnist.py", "tests/test_train_text.py",
+              "tests/test_train_autoencoder.py", "tests/test_collapse_study.py", "tests/test_sample.py",
+              "tests/test_labs.py", "tests/test_train.py", "tests/test_misuse.py")
+
+# Each region's primary test (tests/test_mistakes.py), the one `grade.py --explain` shows first:
+# it checks the property the region's classic mistake breaks and says in words what is wrong.
+# Keyed "file:where" (Region.where); a name without [...] stands for all its parametrisations.
+# In teaching order within a topic: a region's test may use the regions listed before it.
+MISTAKES = "tests/test_mistakes.py::"
+PRIMARY = {
+    "minivae/engine.py:unbroadcast": "test_unbroadcast_sums_over_the_broadcast_axes",
+    "minivae/engine.py:_topological_order": "test_topological_order_lists_each_node_once_after_its_inputs",
+    "minivae/engine.py:Tensor.backward": "test_backward_adds_the_gradients_of_every_use",
+    **{f"minivae/ops.py:{op}.defvjp": f"test_vjp_alone[{op}]" for op in ("multiply", "divide", "exp", "log",
+                                                                        "tanh", "sigmoid", "sum")},
+    "minivae/ops.py:_logsumexp_vjp": "test_vjp_alone[logsumexp]",
+    "minivae/ops.py:_matmul_vjp_x": "test_matmul_vjp_alone[x]",
+    "minivae/ops.py:_matmul_vjp_y": "test_matmul_vjp_alone[y]",
+    "minivae/distributions.py:sample_gaussian": "test_sampler_variance_is_exp_logvar",
+    "minivae/distributions.py:kl_standard_normal_per_dim": "test_kl_per_dim_matches_numerical_integration",
+    "minivae/distributions.py:bernoulli_log_likelihood": "test_bernoulli_log_likelihood_from_logits_is_exact_and_stable",
+    "minivae/elbo.py:free_bits_kl": "test_free_bits_floors_what_each_mode_says",
+    "minivae/schedules.py:cyclical": "test_cyclical_ramps_then_holds_in_each_cycle",
+    "minivae/optim.py:Adam.step": "test_adam_moves_each_parameter_by_lr_under_a_constant_gradient",
+    "minivae/layers.py:GRUCell.step": "test_gru_gates_do_what_their_names_say",
+    "minivae/diagnostics.py:log_mean_exp": "test_log_mean_exp_is_the_log_of_the_mean_weight_and_never_overflows",
+    "minivae/diagnostics.py:_log_weights": "test_log_weights_are_log_p_x_z_plus_log_p_z_minus_log_q",
+    "minivae/elbo.py:iw_objective": "test_iw_bound_is_log_mean_exp_of_the_weights",
+}
+
+
+def needs_of(test, needs, topics):
+    """The topics `test` needs by the map; a parametrised test missing from it (its parameters
+    renamed) needs what the map's entries for the same function need (tests/conftest.py too)."""
+    if test in needs or "[" not in test:
+        return needs.get(test)
+    base = test.split("[")[0] + "["
+    same = [n for t, n in needs.items() if t.startswith(base)]
+    return sorted({u for n in same for u in n}, key=list(topics).index) if same else None
+
+
+def primary_tests(name, tests):
+    """The ids among `tests` that PRIMARY's entry `name` stands for, in their order."""
+    full = MISTAKES + name
+    return [t for t in tests if t == full or ("[" not in name and t.startswith(full + "["))]
 
 
 def vjp_docstring_edits(lines, regions):
@@ -79,26 +144,106 @@ def vjp_docstring_edits(lines, regions):
     return edits
 
 
+def _block(text, names):
+    """(start, end) character offsets of the contiguous top-level block defining `names` (with
+    their decorators and `name.defvjp...(...)` registrations) in a module's source."""
+    tree, lines = ast.parse(text), text.splitlines(keepends=True)
+    spans = []
+    for n in tree.body:
+        call = n.value if isinstance(n, ast.Expr) and isinstance(n.value, ast.Call) else None
+        owner = call.func.value.id if call and isinstance(call.func, ast.Attribute) and isinstance(
+            call.func.value, ast.Name) else None
+        if getattr(n, "name", None) in names or owner in names:
+            first = min([n.lineno] + [d.lineno for d in getattr(n, "decorator_list", [])])
+            spans.append((first, n.end_lineno))
+    if not spans:
+        raise ValueError(f"none of {names} is defined at the top level")
+    offset = [0]
+    for line in lines:
+        offset.append(offset[-1] + len(line))
+    return offset[spans[0][0] - 1], offset[spans[-1][1]]
+
+
+def _stand_in(topic):
+    """The stand-in's code: its grader/ file without the file's docstring."""
+    text = (GRADER_DIR / SPEED_CODE[topic][2]).read_text()
+    return text[text.index('"""', 3) + 4:]
+
+
+def replace_speed_code(text, topic):
+    """The module text with the topic's speed code (SPEED_CODE) replaced by its stand-in."""
+    _, names, _, imports = SPEED_CODE[topic]
+    stand_in = _stand_in(topic)
+    start, end = _block(text, names)
+    head = text[:start]
+    for line in imports.splitlines(keepends=True):
+        if line not in head:
+            cut = head.index("\n\n\n") + 1 if "\n\n\n" in head else 0
+            last_import = max(head.rfind("\nimport "), head.rfind("\nfrom "))
+            cut = head.index("\n", last_import + 1) + 1 if last_import >= 0 else cut
+            head = head[:cut] + line + head[cut:]
+    return head + stand_in + text[end:]
+
+
+def restore_speed_code(text, reference, topic):
+    """The copy's module text with the stand-in replaced by the reference's speed code again."""
+    names, stand_in = SPEED_CODE[topic][1], _stand_in(topic)
+    if stand_in not in text:
+        return text
+    start, end = _block(reference, names)
+    replaced = replace_speed_code(reference, topic)
+    if replaced == text:  # untouched apart from the stand-in: the reference file as it was
+        return reference
+    return text.replace(stand_in, reference[start:end])
+
+
+def normalize_code(line):
+    """A line of code as the leak search compares it: no spaces, no module prefixes (np., ops.,
+    anp., numpy.), no leading `return` or assignment target, no trailing comment."""
+    code = re.sub(r"\s+", "", line.split("  #")[0])
+    code = re.sub(r"\b(np|anp|numpy|ops|math)\.", "", code)
+    code = re.sub(r"^return", "", code)
+    return re.sub(r"^[\w\[\]\.,]+(?<![=<>!])=(?!=)", "", code)
+
+
 def solution_lines(lines, region, min_chars=16):
-    """The region's distinctive code lines, whitespace removed (short and comment lines skipped)."""
+    """The region's distinctive code lines as normalize_code gives them (short lines, comment
+    lines and lines without arithmetic skipped)."""
     out = []
     for line in lines[region.begin + 1:region.end]:
-        code = re.sub(r"\s+", "", line.split("  #")[0])
-        if len(code) >= min_chars and not code.startswith("#"):
+        code = normalize_code(line)
+        if len(code) >= min_chars and not code.startswith("#") and any(op in code for op in "*/@+-"):
             out.append(code)
     return out
 
 
+def _searchable(text):
+    return re.sub(r"\b(np|anp|numpy|ops|math)\.", "", re.sub(r"\s+", "", text))
+
+
 def find_leaks(copy, wanted):
-    """[(file, solution line)] for every solution line (whitespace removed) found in a text file
-    of the copy. wanted: {solution line: region description}."""
-    leaks = []
+    """[(file, solution line)] for every solution line found in a text file of the copy (spaces
+    and module prefixes removed on both sides). wanted: {normalized solution line: Region}. A
+    line that the region's own file still states outside its regions (a docstring giving the
+    formula to implement) is the specification, not a leak, and is not searched for."""
+    texts = {}
     for path in sorted(Path(copy).rglob("*")):
-        if path.suffix not in (".py", ".md", ".txt", ".cfg", ".toml", ".json") or not path.is_file():
-            continue
-        text = re.sub(r"\s+", "", path.read_text(encoding="utf-8", errors="replace"))
-        leaks += [(path.relative_to(copy).as_posix(), line) for line in wanted if line in text]
-    return leaks
+        if path.suffix in (".py", ".md", ".txt", ".cfg", ".toml", ".json") and path.is_file():
+            texts[path.relative_to(copy).as_posix()] = _searchable(path.read_text(encoding="utf-8",
+                                                                                 errors="replace"))
+    spec = specified(copy, wanted)
+    return [(name, line) for line in wanted if line not in spec for name, text in texts.items() if line in text]
+
+
+def specified(copy, wanted):
+    """The solution lines that their region's own file in the copy states outside its regions."""
+    import make_assignment  # the region parser (it imports this module first)
+    outside = {}
+    for path in {r.path for r in wanted.values()}:
+        lines = (Path(copy) / path).read_text(encoding="utf-8").splitlines(keepends=True)
+        inside = {i for r in make_assignment.find_regions(lines, path) for i in range(r.begin + 1, r.end)}
+        outside[path] = _searchable("".join(x for i, x in enumerate(lines) if i not in inside))
+    return {line for line, region in wanted.items() if line in outside[region.path]}
 
 
 def assignment_md(topics, about, regions, left_out):
@@ -146,12 +291,92 @@ def _pytest(repo, args, timeout=None):
     the copy) and without third-party plugins (the suite needs none, and a grade should not
     depend on what else is installed)."""
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", f"--ignore={ASSIGNMENT_TEST}", *args]
-    env = {**os.environ, "MINIVAE_ASSIGNMENT_CHILD": "1", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    with tempfile.TemporaryDirectory(prefix="minivae-pytest-") as scratch:
+        # Nothing is written into the copy: no __pycache__, no .pytest_cache, no .hypothesis.
+        env = {**os.environ, "MINIVAE_ASSIGNMENT_CHILD": "1", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
+               "PYTHONDONTWRITEBYTECODE": "1", "HYPOTHESIS_STORAGE_DIRECTORY": scratch,
+               "MINIVAE_GRADER": str(GRADER_DIR)}
+        return _run(cmd, repo, env, timeout)
+
+
+def _run(cmd, repo, env, timeout):
     try:
         return subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"the tests in {repo} did not finish within {timeout} s (an endless loop?); "
                            "run `pytest -x -v` there to see which test hangs") from None
+
+
+IMPORT_CHECK = r"""
+import importlib, json, os, pkgutil, sys, traceback
+root = os.getcwd()
+sys.path.insert(0, root)
+def problem(err):
+    if isinstance(err, SyntaxError) and err.filename:
+        path, line, text = err.filename, err.lineno, err.msg
+    else:
+        inside = [f for f in traceback.extract_tb(err.__traceback__)
+                  if os.path.abspath(f.filename).startswith(os.path.join(root, "minivae", ""))]
+        path, line = (inside[-1].filename, inside[-1].lineno) if inside else (None, None)
+        text = str(err)
+    path = os.path.relpath(os.path.abspath(path), root).replace(os.sep, "/") if path else "minivae"
+    return {"path": path, "line": line, "error": type(err).__name__, "message": text}
+found = None
+try:
+    import minivae
+    for name in sorted(m.name for m in pkgutil.iter_modules(minivae.__path__)):
+        try:
+            importlib.import_module("minivae." + name)
+        except ModuleNotFoundError as err:
+            if (err.name or "").split(".")[0] == "minivae":
+                raise
+except BaseException as err:
+    found = problem(err)
+print(json.dumps(found))
+"""
+
+
+def import_problem(repo, timeout=300):
+    """{"path", "line", "error", "message"} of the first error importing the copy's minivae
+    modules (a student's syntax error), or None if every module imports."""
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = _run([sys.executable, "-c", IMPORT_CHECK], repo, env, timeout)
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {"path": "minivae", "line": None, "error": "ImportError",
+                "message": (proc.stderr.strip().splitlines() or ["the package does not import"])[-1]}
+
+
+def _shards(tests, jobs):
+    """The test ids split into at most `jobs` groups of whole files, of about equal size."""
+    files = {}
+    for t in tests:
+        files.setdefault(t.split("::")[0], []).append(t)
+    groups = [[] for _ in range(max(1, min(jobs, len(files))))]
+    for ids in sorted(files.values(), key=len, reverse=True):
+        min(groups, key=len).extend(ids)
+    return [g for g in groups if g]
+
+
+def run_selected(repo, tests, jobs=1, timeout=None):
+    """run_tests(everything=True) for just these test ids, `jobs` pytest processes at a time (ids
+    that no longer exist are ignored). Returns the merged record."""
+    def run(group):
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump(group, f)
+        try:
+            files = sorted({t.split("::")[0] for t in group})
+            return run_tests(repo, files, [f"--select={f.name}"], timeout, everything=True)
+        finally:
+            os.unlink(f.name)
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        records = list(pool.map(run, _shards(tests, jobs)))
+    merged = {}
+    for record in records:
+        for key, value in record.items():
+            merged.setdefault(key, {}).update(value)
+    return merged
 
 
 def run_tests(repo, tests=(), extra_args=(), timeout=None, messages=False, everything=False):
@@ -177,34 +402,3 @@ def run_tests(repo, tests=(), extra_args=(), timeout=None, messages=False, every
     if everything:
         return result
     return (result["outcomes"], result["messages"]) if messages else result["outcomes"]
-
-
-def collect_tests(repo):
-    """The ids of the tests the default run of `repo` would run (without running them), or None."""
-    proc = _pytest(repo, ["-q", "--collect-only"])
-    if proc.returncode != 0:
-        return None  # e.g. pytest is not installed: nothing to compare
-    return [line for line in proc.stdout.splitlines() if "::" in line]
-
-
-def load_topic_map(repo):
-    """{test id: [topics]} from tests/assignment_topics.json of `repo`."""
-    path = Path(repo) / TOPIC_MAP
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; make it with: "
-                                "python scripts/make_assignment.py --update-map")
-    with open(path) as f:
-        return json.load(f)["tests"]
-
-
-def write_topic_map(needs, topics, path):
-    """Write the topic map, one test per line so that a diff shows which tests changed."""
-    lines = [f"  {json.dumps(test)}: {json.dumps(t)}" for test, t in needs.items()]
-    tmp = Path(str(path) + ".tmp")
-    with open(tmp, "w") as f:
-        f.write('{\n  "about": "for each test of the default suite, the assignment topics whose solution '
-                'regions it needs (it fails when they are blanked); measured by '
-                'python scripts/make_assignment.py --update-map",\n')
-        f.write(f'  "topics": {json.dumps(list(topics))},\n  "tests": {{\n')
-        f.write(",\n".join("  " + line for line in lines) + "\n  }\n}\n")
-    os.replace(tmp, path)

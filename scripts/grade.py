@@ -9,14 +9,26 @@ in the topic map (tests/assignment_topics.json, measured by scripts/make_assignm
 earlier ones are what it builds on. `pytest -m engine` runs exactly the tests graded for engine.
 
 Only the copy's assigned topics are scored (its tests/assignment.json; every topic in the
-reference, or with --topics all). A failing test that also needs another topic which is not done
-yet -- a region still blank, or a test needing that topic alone failing -- is "blocked": it does
-not count against its own topic, so an unfinished engine does not lower the score of ops. A
-topic's score is passed / (tests - skipped - blocked). "regions written" counts the topic's
-regions no longer holding their stub. Tests for no topic must pass in every copy; a failure there
-means code outside the regions was changed. Exit status: 0 if every test passed, 1 otherwise.
+reference, or with --topics all), and by default only their tests run (not the end-to-end runs
+of whole scripts, END_TO_END in scripts/assignment_lib.py), in --jobs pytest processes at once
+(docs/guide.md gives the time a full copy takes); --quick runs only each region's primary test (seconds); --full runs the whole
+default suite, with the tests for no topic, which must pass in every copy (a failure there means code outside the regions was changed). A failing test
+that also needs another topic which is not done yet -- a region still blank, or a test needing
+that topic alone failing -- is "blocked": it does not count against its own topic, so an
+unfinished engine does not lower the score of ops. A topic's score is passed / (tests - skipped -
+blocked). "regions written" counts the topic's regions no longer holding their stub.
+
+First the copy's minivae is imported, module by module: a file that does not import (a syntax
+error) is the one problem reported, "minivae/schedules.py line 12: SyntaxError: ...", charged to
+the topics with regions in that file; the others are not graded until it is fixed. --explain
+shows, for each failing topic, the primary test (scripts/assignment_lib.py: PRIMARY) of its
+first region that fails, whose message says in words what is wrong, or else its failing test that
+needs the fewest topics. Nothing is written into the copy (no caches). Exit status: 0 if every
+test that ran passed, 1 otherwise.
 """
 import argparse
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,12 +36,14 @@ from pathlib import Path
 import make_assignment
 from make_assignment import TOPICS
 
+lib = make_assignment.lib
+
 
 def topic_for(test, needs, marked=None):
     """The topic a test is graded under: its marker, else the last topic it needs, else None."""
     if marked and marked.get(test):
         return marked[test]
-    wanted = needs.get(test) or []
+    wanted = lib.needs_of(test, needs, TOPICS) or []
     return max(wanted, key=list(TOPICS).index) if wanted else None
 
 
@@ -78,25 +92,49 @@ def report(rows, written=None):
     return "\n".join(lines)
 
 
-def smallest(failing, needs, durations):
-    """The failing test that needs the fewest topics, then ran the shortest time."""
-    return min(failing, key=lambda t: (len(needs.get(t, [])), durations.get(t, 0.0), len(t)))
+def first_failure(name, failing, needs, order, where):
+    """(test, region) that --explain shows first for a topic: the primary test of its first
+    region (in PRIMARY's order) that fails, else (its failing test needing the fewest topics,
+    first in collection order; None). where: {"file:where" of a region: its topic}."""
+    for region, test in lib.PRIMARY.items():
+        hits = [t for t in lib.primary_tests(test, order) if t in failing]
+        if where.get(region) == name and hits:
+            return hits[0], region
+    position = {t: i for i, t in enumerate(order)}
+    return min(failing, key=lambda t: (len(needs.get(t, [])), position.get(t, len(order)), t)), None
 
 
-def explain(rows, needs, record, topics):
-    """Per failing topic: its smallest failing test that is not blocked, and its first message."""
-    lines = []
+def explain(rows, needs, record, topics, where):
+    """Per failing topic: the failing test to look at first (not blocked), and its message."""
+    lines, order = [], list(record["outcomes"])
     for name in [*topics, "(no topic)"]:
         row = rows.get(name)
         if not row or not row["failing"]:
             continue
         own = [t for t in row["failing"] if not [u for u in needs.get(t, []) if u in row["waits_for"]]]
-        test = smallest(own or row["failing"], needs, record.get("durations", {}))
+        test, region = first_failure(name, own or row["failing"], needs, order, where)
         head = f"{name}: {len(row['failing'])} failing" + (
             f" ({row['blocked']} wait for {', '.join(row['waits_for'])})" if row["blocked"] else "")
-        lines += [head, f"  smallest: pytest '{test}'"]
+        about = f"   (the test for {region.replace(':', ': ', 1)})" if region else ""
+        lines += [head, f"  first: pytest '{test}'{about}"]
         lines += [f"    {line}" for line in record.get("details", {}).get(test, [])[:8]]
     return "\n".join(lines)
+
+
+def broken_package(problem, topics, copy):
+    """The report for a copy whose minivae does not import: the error, and what it blocks."""
+    regions = [r for r in make_assignment.all_regions(copy) if r.path == problem["path"]]
+    charged = [t for t in topics if any(r.topic == t for r in regions)]
+    at = f" line {problem['line']}" if problem.get("line") else ""
+    lines = [f"{problem['path']}{at}: {problem['error']}: {problem['message']}",
+             "This is the one problem: minivae does not import, so no test can run. Fix it first.",
+             f"{'topic':24s}{'score':>6s}"]
+    for t in topics:
+        lines.append(f"{t:24s}{'0%' if t in charged else '-':>6s}  " + (
+            f"its regions are in {problem['path']}" if t in charged else "not graded until minivae imports"))
+    if not charged:
+        lines.append(f"{problem['path']} holds no region of these topics: undo the change made there.")
+    return "\n".join(lines), charged
 
 
 def regions_written(repo):
@@ -118,53 +156,93 @@ def main(argv=None):
     parser.add_argument("--topics", nargs="+", metavar="TOPIC",
                         help="score these topics ('all': every one); default: the copy's assigned topics")
     parser.add_argument("--explain", action="store_true",
-                        help="for each failing topic, show its smallest failing test and its message")
+                        help="for each failing topic, show the failing test to look at first, and its message")
+    parser.add_argument("--full", action="store_true",
+                        help="run the whole default test suite, not only the tests of the topics scored")
+    parser.add_argument("--quick", action="store_true",
+                        help="run only the primary test of each region of the topics scored (seconds)")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                        help="pytest processes at once (default: 2, or 1 on a single core)")
     parser.add_argument("--json", type=Path, help="also write the scores and each test's outcome here")
     parser.add_argument("--timeout", type=float, default=1800,
                         help="give up after this many seconds (an endless loop in the code under test)")
     args = parser.parse_args(argv)
     if not (args.copy / "minivae").is_dir() or not (args.copy / "tests").is_dir():
         parser.error(f"{args.copy} is not a copy of minivae (it needs minivae/ and tests/)")
-    assigned = make_assignment.lib.read_record(args.copy)
+    assigned = lib.read_record(args.copy)
     topics = assigned["topics"] if assigned else list(TOPICS)
     if args.topics:
         topics = list(TOPICS) if args.topics == ["all"] else args.topics
     unknown = [t for t in topics if t not in TOPICS]
     if unknown:
         parser.error(f"unknown topic(s) {unknown}; choose from {list(TOPICS)}")
-
     try:
         needs = make_assignment.load_topic_map(args.copy)
     except FileNotFoundError as err:
         parser.error(str(err))
+    print(f"minivae assignment: {args.copy.resolve()}  (topics {', '.join(topics)})")
+
+    problem = lib.import_problem(args.copy)
+    if problem:
+        text, charged = broken_package(problem, topics, args.copy)
+        print(text)
+        if args.json:
+            _write_json(args.json, {"copy": str(args.copy.resolve()), "import_problem": problem,
+                                    "charged": charged, "not_graded": [t for t in topics if t not in charged]})
+        return 1
     left_out = assigned["left_out"] if assigned else []  # files, and tests about them, not in the copy
     needs = {t: n for t, n in needs.items()
              if (args.copy / t.split("::")[0]).is_file() and not any(f in t for f in left_out)}
+    chosen = None if args.full else [t for t in needs if topic_for(t, needs) in topics
+                                     and t.split("::")[0] not in lib.END_TO_END]
+    if args.quick:
+        primaries = [lib.PRIMARY[f"{r.path}:{r.where}"] for r in make_assignment.all_regions(args.copy)
+                     if r.topic in topics and f"{r.path}:{r.where}" in lib.PRIMARY]
+        chosen = [t for name in primaries for t in lib.primary_tests(name, list(needs))]
     start = time.perf_counter()
-    record = make_assignment.run_tests(args.copy, timeout=args.timeout, everything=True)
+    if chosen is None:
+        record = make_assignment.run_tests(args.copy, timeout=args.timeout, everything=True)
+    else:
+        record = lib.run_selected(args.copy, chosen, args.jobs, timeout=args.timeout)
     outcomes, messages = record["outcomes"], record["messages"]
+    broken = sorted(f for f in messages if "::" not in f)  # test files that failed to import
+    expected = set(needs) if chosen is None else set(chosen)
+    missing = sorted(t for t in expected - set(outcomes) if t.split("::")[0] in broken)
+    gone = sorted(t for t in expected - set(outcomes) if t.split("::")[0] not in broken)
+    graded = {t: n for t, n in needs.items() if t in outcomes or t in missing}
+    graded.update({t: lib.needs_of(t, needs, TOPICS) for t in outcomes
+                   if t not in graded and lib.needs_of(t, needs, TOPICS) is not None})
     written = regions_written(args.copy)
-    rows = score(outcomes, needs, record.get("topics"), written, topics)
-    print(f"minivae assignment: {args.copy.resolve()}  (topics {', '.join(topics)}; {len(outcomes)} "
-          f"tests ran in {time.perf_counter() - start:.0f} s)")
+    rows = score(outcomes, graded, record.get("topics"), written, topics)
+    print(f"{len(outcomes)} tests ran in {time.perf_counter() - start:.0f} s" + (
+        " (each region's primary test; without --quick all the scored topics' tests)" if args.quick else
+        "" if chosen is None else " (the scored topics' tests but the end-to-end script runs; --full runs "
+        "every test)"))
     print(report(rows, written))
     print("(each test counts for the topic it is for; 'blocked': failing tests that wait for an unfinished "
           "topic listed under 'waits for', not counted)")
-    missing = sorted(set(needs) - set(outcomes))
     if missing:
-        broken = sorted(f for f in messages if "::" not in f)  # test files that failed to import
-        why = f"{broken[0]} failed to import: {messages[broken[0]]}" if broken else f"e.g. {missing[0]}"
-        print(f"{len(missing)} tests did not run; {why}")
-    if rows["(not in the topic map)"]["tests"]:
-        print("Tests not in the topic map were added after it was measured: "
+        print(f"{len(missing)} tests did not run; {broken[0]} failed to import: {messages[broken[0]]}")
+    if gone or rows["(not in the topic map)"]["tests"]:
+        print(f"The topic map is out of date ({len(gone)} of its tests no longer exist, "
+              f"{rows['(not in the topic map)']['tests']} tests are not in it): "
               "python scripts/make_assignment.py --update-map (on the reference) re-measures it.")
     if args.explain:
-        print("\n" + (explain(rows, needs, record, topics) or "nothing fails"))
+        where = {f"{r.path}:{r.where}": r.topic for r in make_assignment.all_regions(args.copy)}
+        print("\n" + (explain(rows, graded, record, topics, where) or "nothing fails"))
     if args.json:
-        from minivae.fileio import write_json
-        write_json(args.json, {"copy": str(args.copy.resolve()), "topics": rows, "outcomes": outcomes})
+        _write_json(args.json, {"copy": str(args.copy.resolve()), "topics": rows, "outcomes": outcomes,
+                                "durations": record.get("durations", {})})
     failed = sum(o == "failed" for o in outcomes.values()) + len(missing)
     return 1 if failed else 0
+
+
+def _write_json(path, data):
+    """Written without minivae.fileio: the graded copy's package need not import."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ reference; the long ones (mnist, iwae, free_bits: 15 s to 2 min) are marked slow
   sampler    (distributions)   Var(z) / exp(logvar) is 1; mixing up std and variance gives exp(logvar)
   kl         (distributions)   the analytic KL against a Monte-Carlo estimate
   schedules  (schedules)       cyclical annealing, 40 steps, 4 cycles, ratio 0.5
+  gru        (gru)             the update gate is memory: z near 1 keeps a state for 30 steps, z
+                               near 0 forgets it; a GRU learns to recall a sequence's first bit
   mnist      (optim)           the bundled-MNIST test -ELBO after one epoch
   iwae       (iwae)            the importance-weighted bound rises with K
   free_bits  (free_bits)       a small collapse run: the plain VAE collapses, free bits bring
@@ -24,10 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from minivae import ops
-from minivae.distributions import (gaussian_log_density, kl_standard_normal, sample_gaussian,
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the copy this script stands in, never an installed minivae
+from minivae import ops  # noqa: E402
+from minivae.distributions import (bernoulli_log_likelihood, gaussian_log_density, kl_standard_normal,  # noqa: E402
+                                   sample_gaussian,
                                    standard_normal_log_density)
-from minivae.engine import Tensor
+from minivae.engine import Tensor  # noqa: E402
 
 
 def bundled_test_digits(dtype=np.float32):
@@ -116,6 +121,36 @@ def lab_schedules(args):
                   0.0, 1e-9, "{:.1g}")
 
 
+def lab_gru(args):
+    """Your GRU cell as memory: the update gate keeps or forgets a state; a GRU learns to recall."""
+    from minivae import layers, optim
+    rng = np.random.default_rng(0)
+    x = Tensor(rng.standard_normal((4, 30, 2)))
+    spread = []
+    for bias in (6.0, -6.0):  # z = sigmoid(~6) ~ 0.998 keeps the state, sigmoid(~-6) forgets it
+        gru = layers.GRU(2, 3, np.random.default_rng(1), dtype=np.float64)
+        gru.cell.b_h.data[3:6] = bias
+        finals = [gru(x, np.full(4, 30), Tensor(np.full((4, 3), h0)))[1].data for h0 in (-0.9, 0.9)]
+        spread.append(float(np.abs(finals[1] - finals[0]).mean()))
+    print("  two states started 1.8 apart, after 30 steps of the same input:")
+    ok = within("z near 1 (update-gate bias +6): still apart by", spread[0], 0.5, 1.8)
+    ok &= within("z near 0 (update-gate bias -6): still apart by", spread[1], 0.0, 1e-3, "{:.2g}")
+    bits = rng.integers(0, 2, (512, 8, 1)).astype(np.float64)  # recall each sequence's first bit
+    gru = layers.GRU(1, 8, np.random.default_rng(2), dtype=np.float64)
+    readout = layers.Dense(8, 1, np.random.default_rng(3), dtype=np.float64)
+    opt = optim.Adam(gru.parameters() + readout.parameters(), lr=0.03)
+    for step in range(150):
+        batch = bits[rng.integers(0, 512, 32)]
+        logits = readout(gru(Tensor(batch), np.full(32, 8))[1])  # from the final state
+        loss = -ops.mean(bernoulli_log_likelihood(Tensor(batch[:, 0]), logits))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    logits = readout(gru(Tensor(bits), np.full(512, 8))[1]).data
+    accuracy = float(np.mean((logits > 0) == (bits[:, 0] > 0.5)))
+    return within("recall of the first of 8 bits after 150 steps", accuracy, 0.9, 1.0) and ok
+
+
 def _train_one_epoch(args):
     import train_mnist_vae
     out = Path(args.out) / "mnist"
@@ -161,7 +196,7 @@ def lab_free_bits(args):
     return within("free bits: active units of 16", rows["free_bits"]["active_units"], 1, 16, "{:.0f}") and ok
 
 
-LABS = {"graph": lab_graph, "sampler": lab_sampler, "kl": lab_kl, "schedules": lab_schedules,
+LABS = {"graph": lab_graph, "sampler": lab_sampler, "kl": lab_kl, "schedules": lab_schedules, "gru": lab_gru,
         "mnist": lab_mnist, "iwae": lab_iwae, "free_bits": lab_free_bits}
 
 

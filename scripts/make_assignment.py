@@ -3,7 +3,7 @@
     python scripts/make_assignment.py --out ../minivae-student        # every topic blanked
     python scripts/make_assignment.py --out ../hw2 --only gru optim   # just these topics
     python scripts/make_assignment.py --restore ../hw2 --only optim   # the reference Adam back in
-    python scripts/make_assignment.py --update-map                    # after adding tests (~10 min)
+    python scripts/make_assignment.py --update-map                    # after changing tests (see docs/guide.md)
 
 Solution regions. In the reference code (minivae/*.py only) a piece worth implementing sits
 between two comment lines:
@@ -30,7 +30,8 @@ minivae even when the reference is pip-installed.
 Topics group regions (TOPICS below, in the order to do them). The topic map,
 tests/assignment_topics.json, lists for each test of the default suite the topics it needs:
 test X needs topic T if X fails when T's regions alone are blanked. It is measured, not written
-by hand: --update-map runs the suite once on the reference and once per topic. scripts/grade.py
+by hand: --update-map runs the suite once on the reference and once per topic, one run per core
+at a time (scripts/topic_map.py; given test files or ids, only those, merged in). scripts/grade.py
 scores each topic by the share of its tests that pass; tests/test_assignment.py checks that
 blanking a topic fails exactly that topic's tests (a sample by default, all with -m slow).
 """
@@ -41,12 +42,13 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import assignment_lib as lib
-from assignment_lib import (ASSIGNMENT_TEST, LEFT_OUT, TOPIC_MAP, collect_tests,  # noqa: F401 (re-exported)
-                            load_topic_map, run_tests)
+from assignment_lib import ASSIGNMENT_TEST, LEFT_OUT, TOPIC_MAP, run_tests  # noqa: F401 (re-exported)
+from topic_map import collect_tests, load_topic_map, measure_topic_map, update_topic_map  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,7 +65,7 @@ TOPICS = {  # name -> what the student writes; in the order to do them (later on
     "iwae": "the importance-weighted bound on log p(x) (diagnostics.py)",
 }
 SOURCE_DIRS = ("minivae",)  # where regions may be; scripts/ and tests/ are copied as they are
-EXCLUDED = {".git", "runs", "build", "dist", "__pycache__", ".pytest_cache", ".benchmarks",
+EXCLUDED = {".git", "runs", "build", "dist", "__pycache__", ".pytest_cache", ".benchmarks", ".hypothesis",
             ".venv", "venv", ".mypy_cache", ".ruff_cache", ".ipynb_checkpoints"}
 EXCLUDED_SUFFIXES = (".pyc", ".egg-info")
 
@@ -144,6 +146,9 @@ def find_regions(lines, path):
         first = next((k for k in range(start + 1, end) if lines[k].strip()), start) + 1  # 1-based
         inside = [name for lo, hi, name in spans if lo < first <= hi] if spans is not None else [indent]
         where = inside[-1] if inside and spans is not None else lines[first - 1].strip().split("(")[0]
+        if where.startswith("#"):  # a module-level stub: name it after the primitive defined above it
+            defs = [m[1] for m in (re.match(r"def (\w+)\(", x) for x in lines[:start]) if m]
+            where = f"{defs[-1]}.defvjp" if defs else where
         out.append(Region(path, topic, hint, start, end, indent, where, bool(inside and inside[-1])))
     return out
 
@@ -230,7 +235,8 @@ def make_assignment(out, topics=None, root=ROOT, select=None, student=None):
     build = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
         shutil.copytree(root, build, dirs_exist_ok=True,
-                        ignore=lambda d, names: [n for n in names if _excluded(n) or Path(d, n) == out])
+                        ignore=lambda d, names: [n for n in names if _excluded(n) or Path(d, n) == out
+                                                 or Path(d, n) == root / lib.GRADER])
         blanked = []
         for f in source_files(build):
             lines = _read_lines(build / f)
@@ -241,6 +247,9 @@ def make_assignment(out, topics=None, root=ROOT, select=None, student=None):
                 with open(build / f, "w", encoding="utf-8", newline="") as fh:
                     fh.writelines(blank_lines(lines, f, select))
                 blanked += chosen
+        for topic in sorted({r.topic for r in blanked} & set(lib.SPEED_CODE)):
+            path = build / lib.SPEED_CODE[topic][0]
+            path.write_text(lib.replace_speed_code(path.read_text(), topic))
         if student if student is not None else bool(blanked):
             _make_student_copy(build, [t for t in TOPICS if any(r.topic == t for r in blanked)], blanked)
         if out.exists():
@@ -300,38 +309,12 @@ def restore(copy, topics=None, root=ROOT, select=None):
                 out[out.index(stripped)] = ref_lines[i]
         with _atomic_writer(target, "wb") as fh:  # bytes: keep the file's own line endings
             fh.write("".join(out).encode("utf-8"))
+    for topic in sorted({r.topic for r in restored} & set(lib.SPEED_CODE)):
+        path = lib.SPEED_CODE[topic][0]
+        text = lib.restore_speed_code((Path(copy) / path).read_text(), (Path(root) / path).read_text(), topic)
+        with _atomic_writer(Path(copy) / path, "w") as fh:
+            fh.write(text)
     return restored
-
-
-# ----------------------------------------------------------------------------- the topic map
-
-def measure_topic_map(root=ROOT, log=print):
-    """{test id: [topics it needs]} for the whole default suite, by blanking one topic at a time.
-
-    Runs the suite on a plain copy (every test must pass: RuntimeError otherwise), then on one
-    copy per topic with only that topic blanked: a test needs T if it fails there.
-    """
-    with tempfile.TemporaryDirectory(prefix="minivae-topic-map-") as tmp:
-        make_assignment(Path(tmp) / "reference", topics=(), root=root)
-        outcomes = run_tests(Path(tmp) / "reference")
-        failed = sorted(t for t, o in outcomes.items() if o == "failed")
-        if failed:
-            raise RuntimeError(f"the reference fails {len(failed)} tests, e.g. {failed[:3]}: "
-                               "fix them first")
-        needs = {test: [] for test in outcomes}
-        log(f"reference: {len(outcomes)} tests, all pass")
-        for topic in TOPICS:
-            make_assignment(Path(tmp) / topic, topics=[topic], root=root, student=False)
-            result = run_tests(Path(tmp) / topic)
-            if set(result) != set(outcomes):
-                raise RuntimeError(f"blanking {topic} changed which tests exist: "
-                                   f"{sorted(set(result) ^ set(outcomes))[:5]}")
-            for test, outcome in result.items():
-                if outcome == "failed":
-                    needs[test].append(topic)
-            log(f"{topic}: {sum(topic in t for t in needs.values())} tests fail when it is blanked")
-            shutil.rmtree(Path(tmp) / topic)
-    return needs
 
 
 def main(argv=None):
@@ -344,11 +327,13 @@ def main(argv=None):
                         help="write a student copy of the repository to this new folder")
     action.add_argument("--restore", type=Path, metavar="COPY",
                         help="put the reference solutions of the --only topics back into a student copy")
-    action.add_argument("--update-map", action="store_true",
-                        help=f"re-measure {TOPIC_MAP} (runs the test suite 1 + {len(TOPICS)} times)")
+    action.add_argument("--update-map", nargs="*", metavar="TEST",
+                        help=f"re-measure {TOPIC_MAP} (runs the test suite 1 + {len(TOPICS)} times, "
+                             "a core each); with test files or ids, only those, merged into the map")
     action.add_argument("--list", action="store_true", help="list the topics and their regions")
     parser.add_argument("--only", nargs="+", metavar="TOPIC", choices=list(TOPICS),
                         help="topics to blank (or restore); default: all")
+    parser.add_argument("--jobs", type=int, help="--update-map: test runs at a time (default: one per core)")
     parser.add_argument("--no-check", action="store_true",
                         help="skip collecting the tests to see whether the topic map is current")
     args = parser.parse_args(argv)
@@ -359,9 +344,11 @@ def main(argv=None):
             for r in [r for r in all_regions() if r.topic == topic]:
                 print(f"    {r.path}:{r.begin + 1}  {r.where}  -- {r.hint}")
         return 0
-    if args.update_map:
-        lib.write_topic_map(needs := measure_topic_map(), TOPICS, ROOT / TOPIC_MAP)
-        print(f"wrote {TOPIC_MAP}: {len(needs)} tests, {sum(not t for t in needs.values())} in no topic")
+    if args.update_map is not None:
+        start = time.perf_counter()
+        needs = update_topic_map(args.update_map, jobs=args.jobs)
+        print(f"wrote {TOPIC_MAP}: {len(needs)} tests, {sum(not t for t in needs.values())} in no topic "
+              f"({time.perf_counter() - start:.0f} s)")
         return 0
     try:
         if args.restore:

@@ -8,11 +8,17 @@
    engine's tests: a marker written in the test file (`pytestmark = pytest.mark.engine`) wins;
    otherwise the topic map (tests/assignment_topics.json, measured by scripts/make_assignment.py)
    gives the topics a test needs, and the test is for the last of them in the order they are
-   taught (the earlier ones are what it builds on).
+   taught (the earlier ones are what it builds on). A parametrised test whose parameters were
+   renamed since the map was measured takes the topics of its function's other entries.
 3. `pytest --outcomes FILE` writes {"outcomes": {test id: "passed" | "failed" | "skipped"},
    "messages": {test id or test file: first line of its failure}, "details": {test id: the
    failure's first lines}, "topics": {test id: topic or null}, "durations": {test id: seconds}}
-   when the run ends, for scripts/grade.py and scripts/make_assignment.py.
+   when the run ends, for scripts/grade.py and scripts/make_assignment.py; `--select FILE` runs
+   only the test ids listed in FILE.
+4. `reference(name)` gives a test a worked solution from grader/reference_solutions.py (the GRU,
+   Adam by hand, the cyclical schedule's published code, the free-bits modes). Student copies
+   leave grader/ out; scripts/grade.py brings it (environment variable MINIVAE_GRADER). Without
+   it the test skips, saying why.
 """
 import importlib.util
 import json
@@ -29,6 +35,19 @@ _spec = importlib.util.find_spec("minivae")  # finds the package without importi
 if _spec is None or Path(_spec.origin).resolve().parent != ROOT / "minivae":
     raise ImportError(f"the tests would import minivae from {_spec and _spec.origin}, not from "
                       f"this checkout ({ROOT}); was minivae imported before pytest started?")
+GRADER = Path(os.environ.get("MINIVAE_GRADER") or ROOT / "grader")
+if (GRADER / "reference_solutions.py").is_file():
+    sys.path.append(str(GRADER))  # appended: it can never shadow this checkout's minivae
+
+
+def reference(name):
+    """The worked solution `name` from grader/reference_solutions.py; skips the test without it."""
+    try:
+        import reference_solutions
+    except ImportError:
+        pytest.skip("needs the grader's reference solutions (not in a student copy; "
+                    "scripts/grade.py run by your instructor brings them)")
+    return getattr(reference_solutions, name)
 
 
 def _topic_map():
@@ -45,11 +64,27 @@ TOPICS, NEEDS = _topic_map()
 TOPIC_OF = {}  # test id -> the topic it is for (None: no topic), filled at collection
 
 
+def needs_of(test, needs):
+    """The topics `test` needs by the map; a parametrised test missing from it (its parameters
+    renamed) needs what the map's entries for the same function need."""
+    if test in needs or "[" not in test:
+        return needs.get(test)
+    base = test.split("[")[0] + "["
+    same = [n for t, n in needs.items() if t.startswith(base)]
+    return sorted({u for n in same for u in n}, key=TOPICS.index) if same else None
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config, items):
+    chosen = config.getoption("select")
+    if chosen:  # only the listed test ids (scripts/grade.py); ids no longer existing are ignored
+        with open(chosen) as f:
+            wanted = set(json.load(f))
+        config.hook.pytest_deselected(items=[i for i in items if i.nodeid not in wanted])
+        items[:] = [i for i in items if i.nodeid in wanted]
     for item in items:
         marked = [m.name for m in item.iter_markers() if m.name in TOPICS]
-        needs = NEEDS.get(item.nodeid)
+        needs = needs_of(item.nodeid, NEEDS)
         topic = marked[0] if marked else max(needs, key=TOPICS.index) if needs else None
         if topic and not marked:
             item.add_marker(topic)
@@ -59,6 +94,7 @@ def pytest_collection_modifyitems(config, items):
 def pytest_addoption(parser):
     parser.addoption("--outcomes", metavar="FILE",
                      help="write each test's outcome to FILE as JSON (used by scripts/grade.py)")
+    parser.addoption("--select", metavar="FILE", help="run only the test ids listed in FILE (a JSON list)")
 
 
 def pytest_configure(config):

@@ -10,8 +10,8 @@ import minivae.engine as engine
 import minivae.ops as ops
 from minivae import Tensor
 from minivae.engine import PRIMITIVES, primitive
-from minivae.gradcheck import GradientCheckError, check_grads, check_vjp, find_wrong_vjp
-from minivae.graph import draw_graph, gradient_norms, to_dot
+from minivae.gradcheck import GradientCheckError, check_grads, check_vjp, engine_agrees, find_wrong_vjp
+from minivae.graph import ENGINE_NOTE, draw_graph, gradient_norms, to_dot
 from minivae.models import MLPVAE
 from test_engine import _breadth_first  # the classic wrong order, written once
 
@@ -19,7 +19,8 @@ from test_engine import _breadth_first  # the classic wrong order, written once
 @pytest.fixture
 def exp_off_by_a_tenth_of_a_percent(monkeypatch):
     """ops.exp itself, with its VJP 0.1% too large (as a student's slip would make it)."""
-    monkeypatch.setattr(ops.exp, "_vjps", (lambda g, ans, x: g * ans * 1.001,))
+    right = ops.exp._vjps[0]
+    monkeypatch.setattr(ops.exp, "_vjps", (lambda g, ans, x: 1.001 * right(g, ans, x),))
     monkeypatch.setattr(ops.exp, "_vjp_all", None)
 
 
@@ -70,6 +71,38 @@ def test_a_wrong_engine_is_blamed_on_the_engine(monkeypatch):
         check_grads(lambda x: x + ops.softplus(ops.softplus(x)), x)
 
 
+
+def test_draw_graph_says_in_the_figure_when_the_engine_is_at_fault(monkeypatch, tmp_path):
+    def loss():
+        x = Tensor(np.array([0.3, -0.2]), requires_grad=True)
+        return ops.sum(x + ops.softplus(ops.softplus(x)))
+    right = loss()
+    assert engine_agrees(right) is True
+    import matplotlib.pyplot as plt
+    fig = draw_graph(right, highlight=True)  # no path: the figure is returned open
+    assert not [t for t in fig.texts if ENGINE_NOTE in t.get_text()]
+    plt.close(fig)
+    monkeypatch.setattr(engine, "_topological_order", lambda root: _breadth_first(root))
+    wrong = loss()
+    assert find_wrong_vjp(wrong) is None and engine_agrees(wrong) is False
+    fig = draw_graph(wrong, tmp_path / "engine.png", highlight=True)
+    assert [t for t in fig.texts if ENGINE_NOTE in t.get_text()] and (tmp_path / "engine.png").is_file()
+
+
+def test_an_unbroadcast_that_keeps_size_1_axes_is_named_in_whole_words(monkeypatch):
+    monkeypatch.setattr(engine, "unbroadcast", lambda g, p, name="?": g)  # returns (4, 3) for (4, 1)
+    rng = np.random.default_rng(2)
+    problems = check_vjp(ops.add, [rng.standard_normal((4, 3)), rng.standard_normal((4, 1))])
+    assert [p["kind"] for p in problems] == ["unbroadcast"]
+    message = problems[0]["message"]
+    assert "engine.unbroadcast is wrong here, not the op" in message and "raises ValueError" in message
+    assert "shape (4, 3) and input y of shape (4, 1)" in message
+    try:
+        np.vdot(np.ones((4, 1)), np.ones((4, 3)))
+    except ValueError as err:
+        full = f"ValueError: {err}"
+    shown = message.split("raises ")[1]  # the whole error, or cut between two words
+    assert shown == full or (shown.endswith(" ...") and full.startswith(shown[:-4]) and full[len(shown) - 4] == " ")
 
 
 @pytest.fixture

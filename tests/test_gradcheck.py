@@ -10,21 +10,27 @@ from minivae.gradcheck import GradientCheckError, check_grads, numerical_grad
 
 
 @pytest.fixture
-def wrong_exp():
-    """A primitive whose VJP is off by 0.1%: exactly the kind of bug a student's VJP might have."""
+def sines():
+    """sin as a primitive twice: with its VJP, and with the VJP off by 0.1% (as a student's slip)."""
     @primitive
-    def exp_off_by_a_tenth_of_a_percent(x):
-        return np.exp(x)
-    exp_off_by_a_tenth_of_a_percent.defvjp(lambda g, ans, x: g * ans * 1.001)
-    yield exp_off_by_a_tenth_of_a_percent
-    del PRIMITIVES["exp_off_by_a_tenth_of_a_percent"]
+    def sin_right(x):
+        return np.sin(x)
+
+    @primitive
+    def sin_off_by_a_tenth_of_a_percent(x):
+        return np.sin(x)
+    sin_right.defvjp(lambda g, ans, x: g * np.cos(x))
+    sin_off_by_a_tenth_of_a_percent.defvjp(lambda g, ans, x: g * np.cos(x) * 1.001)
+    yield sin_right, sin_off_by_a_tenth_of_a_percent
+    del PRIMITIVES["sin_right"], PRIMITIVES["sin_off_by_a_tenth_of_a_percent"]
 
 
-def test_checker_catches_a_vjp_that_is_off_by_a_tenth_of_a_percent(wrong_exp):
+def test_checker_catches_a_vjp_that_is_off_by_a_tenth_of_a_percent(sines):
+    right, wrong = sines
     x = np.random.default_rng(0).standard_normal((3, 4))
     with pytest.raises(GradientCheckError, match="MISMATCH"):
-        check_grads(wrong_exp, x)
-    check_grads(ops.exp, x)  # the correct op passes on the same input
+        check_grads(wrong, x)
+    check_grads(right, x)  # the correct op passes on the same input
 
 
 def test_checker_catches_a_wrong_broadcasting_reduction(monkeypatch):
