@@ -27,6 +27,7 @@ from minivae.checkpoint import load_checkpoint, save_checkpoint
 from minivae.models import MLPVAE
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))  # the scripts import their sibling scripts (e.g. autoencoder_figures)
 
 
 def _script(name):
