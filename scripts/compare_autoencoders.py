@@ -58,7 +58,9 @@ def parse_args(argv=None):
 
 def model_flags(args, model):
     """The train_autoencoder.py command line of one model: shared data, seed and budget."""
-    flags = ["--model", model, "--seed", str(args.seed), "--iw-samples", str(args.iw_samples), "--iw-examples", str(args.iw_examples)]
+    flags = ["--model", model, "--seed", str(args.seed)]
+    if model in ("vae", "beta_vae", "iaf"):  # the models with a likelihood bound to score
+        flags += ["--iw-samples", str(args.iw_samples), "--iw-examples", str(args.iw_examples)]
     flags += QUICK if args.quick else ["--epochs", str(args.epochs)]
     flags += ["--data-dir", args.data_dir] if args.data_dir else []
     flags += ["--no-download"] * args.no_download + ["--no-progress"] * args.no_progress
