@@ -12,7 +12,6 @@ full data set and a network it trains on the MNIST test set bundled with minivae
 """
 import argparse
 import time
-import warnings
 
 import numpy as np
 
@@ -101,17 +100,8 @@ def load_data(args, dtype):
     if args.dataset == "shapes":
         x_train, _, x_test, v_test = shapes.make_shapes(seed=args.seed, dtype=dtype)
         info = {"dataset": "shapes", "n_train": len(x_train), "n_test": len(x_test), "fallback": False}
-    else:
-        try:
-            with warnings.catch_warnings():  # the fallback warning: we print our own line below
-                warnings.simplefilter("ignore", UserWarning)
-                x_train, _, x_test, v_test, info = data.load_train_test(
-                    "mnist", data_dir=args.data_dir, download=not args.no_download, dtype=dtype)
-        except (data.DataError, data.DataUnavailable) as err:
-            raise SystemExit(f"data: {err}") from None
-        if info["fallback"]:
-            print(f"Full MNIST unavailable ({info['reason']}); training on the bundled MNIST test set: "
-                  f"{info['n_train']} train / {info['n_test']} held-out images.")
+    else:  # MNIST, with the offline fallback said in one line (the loader vqvae2 shares)
+        x_train, _, x_test, v_test, info = vqvae2_run.load_data(args, dtype)
     return x_train[:args.limit or len(x_train)], x_test, v_test, info
 
 

@@ -29,7 +29,8 @@ LOG2 = np.log(2.0)
 
 
 def load_data(args, dtype):
-    """x_train, y_train, x_test, y_test (pixels in [0, 1]) and provenance, all of them (run() applies --limit)."""
+    """x_train, y_train, x_test, y_test (pixels in [0, 1]) and provenance, all of them (the caller
+    applies --limit); train_autoencoder.py reads MNIST through it too."""
     try:
         with warnings.catch_warnings():  # the fallback warning: we print our own line below
             warnings.simplefilter("ignore", UserWarning)
