@@ -202,7 +202,7 @@ class Grid:
             while (waiting or running) and self.signal is None:
                 while waiting and len(running) < jobs:
                     spec = waiting.pop(0)
-                    self.say(f"start {spec.name}" + (" (resuming its checkpoint)" if spec.resumes() else ""), flush=True)
+                    self._announce(spec)
                     running[spec.name] = (spec, start([spec.script, *spec.command()], spec.out), time.perf_counter())
                 time.sleep(POLL_SECONDS)
                 for name, (spec, proc, t0) in list(running.items()):
@@ -226,13 +226,18 @@ class Grid:
         with client:
             stop_name = f"minivae-stop-{uuid.uuid4().hex}"
             stop_event = Event(stop_name, client=client)
-            tasks = {client.submit(run_remotely, os.path.basename(spec.script), _sources(spec.script), spec.argv,
-                                   _inputs(spec), stop_name, key=f"{spec.name}-{uuid.uuid4().hex[:8]}"): spec
-                     for spec in todo}
-            self.say(f"sent {len(tasks)} runs to the Dask scheduler {self.address}", flush=True)
-            pending = dict(tasks)
+            waiting, pending = list(todo), {}  # pending: Dask future -> spec
+            self.say(f"sending {len(todo)} runs to {self.address}, one per free worker thread", flush=True)
             try:
-                while pending and self.signal is None:
+                while (waiting or pending) and self.signal is None:
+                    # A run is sent only when a worker thread is free: Dask queues a task sent earlier
+                    # behind a busy worker and does not move a task of unknown length to an idle one.
+                    while waiting and len(pending) < max(sum(client.nthreads().values()), 1):
+                        spec = waiting.pop(0)
+                        self._announce(spec)
+                        pending[client.submit(run_remotely, os.path.basename(spec.script), _sources(spec.script),
+                                              spec.argv, _inputs(spec), stop_name,
+                                              key=f"{spec.name}-{uuid.uuid4().hex[:8]}")] = spec
                     time.sleep(POLL_SECONDS)
                     for task in [task for task in pending if task.done()]:
                         self._landed(task, pending.pop(task))
@@ -262,6 +267,9 @@ class Grid:
             with atomic_writer(os.path.join(spec.out, name), "wb") as f:
                 f.write(data)
         self._ended(spec, code, seconds)
+
+    def _announce(self, spec):
+        self.say(f"start {spec.name}" + (" (resuming its checkpoint)" if spec.resumes() else ""), flush=True)
 
     def _ended(self, spec, code, seconds):
         """File a run that ended with exit code `code` as finished, stopped or failed, and say so.

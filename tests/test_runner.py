@@ -61,7 +61,12 @@ def test_a_dask_local_cluster_gives_the_same_table_as_local_processes(tmp_path, 
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
                                   dashboard_address=None) as cluster:  # in this process: no network
         remote = beta_sweep.main(TINY + ["--dask", cluster.scheduler_address, "--out", str(tmp_path / "dask")])
-    assert "sent 4 runs to the Dask scheduler" in capsys.readouterr().out
+    printed = capsys.readouterr().out.splitlines()
+    sent = printed.index(next(line for line in printed if line.startswith("sending 4 runs to ")))
+    starts = [i for i, line in enumerate(printed) if line.startswith("start ") and i > sent]
+    first_finished = next(i for i, line in enumerate(printed) if " finished in " in line and i > sent)
+    # one run per worker thread: two go out at once, the others only as runs finish
+    assert len(starts) == 4 and sum(i < first_finished for i in starts) == 2
     assert remote["rows"] == local["rows"] and not remote["partial"]
     for name in ("beta1-seed1", "beta4-seed2"):  # every file of the run came back into the local --out
         assert {p.name for p in (tmp_path / "dask" / name).iterdir()} == {
