@@ -19,6 +19,7 @@ import autoencoder_figures
 import vqvae2_run
 from minivae import autoencoders, data, diagnostics, flags, iaf, shapes, vqvae
 from minivae.allocator import reuse_freed_memory
+from minivae.checkpoint import save_checkpoint
 from minivae.engine import Tensor, no_grad
 from minivae.fileio import write_json
 from minivae.models import MLPVAE
@@ -69,8 +70,9 @@ def parse_args(argv=None):
     g.add_argument("--commitment", type=flags.finite_float, default=0.25, help="vqvae: commitment weight")
     g.add_argument("--ema", action="store_true", help="vqvae: EMA codebook update instead of its loss")
     g.add_argument("--ema-decay", type=flags.finite_float, default=0.99, help="vqvae --ema: decay of the moving averages")
-    g.add_argument("--restart-every", type=int, default=50, help="vqvae: every N steps, move the codes "
-                   "unused in them onto encoder outputs (0: never; the codebook still starts on them)")
+    g.add_argument("--restart-every", type=int, default=50, help="vqvae: every N steps (at least 4 times "
+                   "an epoch), move the codes unused since the last restart onto encoder outputs (0: never; "
+                   "the codebook still starts on them)")
     g.add_argument("--prior-epochs", type=int, help="vqvae: epochs of the GRU prior (default 10; vqvae2: 2)")
     g.add_argument("--quick", action="store_true", help=f"vqvae2: a short run ({vqvae2_run.QUICK_HELP})")
     g.add_argument("--iaf-steps", type=int, default=2, help="iaf: number of flow steps T")
@@ -158,7 +160,8 @@ def evaluate(model, x, rng, args, batch_size=1000):
     result = {f"test_{k}": v / len(x) for k, v in totals.items()}
     with no_grad():
         if isinstance(model, vqvae.VQVAE):
-            result["code_perplexity"] = vqvae.perplexity(model.codes(x), model.n_codes)
+            result["code_usage"] = vqvae.code_usage(model.codes(x), model.n_codes)
+            result["code_perplexity"] = result["code_usage"]["perplexity"]
             return result
         if args.model in GENERATIVE:  # the posterior means
             code = diagnostics.encode_all(model, x)[0]
@@ -242,7 +245,7 @@ def train_model(args, argv=None):
                     usage += np.bincount(stats["codes"].ravel(), minlength=len(usage))
                     if ema is not None:
                         ema.step(stats["z_e"], stats["codes"])
-                    if args.restart_every and (step + 1) % args.restart_every == 0:
+                    if vqvae.restart_due(step, args.restart_every, steps_per_epoch):
                         restarted += vqvae.restart_dead_codes(model.codebook, usage, stats["z_e"], rng, ema)
                         usage[:] = 0
                 step += 1
@@ -274,7 +277,11 @@ def train_model(args, argv=None):
                    **{k: v for k, v in test.items() if k != "code"}}
         prior = None
         if args.model == "vqvae":
+            usage = metrics["code_usage"]
+            print(f"test codes used per position: {usage['codes_used_per_position']} of {model.n_codes}; "
+                  f"{usage['codes_used']} in all; {usage['distinct_sequences']} distinct code sequences")
             prior, metrics["prior_nll"] = train_prior(model, x_train, args, dtype)
+            save_checkpoint(run.path("prior.npz"), params=prior.state_dict())  # for sampling it later
             with no_grad():
                 sampled = prior.sample(1000, np.random.default_rng([args.seed, 6]))
                 metrics["prior_sample_nll"] = -float(np.mean(prior.log_prob(sampled).data))
