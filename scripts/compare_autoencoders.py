@@ -4,8 +4,8 @@ Each model is one run of scripts/train_autoencoder.py (its outputs land in OUT/<
 VAE (beta = 1) and a beta-VAE trained on the generated shapes (OUT/shapes-vae/, shapes-beta_vae/)
 are scored by the mutual information gap; minivae.runner trains these runs --jobs at a time, or on
 a Dask cluster (--dask ADDRESS). A second IAF VAE (OUT/iaf_equal_time/) then gets the plain VAE's
-training time rather than its epochs, so the IAF compares with the VAE at equal epochs and at
-equal time. A digit classifier trained on the MNIST training images (scripts/digit_classifier.py,
+training CPU time rather than its epochs, so the IAF compares with the VAE at equal epochs and at
+equal compute (CPU seconds, not wall seconds, which depend on what else the machine runs). A digit classifier trained on the MNIST training images (scripts/digit_classifier.py,
 cached in OUT/classifier.npz) scores every model by the fraction of test reconstructions that
 show the input's digit, and the VQ-VAE's prior samples by their classes; the VQ-VAE's code usage
 is given per position and over all positions. Writes OUT/comparison.json, comparison.md,
@@ -32,11 +32,11 @@ from minivae.fileio import atomic_writer, write_json
 from minivae.flags import check_flags
 from minivae.run import plot_module
 
-QUICK = ["--limit", "2000", "--epochs", "2", "--hidden", "200", "--prior-epochs", "3"]
+QUICK = ["--limit", "10000", "--epochs", "20"]
 RUNS = (*train_autoencoder.MODELS, "iaf_equal_time")  # the rows: every model, then the IAF at the VAE's time
 COLUMNS = [("test_rec", "test rec (nats)"), ("test_neg_elbo", "test -ELBO"), ("test_iw_nll", "test IW NLL"),
            ("active_units", "active units"), ("recognised", "digits recognised"),
-           ("codes_per_position", "codes per position"), ("seconds", "seconds")]
+           ("codes_per_position", "codes per position"), ("seconds", "seconds"), ("cpu_seconds", "CPU seconds")]
 
 
 def parse_args(argv=None):
@@ -136,23 +136,24 @@ def main(argv=None):
             train_autoencoder.parse_args(run.command())
     with runner.Grid(args.jobs, args.dask) as grid:
         metrics = grid.run(first)
-        if "vae" in metrics and grid.signal is None:  # equal training time with the plain VAE
+        if "vae" in metrics and grid.signal is None:  # equal training CPU time with the plain VAE
             metrics.update(grid.run([spec(args, "iaf_equal_time", model_flags(args, "iaf") + [
-                "--max-seconds", f"{metrics['vae']['train_seconds']:.3f}", "--epochs", "1000"])]))
+                "--max-cpu-seconds", f"{metrics['vae']['train_cpu_seconds']:.3f}", "--epochs", "1000"])]))
         names = [name for name in RUNS if name in metrics]
         scores = score_with_classifier(args, names, out("comparison.png")) if names else {"recognised": {}}
         rows = [{"model": m, "test_rec": metrics[m]["test_rec"], "test_neg_elbo": metrics[m].get("test_neg_elbo"),
                  "test_iw_nll": metrics[m].get("test_iw_nll"), "active_units": metrics[m].get("active_units"),
                  "recognised": scores["recognised"].get(m),
                  "codes_per_position": metrics[m].get("code_usage", {}).get("codes_used_per_position"),
-                 "seconds": metrics[m]["train_seconds"]} for m in names]
+                 "seconds": metrics[m]["train_seconds"], "cpu_seconds": metrics[m].get("train_cpu_seconds")}
+                for m in names]
         missing = [m for m in RUNS if m not in metrics]
         config = {"quick": args.quick, "budget": " ".join(QUICK) if args.quick else f"--epochs {args.epochs}",
                   "seed": args.seed, "data": next((m["data"] for m in metrics.values() if "data" in m), None),
                   "iw_samples": args.iw_samples, "iw_examples": args.iw_examples,
                   "classifier_test_accuracy": scores.get("classifier_test_accuracy"),
                   "iaf": "the same budget as every model", "iaf_equal_time": "trained for the plain VAE's "
-                  "training seconds", "partial": bool(missing), "missing": missing}
+                  "training CPU seconds", "partial": bool(missing), "missing": missing}
         vq = {"code_usage": metrics["vqvae"]["code_usage"], **scores.get("vqvae", {})} if "vqvae" in metrics else None
         result = {"config": config, "rows": rows, "vqvae": vq}
         write_json(out("comparison.json"), result)

@@ -92,11 +92,12 @@ def test_vq_restarts_fire_in_a_run_shorter_than_restart_every(tmp_path):
     assert min(used["50"]) > min(used["0"]) and sum(used["50"]) >= 1.5 * sum(used["0"]), used
 
 
-def test_max_seconds_stops_training_early(tmp_path):
+@pytest.mark.parametrize("limit", ["--max-seconds", "--max-cpu-seconds"])
+def test_a_time_limit_stops_training_early(tmp_path, limit):
     metrics = train_autoencoder.main(["--model", "ae", "--no-download", "--limit", "2000", "--epochs", "50",
-                                      "--max-seconds", "0.2", "--no-plots", "--no-progress",
-                                      "--out", str(tmp_path)])
+                                      limit, "0.2", "--no-plots", "--no-progress", "--out", str(tmp_path)])
     assert len(metrics["epochs"]) < 50
+    assert metrics["train_cpu_seconds"] == pytest.approx(sum(r["train_cpu_seconds"] for r in metrics["epochs"]))
 
 
 def test_bad_flags_name_the_flag(capsys):
@@ -116,7 +117,7 @@ def test_compare_writes_the_table_json_and_figure(tmp_path, monkeypatch):
     assert saved == json.loads(json.dumps(result))
     assert [r["model"] for r in saved["rows"]] == [*train_autoencoder.MODELS, "iaf_equal_time"]
     keys = {"model", "test_rec", "test_neg_elbo", "test_iw_nll", "active_units", "recognised",
-            "codes_per_position", "seconds"}
+            "codes_per_position", "seconds", "cpu_seconds"}
     for row in saved["rows"]:
         assert set(row) == keys
         assert (row["test_neg_elbo"] is None) == (row["model"] not in ("vae", "beta_vae", "iaf", "iaf_equal_time"))
