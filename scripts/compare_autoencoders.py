@@ -5,10 +5,11 @@ VAE (beta = 1) and a beta-VAE trained on the generated shapes (OUT/shapes-vae/, 
 are scored by the mutual information gap; minivae.runner trains these runs --jobs at a time, or on
 a Dask cluster (--dask ADDRESS). A second IAF VAE (OUT/iaf_equal_time/) then gets the plain VAE's
 training CPU time rather than its epochs, so the IAF compares with the VAE at equal epochs and at
-equal compute (CPU seconds, not wall seconds, which depend on what else the machine runs). A digit classifier trained on the MNIST training images (scripts/digit_classifier.py,
-cached in OUT/classifier.npz) scores every model by the fraction of test reconstructions that
-show the input's digit, and the VQ-VAE's prior samples by their classes; the VQ-VAE's code usage
-is given per position and over all positions. Writes OUT/comparison.json, comparison.md,
+equal compute (CPU seconds, not wall seconds, which depend on what else the machine runs). A
+digit classifier trained on the MNIST training images (scripts/digit_classifier.py, cached in
+OUT/classifier.npz) scores every model by the fraction of test reconstructions that show the
+input's digit, and the VQ-VAE's prior samples by their classes; the VQ-VAE's code usage is given
+per position and over all positions. Writes OUT/comparison.json, comparison.md,
 comparison.png (every model's reconstructions of the same test digits, from the runs'
 checkpoints) and disentanglement.json. Ctrl-C or SIGTERM stops every run (each keeps its last
 checkpoint) and writes what has finished, marked partial; the same command continues.
@@ -116,8 +117,6 @@ def spec(args, name, flags):
     return runner.Spec(name, train_autoencoder.__file__, flags, os.path.join(args.out, name))
 
 
-
-
 def main(argv=None):
     args = parse_args(argv)
     out = lambda name: os.path.join(args.out, name)  # noqa: E731
@@ -155,7 +154,8 @@ def main(argv=None):
                   "classifier_test_accuracy": scores.get("classifier_test_accuracy"),
                   "iaf": "the same budget as every model", "iaf_equal_time": "trained for the plain VAE's "
                   "training CPU seconds", "partial": bool(missing), "missing": missing}
-        vq = {"code_usage": metrics["vqvae"]["code_usage"], **scores.get("vqvae", {})} if "vqvae" in metrics else None
+        usage = metrics.get("vqvae", {}).get("code_usage")  # None: no VQ-VAE run, or one that predates it
+        vq = None if usage is None else {"code_usage": usage, **scores.get("vqvae", {})}
         result = {"config": config, "rows": rows, "vqvae": vq}
         write_json(out("comparison.json"), result)
         note = f"PARTIAL: {len(rows)} of {len(RUNS)} runs; missing: {', '.join(missing)}\n\n"

@@ -280,8 +280,9 @@ def train_model(args, argv=None):
             run.save(model, optimizer, rng, config=config, step=step, epoch=epoch + 1,
                      history=history, usage=usage, ema=None if ema is None else ema.state_dict())
             if out_of_time(args, seconds, cpu_seconds):
-                print(f"stopping: the time limit (--max-seconds {args.max_seconds:g}, --max-cpu-seconds "
-                      f"{args.max_cpu_seconds:g}) is reached after {step} steps")
+                limits = [f"--{name.replace('_', '-')} {getattr(args, name):g}"
+                          for name in ("max_seconds", "max_cpu_seconds") if getattr(args, name)]
+                print(f"stopping: {' and '.join(limits)} reached after {step} steps")
                 break
 
         test = evaluate(model, x_test, np.random.default_rng([args.seed, 3]), args)
