@@ -13,7 +13,8 @@ unchanged (ops.straight_through). Two terms train what that copy cannot:
 and EMACodebook moves each code to a running average of the encoder outputs assigned to it.
 A code that no encoder output is near gets no gradient and no EMA update, so it stays unused
 for good: restart_dead_codes moves such codes onto encoder outputs (the training script starts
-the whole codebook there and restarts the unused codes every few dozen steps).
+the whole codebook there and restarts the unused codes every few dozen steps, more often in a
+short run: restart_due).
 The prior is learned afterwards: CodePrior, a GRU over the L code indices, so that sampling
 codes from it and decoding them generates new images.
 Reference: van den Oord et al. 2017, arXiv:1711.00937, eq. 3 (loss), Appendix A.1 (EMA).
@@ -48,6 +49,22 @@ def perplexity(idx, n_codes):
     p = np.bincount(np.ravel(idx), minlength=n_codes) / np.size(idx)
     p = p[p > 0]
     return float(np.exp(-np.sum(p * np.log(p))))
+
+
+def code_usage(idx, n_codes):
+    """How the codes idx (N, L) of N images use a codebook of n_codes, per position and over all of them.
+
+    A pooled histogram hides a collapsed code: if position l always takes code k_l, the L codes
+    are used equally often and the pooled perplexity is L, yet every image has the same code. So:
+    codes_used_per_position[l], perplexity_per_position[l]: position l's distinct codes and
+    exp(entropy) over the N images; codes_used, perplexity: the same pooled over all N * L codes;
+    distinct_sequences: how many different whole codes (k_1..k_L) the N images have.
+    """
+    idx = np.asarray(idx)
+    return {"codes_used_per_position": [int(np.unique(column).size) for column in idx.T],
+            "perplexity_per_position": [perplexity(column, n_codes) for column in idx.T],
+            "codes_used": int(np.unique(idx).size), "perplexity": perplexity(idx, n_codes),
+            "distinct_sequences": int(len(np.unique(idx, axis=0)))}
 
 
 class VQVAE(Autoencoder):
@@ -142,6 +159,20 @@ def restart_dead_codes(codebook, usage, z_e, rng, ema=None):
         if ema is not None:
             ema.counts[dead], ema.sums[dead] = 1.0, codebook.E.data[dead]
     return len(dead)
+
+
+def restart_due(step, restart_every, steps_per_epoch):
+    """Whether dead codes are restarted after training step `step` (0-based, counted over the run).
+
+    Every restart_every steps within each epoch (0: never), but at least every steps_per_epoch // 4
+    steps, so that short runs restart too (with restart_every = 50, a run of two 16-step epochs
+    would never restart and its codebook would stay collapsed), and never within an epoch's last
+    interval, so that every restarted code is trained before the epoch, and the run, ends. A pure
+    function of the step: a resumed run restarts exactly where an uninterrupted one does.
+    """
+    every = min(restart_every, max(1, steps_per_epoch // 4))
+    in_epoch = step % steps_per_epoch + 1  # steps done in this epoch, this one included
+    return restart_every > 0 and in_epoch % every == 0 and in_epoch + every <= steps_per_epoch
 
 
 class CodePrior(Module):

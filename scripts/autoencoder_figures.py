@@ -8,13 +8,14 @@ from minivae import shapes
 from minivae.engine import Tensor, no_grad
 from minivae.run import plot_module
 
+MAX_SHOWN = 0.25  # code_usage.png: a code taken by this fraction of the images, or more, is white
+
 
 def make_figures(args, output_path, model, x_test, test, prior):
     """Reconstructions for all; samples, code units, code usage or traversals where they teach something."""
     plot = plot_module()
     if plot is None:
         return
-    from minivae import charts  # matplotlib is there: plot_module() returned plot
     rng = np.random.default_rng([args.seed, 4])
     with no_grad():
         plot.reconstructions(x_test[:10], model.reconstruct(x_test[:10]), output_path("reconstructions.png"), n=10)
@@ -24,9 +25,7 @@ def make_figures(args, output_path, model, x_test, test, prior):
             codes = prior.sample(64, rng)
             plot.image_grid(model.mean_image(model.decode_codes(codes)), output_path("samples.png"),
                             title="codes sampled from the GRU prior, decoded")
-            usage = np.bincount(model.codes(x_test).ravel(), minlength=model.n_codes)
-            charts.bar_chart(usage / usage.sum(), output_path("code_usage.png"), "code k", "fraction of test codes",
-                             f"code usage (perplexity {test['code_perplexity']:.1f} of {model.n_codes})")
+            code_usage_figure(model.codes(x_test), model.n_codes, test["code_usage"], output_path("code_usage.png"))
         if args.model in ("sparse", "ksparse", "contractive"):
             order = np.argsort(-test["code"].var(0))[:64]  # the most variable code units
             W = model.encoder.layers[0].W.data[:, order].T  # (64, 784): their filters (one-layer encoders)
@@ -49,3 +48,22 @@ def make_figures(args, output_path, model, x_test, test, prior):
                                     mu[0], dims, np.linspace(-3, 3, 9))
             plot.interpolation_grid(rows, output_path("traversals.png"), row_labels=[f"z{j}" for j in dims],
                                     title=f"latent traversals, z_j from -3 to 3 (beta = {args.beta:g})")
+
+
+def code_usage_figure(idx, n_codes, usage, path):
+    """code_usage.png: for each position l (a row) the fraction of test images whose code k_l is k.
+
+    Per position, because a pooled histogram hides a collapsed code (vqvae.code_usage): a row with
+    one bright cell is a position that says the same thing for every image.
+    """
+    from minivae.plot import _new_figure, _save  # matplotlib is there: plot_module() returned plot
+    counts = np.stack([np.bincount(column, minlength=n_codes) for column in idx.T]) / len(idx)  # (L, K)
+    fig = _new_figure((7.0, 0.4 * len(counts) + 1.4))
+    ax = fig.add_subplot()
+    shown = ax.imshow(counts, cmap="gray", vmin=0.0, vmax=MAX_SHOWN, aspect="auto", interpolation="nearest")
+    ax.set(xlabel="code k", ylabel="position l", yticks=range(len(counts)),
+           yticklabels=[str(l + 1) for l in range(len(counts))],
+           title=f"test codes per position: {min(usage['codes_used_per_position'])} to "
+                 f"{max(usage['codes_used_per_position'])} of {n_codes} used; {usage['codes_used']} in all")
+    fig.colorbar(shown, ax=ax, label="fraction of images", extend="max")
+    return _save(fig, path)

@@ -19,6 +19,7 @@ import autoencoder_figures
 import vqvae2_run
 from minivae import autoencoders, data, diagnostics, flags, iaf, shapes, vqvae
 from minivae.allocator import reuse_freed_memory
+from minivae.checkpoint import save_checkpoint
 from minivae.engine import Tensor, no_grad
 from minivae.fileio import write_json
 from minivae.models import MLPVAE
@@ -48,6 +49,9 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=5, help="passes over the training images")
     p.add_argument("--max-seconds", type=flags.finite_float, default=0.0, help="stop training after this many "
                    "seconds (0: no limit), e.g. to compare two models at equal time")
+    p.add_argument("--max-cpu-seconds", type=flags.finite_float, default=0.0, help="stop training after this many "
+                   "seconds of this process's CPU time (0: no limit): equal compute even on a shared machine, "
+                   "where wall time depends on the load")
     p.add_argument("--batch-size", type=int, default=128, help="images per Adam step")
     p.add_argument("--lr", type=flags.finite_float, default=1e-3, help="Adam learning rate")
     p.add_argument("--latent", type=int, help=f"code size (vqvae: code vectors L); default {LATENT}")
@@ -69,8 +73,9 @@ def parse_args(argv=None):
     g.add_argument("--commitment", type=flags.finite_float, default=0.25, help="vqvae: commitment weight")
     g.add_argument("--ema", action="store_true", help="vqvae: EMA codebook update instead of its loss")
     g.add_argument("--ema-decay", type=flags.finite_float, default=0.99, help="vqvae --ema: decay of the moving averages")
-    g.add_argument("--restart-every", type=int, default=50, help="vqvae: every N steps, move the codes "
-                   "unused in them onto encoder outputs (0: never; the codebook still starts on them)")
+    g.add_argument("--restart-every", type=int, default=50, help="vqvae: every N steps (at least 4 times "
+                   "an epoch), move the codes unused since the last restart onto encoder outputs (0: never; "
+                   "the codebook still starts on them)")
     g.add_argument("--prior-epochs", type=int, help="vqvae: epochs of the GRU prior (default 10; vqvae2: 2)")
     g.add_argument("--quick", action="store_true", help=f"vqvae2: a short run ({vqvae2_run.QUICK_HELP})")
     g.add_argument("--iaf-steps", type=int, default=2, help="iaf: number of flow steps T")
@@ -90,7 +95,7 @@ def parse_args(argv=None):
     flags.check_flags(p, args, at_least_1=("epochs", "batch_size", "latent", "hidden", "k", "n_codes",
                                            "code_dim", "made_hidden"), positive=("lr",),
                       at_least_0=("beta", "sparsity_weight", "contraction", "commitment", "prior_epochs",
-                                  "iaf_steps", "iw_samples", "iw_examples", "limit", "max_seconds",
+                                  "iaf_steps", "iw_samples", "iw_examples", "limit", "max_seconds", "max_cpu_seconds",
                                   "k_warmup_epochs", "noise_level", "restart_every"), in_0_1=("ema_decay",))
     return args
 
@@ -158,7 +163,8 @@ def evaluate(model, x, rng, args, batch_size=1000):
     result = {f"test_{k}": v / len(x) for k, v in totals.items()}
     with no_grad():
         if isinstance(model, vqvae.VQVAE):
-            result["code_perplexity"] = vqvae.perplexity(model.codes(x), model.n_codes)
+            result["code_usage"] = vqvae.code_usage(model.codes(x), model.n_codes)
+            result["code_perplexity"] = result["code_usage"]["perplexity"]
             return result
         if args.model in GENERATIVE:  # the posterior means
             code = diagnostics.encode_all(model, x)[0]
@@ -198,6 +204,11 @@ def train_prior(model, x_train, args, dtype):
     return prior, history
 
 
+def out_of_time(args, seconds, cpu_seconds):
+    """Whether training has used up --max-seconds of wall time or --max-cpu-seconds of CPU time."""
+    return 0 < args.max_seconds < seconds or 0 < args.max_cpu_seconds < cpu_seconds
+
+
 def train_model(args, argv=None):
     """Train as the flags say (argv: the command line, for the resume command); returns (metrics, model, x_test)."""
     if args.model == "vqvae2":  # two stages and their measurements, in their own loop
@@ -217,19 +228,20 @@ def train_model(args, argv=None):
         params = [p for p in model.parameters() if ema is None or p is not model.codebook.E]
         optimizer = Adam(params, lr=args.lr)
         config = flags.run_config(args)
-        history, step, start_epoch, seconds = [], 0, 0, 0.0
+        history, step, start_epoch, seconds, cpu_seconds = [], 0, 0, 0.0, 0.0
         usage = np.zeros(getattr(model, "n_codes", 1), int)  # vqvae: how often each code was chosen lately
         if args.resume:
             state = resume(args.resume, args, ARCHITECTURE, model, optimizer, rng, ema=ema)
             history, step, start_epoch, usage = state["history"], state["step"], state["epoch"], state["usage"]
             seconds = sum(r["seconds"] for r in history)
+            cpu_seconds = sum(r.get("train_cpu_seconds", 0.0) for r in history)
         elif args.model == "vqvae":  # start every code on an encoder output, where it will be used
             with no_grad():
                 z_e = model.encode(Tensor(x_train[:args.batch_size])).data
             vqvae.restart_dead_codes(model.codebook, np.zeros_like(usage), z_e, rng, ema)
 
         for epoch in range(start_epoch, args.epochs):
-            t0, totals, n_seen, restarted = time.perf_counter(), {}, 0, 0
+            t0, c0, totals, n_seen, restarted = time.perf_counter(), time.process_time(), {}, 0, 0
             bar = run.progress(data.batches(len(x_train), args.batch_size, rng), steps_per_epoch, epoch, step)
             for idx in bar:
                 x = x_train[idx]  # (B, 784)
@@ -242,7 +254,7 @@ def train_model(args, argv=None):
                     usage += np.bincount(stats["codes"].ravel(), minlength=len(usage))
                     if ema is not None:
                         ema.step(stats["z_e"], stats["codes"])
-                    if args.restart_every and (step + 1) % args.restart_every == 0:
+                    if vqvae.restart_due(step, args.restart_every, steps_per_epoch):
                         restarted += vqvae.restart_dead_codes(model.codebook, usage, stats["z_e"], rng, ema)
                         usage[:] = 0
                 step += 1
@@ -251,12 +263,14 @@ def train_model(args, argv=None):
                         totals[key] = totals.get(key, 0.0) + stats[key] * len(idx)
                 n_seen += len(idx)
                 bar.set_postfix(objective=f"{totals['objective'] / n_seen:.2f}")
-                if args.max_seconds and seconds + time.perf_counter() - t0 > args.max_seconds:
+                if out_of_time(args, seconds + time.perf_counter() - t0, cpu_seconds + time.process_time() - c0):
                     break
-            seconds += time.perf_counter() - t0
+            seconds, epoch_cpu = seconds + time.perf_counter() - t0, time.process_time() - c0
+            cpu_seconds += epoch_cpu
             test = evaluate(model, x_test, np.random.default_rng([args.seed, epoch, 1]), args)
             record = {"epoch": epoch + 1, "steps": step, **{f"train_{k}": v / n_seen for k, v in totals.items()},
-                      **{k: v for k, v in test.items() if k != "code"}, "seconds": time.perf_counter() - t0}
+                      **{k: v for k, v in test.items() if k != "code"}, "seconds": time.perf_counter() - t0,
+                      "train_cpu_seconds": epoch_cpu}
             if args.model == "vqvae":
                 record.update(dead_codes_restarted=restarted)
             history.append(record)
@@ -265,16 +279,23 @@ def train_model(args, argv=None):
                   f"test rec {record['test_rec']:7.2f}{elbo}  {record['seconds']:5.1f} s", flush=True)
             run.save(model, optimizer, rng, config=config, step=step, epoch=epoch + 1,
                      history=history, usage=usage, ema=None if ema is None else ema.state_dict())
-            if args.max_seconds and seconds > args.max_seconds:
-                print(f"stopping: --max-seconds {args.max_seconds:g} reached after {step} steps")
+            if out_of_time(args, seconds, cpu_seconds):
+                limits = [f"--{name.replace('_', '-')} {getattr(args, name):g}"
+                          for name in ("max_seconds", "max_cpu_seconds") if getattr(args, name)]
+                print(f"stopping: {' and '.join(limits)} reached after {step} steps")
                 break
 
         test = evaluate(model, x_test, np.random.default_rng([args.seed, 3]), args)
         metrics = {"config": config, "data": data_info, "epochs": history, "train_seconds": seconds,
+                   "train_cpu_seconds": cpu_seconds,
                    **{k: v for k, v in test.items() if k != "code"}}
         prior = None
         if args.model == "vqvae":
+            usage = metrics["code_usage"]
+            print(f"test codes used per position: {usage['codes_used_per_position']} of {model.n_codes}; "
+                  f"{usage['codes_used']} in all; {usage['distinct_sequences']} distinct code sequences")
             prior, metrics["prior_nll"] = train_prior(model, x_train, args, dtype)
+            save_checkpoint(run.path("prior.npz"), params=prior.state_dict())  # for sampling it later
             with no_grad():
                 sampled = prior.sample(1000, np.random.default_rng([args.seed, 6]))
                 metrics["prior_sample_nll"] = -float(np.mean(prior.log_prob(sampled).data))

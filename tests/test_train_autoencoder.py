@@ -1,6 +1,7 @@
 """scripts/train_autoencoder.py and compare_autoencoders.py, end to end on the bundled digits:
 every model learns in a short run (beats the best image that ignores the input), writes its
-metrics and figures, resumes exactly; the VQ prior prefers its own samples to uniform codes."""
+metrics and figures, resumes exactly; the VQ prior prefers its own samples to uniform codes; dead VQ codes are restarted
+in runs shorter than --restart-every; the comparison scores reconstructions with a digit classifier."""
 import json
 import sys
 import warnings
@@ -53,7 +54,8 @@ def test_every_model_learns_in_a_short_run_and_writes_its_outputs(model, tmp_pat
     if model == "vqvae":
         assert metrics["prior_sample_nll"] < metrics["uniform_code_nll"] - 5
         assert metrics["prior_test_nll"] < metrics["uniform_code_nll"]
-        assert 1 < metrics["code_perplexity"] <= 64
+        assert 1 < metrics["code_perplexity"] <= 64 and min(metrics["code_usage"]["codes_used_per_position"]) >= 2
+        assert (out / "prior.npz").is_file()
     else:
         assert metrics["active_units"] >= 1
     if model in ("vae", "beta_vae", "iaf"):
@@ -77,11 +79,25 @@ def test_resume_continues_exactly(model, tmp_path):
                                         "--resume", str(tmp_path / "b" / "checkpoint.npz")])
 
 
-def test_max_seconds_stops_training_early(tmp_path):
+def test_vq_restarts_fire_in_a_run_shorter_than_restart_every(tmp_path):
+    # 2 epochs of 10 steps, far fewer than --restart-every 50: the restarts still happen, every
+    # 2 steps of each epoch, and they are what keeps many codes in use at every position
+    flags = ["--model", "vqvae", "--no-download", "--limit", "640", "--epochs", "2", "--batch-size", "64",
+             "--hidden", "32", "--prior-epochs", "1", "--no-plots", "--no-progress"]
+    runs = {every: train_autoencoder.main(flags + ["--restart-every", every, "--out", str(tmp_path / every)])
+            for every in ("50", "0")}
+    assert all(record["dead_codes_restarted"] > 0 for record in runs["50"]["epochs"])
+    assert all(record["dead_codes_restarted"] == 0 for record in runs["0"]["epochs"])
+    used = {every: metrics["code_usage"]["codes_used_per_position"] for every, metrics in runs.items()}
+    assert min(used["50"]) > min(used["0"]) and sum(used["50"]) >= 1.5 * sum(used["0"]), used
+
+
+@pytest.mark.parametrize("limit", ["--max-seconds", "--max-cpu-seconds"])
+def test_a_time_limit_stops_training_early(tmp_path, limit):
     metrics = train_autoencoder.main(["--model", "ae", "--no-download", "--limit", "2000", "--epochs", "50",
-                                      "--max-seconds", "0.2", "--no-plots", "--no-progress",
-                                      "--out", str(tmp_path)])
+                                      limit, "0.2", "--no-plots", "--no-progress", "--out", str(tmp_path)])
     assert len(metrics["epochs"]) < 50
+    assert metrics["train_cpu_seconds"] == pytest.approx(sum(r["train_cpu_seconds"] for r in metrics["epochs"]))
 
 
 def test_bad_flags_name_the_flag(capsys):
@@ -99,14 +115,22 @@ def test_compare_writes_the_table_json_and_figure(tmp_path, monkeypatch):
                                         "--iw-samples", "3", "--iw-examples", "20", "--shapes-epochs", "1"])
     saved = json.loads((tmp_path / "comparison.json").read_text())
     assert saved == json.loads(json.dumps(result))
-    assert [r["model"] for r in saved["rows"]] == list(train_autoencoder.MODELS)
-    keys = {"model", "test_rec", "test_neg_elbo", "test_iw_nll", "active_units", "code_perplexity", "seconds"}
+    assert [r["model"] for r in saved["rows"]] == [*train_autoencoder.MODELS, "iaf_equal_time"]
+    keys = {"model", "test_rec", "test_neg_elbo", "test_iw_nll", "active_units", "recognised",
+            "codes_per_position", "seconds", "cpu_seconds"}
     for row in saved["rows"]:
         assert set(row) == keys
-        assert (row["test_neg_elbo"] is None) == (row["model"] not in ("vae", "beta_vae", "iaf"))
-        assert (row["code_perplexity"] is None) == (row["model"] != "vqvae")
+        assert (row["test_neg_elbo"] is None) == (row["model"] not in ("vae", "beta_vae", "iaf", "iaf_equal_time"))
+        assert (row["codes_per_position"] is None) == (row["model"] != "vqvae")
+        assert 0 <= row["recognised"] <= 1
+    assert saved["config"]["classifier_test_accuracy"] > 0.8  # the scorer itself recognises real digits
+    vq = saved["vqvae"]
+    assert len(vq["code_usage"]["codes_used_per_position"]) == 8
+    for key in ("prior_samples", "uniform_codes"):
+        assert sum(vq[key]["class_counts"]) == 1000
     assert (tmp_path / "comparison.png").stat().st_size > 1000
-    assert "| model |" in (tmp_path / "comparison.md").read_text()
+    text = (tmp_path / "comparison.md").read_text()
+    assert "| model |" in text and "| position 8 |" in text and "all positions, pooled" in text
     assert set(json.loads((tmp_path / "disentanglement.json").read_text())["rows"][0]) >= {"beta", "mig"}
 
 

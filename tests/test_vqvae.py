@@ -1,6 +1,6 @@
 """VQ-VAE: gradients of its loss and of the prior, the straight-through gradient (identity onto
 the encoder output plus the commitment term), the EMA codebook update by hand, dead-code
-restarts, perplexity, and the GRU prior as a normalised distribution over code sequences."""
+restarts and when they happen, perplexity and code usage per position, and the GRU prior as a normalised distribution over code sequences."""
 import itertools
 
 import numpy as np
@@ -99,6 +99,28 @@ def test_perplexity():
     assert vqvae.perplexity(np.arange(8), 8) == pytest.approx(8)
     assert vqvae.perplexity(np.zeros(10, int), 8) == pytest.approx(1)
     assert vqvae.perplexity(np.array([0, 0, 1, 1]), 8) == pytest.approx(2)
+
+
+def test_restarts_happen_in_short_runs_and_never_in_an_epochs_last_interval():
+    due = lambda n_epochs, every, per_epoch: [s + 1 for s in range(n_epochs * per_epoch)  # noqa: E731
+                                              if vqvae.restart_due(s, every, per_epoch)]
+    assert due(1, 50, 469)[:3] == [50, 100, 150] and due(1, 50, 469)[-1] == 400  # long epochs: every 50
+    assert due(2, 50, 16) == [4, 8, 12, 20, 24, 28]  # two 16-step epochs: every 4 steps, not 50
+    assert due(1, 3, 16) == [3, 6, 9, 12]  # a shorter interval asked for is kept
+    assert due(3, 0, 16) == [] and due(2, 50, 1) == []  # never: asked for, or no step to train them after
+    assert due(1, 50, 5) == [1, 2, 3, 4]
+
+
+def test_code_usage_per_position_shows_a_collapse_that_the_pooled_perplexity_hides():
+    collapsed = np.tile([3, 7, 1, 0], (100, 1))  # every image has the same code; 4 codes equally used
+    usage = vqvae.code_usage(collapsed, 8)
+    assert usage["perplexity"] == pytest.approx(4) and usage["codes_used"] == 4
+    assert usage["codes_used_per_position"] == [1, 1, 1, 1] and usage["distinct_sequences"] == 1
+    assert usage["perplexity_per_position"] == pytest.approx([1, 1, 1, 1])
+    varied = np.array([[0, 1], [2, 1], [0, 3], [2, 1]])
+    usage = vqvae.code_usage(varied, 4)
+    assert usage["codes_used_per_position"] == [2, 2] and usage["distinct_sequences"] == 3
+    assert usage["perplexity_per_position"] == pytest.approx([2, np.exp(-(0.75 * np.log(0.75) + 0.25 * np.log(0.25)))])
 
 
 def _prior():
