@@ -10,7 +10,7 @@ models the data without looking at z. Where each remedy lives:
 
 Reading order: RunningStats and batch_normalize, BNVAEMean, TauBatchNorm,
 soft_free_bits_update / SoftFreeBits, mdr_update / MDR, bag_of_words_nll, word_dropout,
-contiguous_dropout.
+historyless_inputs, contiguous_dropout.
 
 State. Layers in minivae keep no state between calls, with ONE exception here: batch norm. In
 training it normalises with the statistics of the current batch, but at evaluation a single
@@ -283,6 +283,18 @@ def word_dropout(dec_in, p, rng, unk_id=UNK_ID, protect=(PAD_ID, SOS_ID, EOS_ID)
     return np.where(drop, unk_id, dec_in).astype(dec_in.dtype)
 
 
+def historyless_inputs(dec_in, unk_id=UNK_ID, protect=(PAD_ID, SOS_ID, EOS_ID)):
+    """The historyless decoder's inputs: every token of dec_in replaced by <unk> except those in `protect`.
+
+    word_dropout with p = 1, without the random draw: the decoder reads <sos> and then only <unk>,
+    so all it knows of the sentence comes from z. SentenceVAE(historyless=True) applies it in
+    training, evaluation and generation alike.
+    Reference: Bowman et al. 2016, arXiv:1511.06349, Sec. 3.1 "Word dropout and historyless decoding".
+    """
+    dec_in = np.asarray(dec_in)
+    return np.where(np.isin(dec_in, protect), dec_in, unk_id).astype(dec_in.dtype)
+
+
 def contiguous_dropout(dec_in, p, span_lambda, rng, unk_id=UNK_ID, protect=(PAD_ID, SOS_ID, EOS_ID)):
     """Replace spans of decoder input tokens by <unk>: spans start at each droppable position with
     probability p and cover Poisson(span_lambda) tokens (possibly 0), rightwards.
@@ -311,5 +323,6 @@ def contiguous_dropout(dec_in, p, span_lambda, rng, unk_id=UNK_ID, protect=(PAD_
 
 
 __all__ = ["RunningStats", "batch_normalize", "BNVAEMean", "TauBatchNorm", "soft_free_bits_update",
-           "SoftFreeBits", "mdr_update", "MDR", "bag_of_words_nll", "word_dropout", "contiguous_dropout",
+           "SoftFreeBits", "mdr_update", "MDR", "bag_of_words_nll", "word_dropout", "historyless_inputs",
+           "contiguous_dropout",
            "BN_EPS", "BN_MOMENTUM"]

@@ -10,6 +10,7 @@ reconstruct and interpolate.
 import numpy as np
 
 from . import ops
+from .collapse import historyless_inputs
 from .engine import Tensor, no_grad
 from .text import EOS_ID, PAD_ID, SOS_ID, pad_batch
 
@@ -19,9 +20,13 @@ METHODS = ("greedy", "sample", "beam")
 def decoder_step(model, z, tokens, h):
     """One decoder step: previous tokens (B,) and state h (B, H) -> (logits (B, V), new h).
 
-    The same ops as `model.decode` at one time step, so it gives the training path's logits.
+    The same ops as `model.decode` at one time step, so it gives the training path's logits; a
+    historyless decoder reads <unk> in place of the previous word, as in training.
     """
-    x = model.embedding(np.asarray(tokens).reshape(-1, 1))              # (B, 1, E)
+    tokens = np.asarray(tokens)
+    if model.historyless:
+        tokens = historyless_inputs(tokens)
+    x = model.embedding(tokens.reshape(-1, 1))                          # (B, 1, E)
     if model.z_to_every_step:
         x = ops.concatenate([x, z.reshape(len(tokens), 1, model.latent)], axis=2)   # (B, 1, E + d)
     h = model.decoder_rnn.cell(x[:, 0], h)                               # (B, H)

@@ -28,8 +28,8 @@ def sentence_model(config, vocab_size, rng=None):
     return SentenceVAE(vocab_size, config["embedding"], config["hidden"], config["latent"], config["bidirectional"],
                        config["z_to_every_step"], norm, bn_gamma=config["bn_vae"] or 0.5,
                        bn_tau=0.5 if config["bn_vae_tau"] is None else config["bn_vae_tau"],
-                       bow_hidden=config["bow_hidden"] if config["bow"] else 0, rng=rng,
-                       dtype=np.dtype(config["dtype"]))
+                       bow_hidden=config["bow_hidden"] if config["bow"] else 0, historyless=config["historyless"],
+                       rng=rng, dtype=np.dtype(config["dtype"]))
 
 
 def _sentence_vae(state):

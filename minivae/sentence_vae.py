@@ -7,7 +7,7 @@ terms added on top in `SentenceVAE.loss`: MDR's Lagrangian term and the bag-of-w
 import numpy as np
 
 from . import ops
-from .collapse import BNVAEMean, TauBatchNorm, bag_of_words_nll
+from .collapse import BNVAEMean, TauBatchNorm, bag_of_words_nll, historyless_inputs
 from .distributions import kl_standard_normal, sample_gaussian
 from .elbo import vae_objective
 from .fused import softmax_cross_entropy
@@ -29,16 +29,19 @@ class SentenceVAE(Module):
         bag of words (optional, bow_hidden > 0): MLP z -> tanh -> V logits, see collapse.py.
 
     One embedding table is shared by encoder and decoder (as timbmg/Sentence-VAE). Batches come
-    from text.pad_batch: dec_in = <sos> w_1..w_n, dec_target = w_1..w_n <eos>. Word dropout,
-    historyless decoding and embedding dropout are applied by the caller, who passes the corrupted
-    dec_in and the dropout mask to `loss`, so the loss stays a deterministic function.
+    from text.pad_batch: dec_in = <sos> w_1..w_n, dec_target = w_1..w_n <eos>. Word dropout and
+    embedding dropout are applied by the caller, who passes the corrupted dec_in and the dropout
+    mask to `loss`, so the loss stays a deterministic function. historyless=True makes the decoder
+    Bowman et al.'s inputless one: it reads <unk> in place of every word (collapse.historyless_inputs),
+    in training, in evaluation and in generation (decoding.decoder_step), so it is always scored
+    on the inputs it was trained with.
     Default sizes are the benchmark configuration: embedding 64, GRU 128, latent 16.
     Reference: Bowman et al. 2016, CoNLL, arXiv:1511.06349, Sec. 3 (model) and 3.1 (optimisation).
     """
 
     def __init__(self, vocab_size, embedding=64, hidden=128, latent=16, bidirectional=False,
                  z_to_every_step=False, posterior_norm=None, bn_gamma=0.5, bn_tau=0.5, bow_hidden=0,
-                 rng=None, dtype=np.float32):
+                 historyless=False, rng=None, dtype=np.float32):
         if posterior_norm not in POSTERIOR_NORMS:
             raise ValueError(f"posterior_norm must be one of {POSTERIOR_NORMS}, got {posterior_norm!r}")
         for name, value in (("vocab_size", vocab_size), ("embedding", embedding), ("hidden", hidden),
@@ -48,6 +51,7 @@ class SentenceVAE(Module):
         rng = rng if rng is not None else np.random.default_rng(0)
         self.vocab_size, self.latent, self.hidden = int(vocab_size), int(latent), int(hidden)
         self.bidirectional, self.z_to_every_step = bool(bidirectional), bool(z_to_every_step)
+        self.historyless = bool(historyless)
         self.posterior_norm = posterior_norm
         self.embedding = Embedding(vocab_size, embedding, rng, dtype)
         self.encoder_rnn = GRU(embedding, hidden, rng, dtype, bidirectional=bidirectional)
@@ -94,7 +98,12 @@ class SentenceVAE(Module):
         return ops.tanh(self.to_initial_state(z))
 
     def decoder_inputs(self, z, dec_in, emb_mask=None):
-        """What the decoder GRU reads: embedded dec_in (B, T, E), times the dropout mask, [+ z]."""
+        """What the decoder GRU reads: embedded dec_in (B, T, E), times the dropout mask, [+ z].
+
+        The historyless decoder reads <unk> in place of every word of dec_in.
+        """
+        if self.historyless:
+            dec_in = historyless_inputs(dec_in)
         x = self.embedding(dec_in)                                    # (B, T, E)
         if emb_mask is not None:
             x = x * emb_mask

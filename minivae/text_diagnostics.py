@@ -1,21 +1,58 @@
-"""Diagnostics of a trained sentence VAE: reconstruction, posterior means, linear probes.
+"""Diagnostics of a trained sentence VAE: held-out scores, reconstruction, posterior means, linear probes.
 
-Reading order: levenshtein and strip_eos, reconstruction_scores, greedy_reconstructions,
+Reading order: evaluate_sentences (held-out NLL, KL, perplexity, active units and mutual
+information), levenshtein and strip_eos, reconstruction_scores, greedy_reconstructions,
 encode_sentences, then the linear probe (fit_softmax_regression, predict_softmax_regression,
-factor_probe) that asks whether posterior means, or samples of z, carry a known label, and
-write_text_outputs (samples, reconstructions and interpolations as text files). Image
-diagnostics (held-out ELBO, importance-weighted likelihood, active units, mutual information)
-are in diagnostics.py and apply to sentence VAEs' posterior means too.
+factor_probe) that asks whether posterior means, or samples of z, carry a known label,
+reconstruction_and_probes (what scripts/train_text_vae.py reports on the test split) and
+write_text_outputs (samples, reconstructions and interpolations as text files). The estimators
+of active units and mutual information are diagnostics.py's, shared with the image VAEs.
 """
 import os
 
 import numpy as np
 
-from . import ops
+from . import diagnostics, ops
 from .decoding import generate, interpolate, reconstruct
+from .distributions import sample_gaussian
 from .engine import no_grad
 from .fileio import atomic_writer
-from .text import EOS_ID, pad_batch
+from .text import EOS_ID, pad_batch, perplexity, text_batches
+
+
+def evaluate_sentences(model, seqs, rng, batch_size=200):
+    """Held-out scores of a SentenceVAE on id lists: a dict of nll, kl, neg_elbo (nats per sentence),
+    ppl (per token, from -ELBO), active_units, mi and mi_se (nats), kl_per_dim (d,), mu (N, d).
+
+    Evaluation mode (running BN statistics) and no corruption of the decoder's inputs (a
+    historyless model reads <unk>, as it was trained); one z ~ q(z|x) per sentence, the same for
+    the ELBO and for the mutual information, which is diagnostics.mutual_information over all N
+    sentences with its standard error. `batch_size` sentences at a time (memory, not results).
+    """
+    dtype = model.to_logits.W.dtype
+    totals, n_sent, n_tokens = {"rec": 0.0, "kl": 0.0}, 0, 0.0
+    mus, logvars, zs = [], [], []
+    kl_dims = np.zeros(model.latent)
+    with no_grad():
+        for batch in text_batches(seqs, batch_size):
+            B = len(batch["lengths"])
+            eps = rng.standard_normal((B, model.latent)).astype(dtype)
+            _, stats = model.loss(batch, eps, training=False)
+            totals["rec"] += stats["rec"] * B
+            totals["kl"] += stats["kl"] * B
+            kl_dims += stats["kl_per_dim"] * B
+            n_sent += B
+            n_tokens += stats["n_tokens"]
+            mu, logvar = model.encode(batch["enc_in"], batch["lengths"], training=False)
+            mus.append(mu.data)
+            logvars.append(logvar.data)
+            zs.append(sample_gaussian(mu.data, logvar.data, eps).data)  # the z the loss decoded
+    mu, logvar, z = np.concatenate(mus), np.concatenate(logvars), np.concatenate(zs)
+    n_active, _ = diagnostics.active_units(mu)
+    mi, mi_se = diagnostics.mutual_information(mu, logvar, z)
+    nll, kl = totals["rec"] / n_sent, totals["kl"] / n_sent
+    return {"nll": nll, "kl": kl, "neg_elbo": nll + kl, "ppl": perplexity((nll + kl) * n_sent, n_tokens),
+            "active_units": n_active, "mi": mi, "mi_se": mi_se, "kl_per_dim": kl_dims / n_sent, "mu": mu}
 
 
 def levenshtein(a, b):
@@ -141,6 +178,50 @@ def factor_probe(train_features, train_labels, test_features, test_labels, steps
     predicted = predict_softmax_regression(test_features, W, b, mean, std)
     chance = np.bincount(test_labels, minlength=n_classes).max() / len(test_labels)
     return {"accuracy": float(np.mean(predicted == test_labels)), "chance": float(chance)}
+
+
+def reconstruction_and_probes(model, data, rng, batch_size=200, probe_train=5000):
+    """Test-split reconstruction and (toy corpus) factor probes of a trained SentenceVAE.
+
+    data: a text.TextData. recon_accuracy: fraction of test sentences whose greedy decoding from
+    their posterior mean is the sentence itself; levenshtein: mean word edit distance between
+    the two; levenshtein_other: the same distance to the NEXT test sentence, i.e. what a decoder
+    that ignores its input scores (a collapsed one ties it); recon_distinct: how many different
+    decodings the test sentences get (1 when every z decodes to the same sentence).
+    factor_accuracy: None for text files; for the toy corpus {factor: {"accuracy", "accuracy_z",
+    "chance", "n"}}, factor = topic, sentiment, tense and length (quartile bins), from linear
+    probes (factor_probe) trained on the first probe_train training sentences and scored on the
+    n test sentences. "accuracy" reads the posterior means; "accuracy_z" reads one sample
+    z ~ q(z|x) per sentence (from rng), i.e. what the decoder is given: the means of a collapsed
+    encoder can still name the factor, its samples cannot.
+    """
+    recon = greedy_reconstructions(model, data.test, batch_size)
+    recon_accuracy, distance = reconstruction_scores(data.test, recon)
+    _, distance_other = reconstruction_scores(data.test[1:] + data.test[:1], recon)
+    scores = {"recon_accuracy": recon_accuracy, "levenshtein": distance, "levenshtein_other": distance_other,
+              "recon_distinct": len({tuple(strip_eos(ids)) for ids in recon}), "factor_accuracy": None}
+    if data.factors is None:
+        return scores
+    features = {}
+    for split, seqs in (("train", data.train[:probe_train]), ("test", data.test)):
+        mu, logvar = encode_sentences(model, seqs, batch_size)
+        features[split] = (mu, sample_gaussian(mu, logvar, rng.standard_normal(mu.shape).astype(mu.dtype)).data)
+    labels = {name: (data.factors["train"][name][:probe_train], data.factors["test"][name])
+              for name in data.info["factor_names"]}
+    # Sentence length, a property of the text rather than a generator factor: the probing task
+    # "SentLen" of Conneau et al. 2018 (ACL, "What you can cram into a single vector"), here in
+    # four bins cut at the quartiles of the probe's training lengths. A z that tells the
+    # decoder when to stop saves it nats that no topic, sentiment or tense label would.
+    train_len = np.array([len(s) for s in data.train[:probe_train]])
+    edges = np.quantile(train_len, [0.25, 0.5, 0.75])
+    labels["length"] = tuple(np.searchsorted(edges, lengths, side="right")
+                             for lengths in (train_len, np.array([len(s) for s in data.test])))
+    scores["factor_accuracy"] = {}
+    for name, (train_y, test_y) in labels.items():
+        on_mu, on_z = (factor_probe(features["train"][k], train_y, features["test"][k], test_y) for k in (0, 1))
+        scores["factor_accuracy"][name] = {"accuracy": on_mu["accuracy"], "accuracy_z": on_z["accuracy"],
+                                           "chance": on_mu["chance"], "n": len(test_y)}
+    return scores
 
 
 def write_text_outputs(model, vocab, seqs, folder, rng, n=10, max_len=40):

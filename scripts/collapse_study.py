@@ -16,7 +16,8 @@ then reads the finished runs and resumes the stopped ones.
     python scripts/collapse_study.py --out runs/collapse-quick3 --quick --seed 1 2 3
 
 The model is train_text_vae's default (embedding 64, GRU 128, latent 16, vocabulary 2,000,
-batch 32, Adam 1e-3, plain ELBO): an autoregressive GRU decoder strong enough that the plain VAE
+batch 32, Adam 1e-3) with its default remedy, the bag-of-words loss, turned off (--bow 0) for
+every method but "bow": an autoregressive GRU decoder strong enough that the plain VAE
 collapses (KL ~0, no active unit). Default budget: the script's defaults, 20,000 toy sentences
 (18,000 for training) for 20 epochs, long enough for the annealing runs to recover from beta
 reaching 1; every method gets the same budget. --quick trains a smaller model (embedding 32, GRU
@@ -29,7 +30,8 @@ sys.path), to check every run's flags before any run starts; minivae must be ins
 64 --latent 8`); do not pass remedy flags that way.
 
 Columns, all on the test split: NLL and KL in nats per sentence, PPL per token from -ELBO,
-active units (Var_x E[z_j|x] >= 0.01), mutual information I(x; z) (He et al.), factor_accuracy
+active units (Var_x E[z_j|x] >= 0.01), mutual information I(x; z) (He et al.) +- its standard
+error, factor_accuracy
 = how often a linear probe reads the TOPIC (6 values) from the posterior mean, factor_accuracy_z
 the same from one sample z ~ q(z|x) (what the decoder sees), next to the chance rate (majority
 class). Each row's "probes" holds the same for sentiment, tense and sentence length (quartile
@@ -50,6 +52,9 @@ import train_text_vae  # the sibling script: its flags are checked here before a
 from minivae import runner
 from minivae.fileio import atomic_writer, write_json
 
+# Every run starts from the plain VAE: train_text_vae's default remedy (the bag-of-words loss) is
+# turned off here, and each method's flags come after these, so the "bow" method turns it back on.
+PLAIN = ["--bow", "0"]
 # Each method is a set of train_text_vae flags, with the hyperparameters of its paper.
 METHODS = {
     # The plain ELBO with beta = 1: the baseline that collapses.
@@ -100,7 +105,7 @@ QUICK = {"toy_sentences": 12000, "epochs": 8, "flags": ["--toy-length", "4", "12
                                                         "--hidden", "64", "--embedding", "32", "--max-vocab", "1000",
                                                         "--batch-size", "16", "--lr", "0.005"]}
 FULL = {"toy_sentences": 20000, "epochs": 20, "flags": []}
-COLLAPSED_KL, USED_KL = 0.5, 1.0   # nats per sentence: the verdict thresholds
+COLLAPSED_KL, USED_KL = train_text_vae.COLLAPSED_KL, 1.0   # nats per sentence: the verdict thresholds
 BEATS_CHANCE = 3.0                 # standard errors above chance for a probe on z to count
 
 
@@ -148,7 +153,7 @@ def run_argv(args, method, seed=None):
     seed = args.seed[0] if seed is None else seed
     common = ["--corpus", "toy", "--toy-sentences", str(args.toy_sentences), "--epochs", str(args.epochs),
               "--seed", str(seed), "--data-seed", str(data_seed(args, seed)), "--no-progress", "--no-plots"]
-    return common + args.extra + METHODS[method]
+    return common + PLAIN + args.extra + METHODS[method]
 
 
 def run_specs(args):
@@ -169,6 +174,7 @@ def table_row(method, metrics, seconds):
                "uses z" if kl > USED_KL and au >= 1 else "weak")
     best = max(probes, key=lambda name: probe_z_score(probes[name]), default=None)
     return {"method": method, "nll": test["nll"], "kl": kl, "active_units": au, "mi": test["mi"],
+            "mi_se": test.get("mi_se"),
             "ppl": test["ppl"], "factor_accuracy": topic["accuracy"], "factor_accuracy_z": topic["accuracy_z"],
             "factor_chance": topic["chance"],
             "best_z_probe": best, "best_z_probe_score": None if best is None else probe_z_score(probes[best]),
@@ -252,7 +258,7 @@ def write_study(args, seed, rows, train_argv):
 
 
 def summary_line(row):
-    return (f"{row['method']:>18}: KL {row['kl']:6.2f}  AU {row['active_units']:2d}  MI {row['mi']:5.2f}  "
+    return (f"{row['method']:>18}: KL {row['kl']:6.2f}  AU {row['active_units']:2d}  MI {_mi(row)}  "
             f"NLL {row['nll']:6.2f}  topic probe mu {_percent(row['factor_accuracy'])} "
             f"z {_percent(row['factor_accuracy_z'])}  best z probe {_best_probe(row)}  "
             f"{row['verdict']}  ({_seconds(row['seconds'])} s)")
@@ -260,6 +266,11 @@ def summary_line(row):
 
 def _percent(v):
     return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def _mi(row):
+    """'1.23±0.04': the mutual information with its standard error (runs before it was recorded: no error)."""
+    return f"{row['mi']:.2f}" + ("" if row.get("mi_se") is None else f"±{row['mi_se']:.2f}")
 
 
 def _seconds(v):
@@ -282,7 +293,7 @@ def markdown_table(rows):
             "best probe on z (chance, score)", "recon exact", "Levenshtein", "seconds", "verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
-        cells = [r["method"], f"{r['nll']:.2f}", f"{r['kl']:.2f}", str(r["active_units"]), f"{r['mi']:.2f}",
+        cells = [r["method"], f"{r['nll']:.2f}", f"{r['kl']:.2f}", str(r["active_units"]), _mi(r),
                  f"{r['ppl']:.2f}", f"{_percent(r['factor_accuracy'])} / {_percent(r['factor_accuracy_z'])} "
                  f"({_percent(r['factor_chance'])})", _best_probe(r),
                  _percent(r["recon_accuracy"]), f"{r['levenshtein']:.2f}", _seconds(r["seconds"]), r["verdict"]]

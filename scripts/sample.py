@@ -8,7 +8,10 @@ conditional model adds one row of samples per class (class_samples.png). For a s
 (scripts/train_text_vae.py): N sentences from z ~ N(0, I) by greedy decoding, sampling with a
 temperature and beam search (samples.txt); the reconstructions of sentences given with
 --sentence or on stdin (reconstructions.txt), and the interpolation between two of them
-(interpolation.txt). Text outputs are printed too. For a TD-VAE (scripts/train_tdvae.py): its
+(interpolation.txt). Each list says how many different sentences it holds, and the
+reconstructions how far each lies from its own input and from the next one: a model whose z
+is used decodes different inputs differently, a collapsed one gives every z the same sentence.
+Text outputs are printed too. For a TD-VAE (scripts/train_tdvae.py): its
 rollouts on fresh test sequences (rollouts.png, or rollouts_context11.png and rollouts_context1.png). For a VQ-VAE-2
 (train_autoencoder.py --model vqvae2): ancestral samples (samples.png), test images with their
 two-level and top-only reconstructions (reconstructions.png) and 8 bottoms drawn for each kept top
@@ -31,7 +34,7 @@ import numpy as np
 
 import train_mnist_vae  # the sibling script: its load_data gives the test images the run was tested on
 import train_tdvae  # the sibling script: its pictures() draws a TD-VAE's rollouts
-from minivae import decoding
+from minivae import decoding, text_diagnostics
 from minivae.checkpoint import CheckpointError
 from minivae.engine import no_grad
 from minivae.fileio import atomic_writer
@@ -209,9 +212,8 @@ def sentences(args, model, rng):
                (f"beam search, width {args.beam_width}", {"method": "beam", "beam_width": args.beam_width})]
     lines = []
     for method, kwargs in methods:
-        lines.append(f"# z ~ N(0, I), {method} decoding")
-        lines += [show(ids) for ids in decoding.generate(model, z, max_len=args.max_len, **kwargs)]
-        lines.append("")
+        decoded = decoding.generate(model, z, max_len=args.max_len, **kwargs)
+        lines += [f"# z ~ N(0, I), {method} decoding", *map(show, decoded), variety(decoded, "codes"), ""]
     outputs = {"samples.txt": lines}
     if given:
         seqs = [encode(s) for s in given]
@@ -220,6 +222,12 @@ def sentences(args, model, rng):
         lines = ["# sentence / as the model reads it / greedy decoding of its posterior mean / beam search", ""]
         for s, ids, g, b in zip(given, seqs, greedy, beam):
             lines += [f"input:  {s}", f"read:   {show(ids)}", f"greedy: {show(g)}", f"beam:   {show(b)}", ""]
+        lines.append(variety(greedy, "inputs"))
+        if len(seqs) > 1:  # a decoding that depends on its input is closer to it than to another input
+            own = text_diagnostics.reconstruction_scores(seqs, greedy)[1]
+            other = text_diagnostics.reconstruction_scores(seqs[1:] + seqs[:1], greedy)[1]
+            lines.append(f"# greedy decodings: {own:.1f} word edits from their own input on average, "
+                         f"{other:.1f} from the next input")
         outputs["reconstructions.txt"] = lines
     ends = args.interpolate or given[:2]
     if len(ends) == 2:
@@ -233,6 +241,15 @@ def sentences(args, model, rng):
             f.write("\n".join(lines) + "\n")
         print(f"== {name}\n" + "\n".join(lines))
     return list(outputs)
+
+
+def variety(decoded, what):
+    """'# 10 codes gave 7 different sentences', naming posterior collapse when all gave one sentence."""
+    n = len({tuple(text_diagnostics.strip_eos(ids)) for ids in decoded})
+    line = f"# {len(decoded)} {what} gave {n} different sentence{'s' * (n != 1)}"
+    if n == 1 and len(decoded) > 1:
+        line += ": the decoder ignores z (posterior collapse, see docs/collapse.md)"
+    return line
 
 
 if __name__ == "__main__":

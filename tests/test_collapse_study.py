@@ -79,6 +79,9 @@ def test_quick_budget_reaches_every_run_and_passed_through_flags_override_it():
     full = collapse_study.train_text_vae.parse_args(collapse_study.run_argv(full_args, "vanilla") + ["--out", "o"])
     assert (full.toy_sentences, full.epochs, full.hidden, full.batch_size, full.lr) == (20000, 20, 128, 32, 0.001)
     assert (full.toy_length, full.toy_topics) == ([5, 25], 6)  # the full study keeps the toy corpus's defaults
+    # every method starts from the plain VAE: the script's default bag-of-words loss is off but for "bow"
+    assert full.bow == 0 and run.bow == 0
+    assert collapse_study.train_text_vae.parse_args(collapse_study.run_argv(full_args, "bow") + ["--out", "o"]).bow == 1
 
 
 @pytest.mark.slow

@@ -140,10 +140,19 @@ def test_sample_script_writes_sentences_from_the_command_line_and_stdin(scripts,
         assert f"# z ~ N(0, I), {method} decoding" in samples
     recon = (out / "reconstructions.txt").read_text()
     assert "input:  the cat" in recon and "input:  a sentence from stdin" in recon and recon.count("greedy:") == 2
+    assert "# 2 inputs gave " in recon and "word edits from their own input on average" in recon
+    assert samples.count("# 2 codes gave ") == 3
     interpolation = (out / "interpolation.txt").read_text().splitlines()
     assert interpolation[2] == "from: the cat" and interpolation[-1] == "to:   a sentence from stdin"
     assert len(interpolation) == 3 + 6 + 1
     assert "== samples.txt" in capsys.readouterr().out
+
+
+def test_sentence_lists_say_how_many_different_sentences_they_hold(scripts):
+    variety = scripts["sample"].variety
+    assert variety([[5, 6, 2], [5, 6], [7, 2]], "codes") == "# 3 codes gave 2 different sentences"  # cut at <eos>
+    assert variety([[5, 2], [5, 2, 9]], "codes") == ("# 2 codes gave 1 different sentence: the decoder ignores z "
+                                                     "(posterior collapse, see docs/collapse.md)")
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from minivae import decoding
 from minivae.checkpoint import load_checkpoint
+from minivae.engine import Tensor
 from minivae.saved import sentence_model
 from minivae.sentence_vae import SentenceVAE
 from minivae.text import PAD_ID, SOS_ID, UNK_ID, text_batches
@@ -160,23 +162,71 @@ def test_bad_toy_corpus_flags_are_refused_naming_the_flag(bad, message, tmp_path
     assert err.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_historyless_decoder_is_evaluated_on_unk_inputs_as_trained(tmp_path):
-    """With z cut off from the decoder (W = 0), the NLL is that of the decoder reading <unk>
-    after <sos>, whatever the noise: computed here directly from model.loss."""
+def test_historyless_decoder_is_scored_and_decoded_on_unk_inputs_as_trained(tmp_path):
+    """The historyless model's held-out NLL is that of the same weights fed <unk> after <sos>
+    (computed here directly from a plain model's loss), not of the real words it never read; and
+    its decoder's steps do not depend on the previous word."""
     args = train_text_vae.parse_args(TINY + ["--historyless", "--out", str(tmp_path)])
     data = train_text_vae.load_data(args)
     model = sentence_model(vars(args), len(data.vocab), np.random.default_rng(0))
-    model.to_initial_state.W.data[...] = 0.0
-    total, n = 0.0, 0
-    for batch in text_batches(data.valid, 7):
-        unk = np.where(np.isin(batch["dec_in"], (PAD_ID, SOS_ID)), batch["dec_in"], UNK_ID)
-        B = len(batch["lengths"])
-        total += model.loss(batch, np.zeros((B, args.latent), np.float32), dec_in=unk, training=False)[1]["rec"] * B
-        n += B
-    historyless = train_text_vae.evaluate(model, data.valid, args, np.random.default_rng(1))
-    assert historyless["nll"] == pytest.approx(total / n, rel=1e-5)
-    args.historyless = False  # the same model scored on the real words is another number
-    assert abs(train_text_vae.evaluate(model, data.valid, args, np.random.default_rng(1))["nll"] - total / n) > 0.1
+    model.to_initial_state.W.data[...] = 0.0  # z cut off from the decoder: the noise of z changes nothing
+    plain = sentence_model({**vars(args), "historyless": False}, len(data.vocab))
+    plain.load_state_dict(model.state_dict())
+    assert model.historyless and not plain.historyless
+    scores = {}
+    for name, unk_inputs in (("unk", True), ("words", False)):
+        total, n = 0.0, 0
+        for batch in text_batches(data.valid, 7):
+            dec_in = batch["dec_in"]
+            if unk_inputs:
+                dec_in = np.where(np.isin(dec_in, (PAD_ID, SOS_ID)), dec_in, UNK_ID)
+            B = len(batch["lengths"])
+            eps = np.zeros((B, args.latent), np.float32)
+            total += plain.loss(batch, eps, dec_in=dec_in, training=False)[1]["rec"] * B
+            n += B
+        scores[name] = total / n
+    assert train_text_vae.evaluate_sentences(model, data.valid, np.random.default_rng(1))["nll"] == pytest.approx(
+        scores["unk"], rel=1e-5)
+    assert abs(scores["words"] - scores["unk"]) > 0.1  # the real words would give another number
+    z, h = Tensor(np.zeros((2, args.latent), np.float32)), Tensor(np.zeros((2, args.hidden), np.float32))
+    words = [decoding.decoder_step(model, z, np.array(ids), h)[0].data for ids in ([SOS_ID, 7], [SOS_ID, 30])]
+    np.testing.assert_array_equal(words[0], words[1])
+    assert not np.allclose(decoding.decoder_step(plain, z, np.array([SOS_ID, 7]), h)[0].data,
+                           decoding.decoder_step(plain, z, np.array([SOS_ID, 30]), h)[0].data)
+
+
+def test_a_collapsed_run_says_so_in_one_line_and_its_mi_is_zero(tmp_path, capsys, monkeypatch):
+    """An encoder that returns the prior (q(z|x) = p(z) for every x) ends with KL 0, no active
+    unit and MI 0 +- 0: the run names the collapse and points at docs/collapse.md."""
+    def prior(self, enc_in, lengths, training=False):
+        zeros = Tensor(np.zeros((len(lengths), self.latent), np.float32))
+        return zeros, zeros
+    monkeypatch.setattr(SentenceVAE, "encode", prior)
+    train_text_vae.main(TINY + ["--epochs", "1", "--no-plots", "--bow", "0", "--out", str(tmp_path)])
+    lines = [line for line in capsys.readouterr().out.splitlines() if "posterior collapse" in line]
+    assert len(lines) == 1 and "docs/collapse.md" in lines[0] and "KL 0.00 nats, 0 of 3 units active" in lines[0]
+    test = json.loads((tmp_path / "metrics.json").read_text())["test"]
+    assert test["kl"] == 0 and test["active_units"] == 0 and abs(test["mi"]) <= 2 * test["mi_se"] + 1e-9
+    assert test["recon_distinct"] == 1  # every sentence decodes to the same one
+
+
+def test_a_run_that_uses_z_is_not_told_it_collapsed_and_its_mi_stays_below_the_kl(tmp_path, capsys, monkeypatch):
+    """An encoder whose first mean is the sentence's length, standardised, with variance e^-2:
+    its KL is above 1 nat and its z is informative, so there is no collapse line, and every MI
+    printed lies below the KL within 2 standard errors."""
+    def length_code(self, enc_in, lengths, training=False):
+        mu = np.zeros((len(lengths), self.latent), np.float32)
+        mu[:, 0] = (lengths - 10.0) / 4.0
+        return Tensor(mu), Tensor(np.full(mu.shape, -2.0, np.float32))
+    monkeypatch.setattr(SentenceVAE, "encode", length_code)
+    train_text_vae.main(TINY + ["--epochs", "1", "--no-plots", "--out", str(tmp_path)])
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    test = metrics["test"]
+    assert test["kl"] > 1 and test["active_units"] == 1 and test["mi"] > 0.5
+    assert "posterior collapse" not in capsys.readouterr().out
+    for mi, se, kl in [(test["mi"], test["mi_se"], test["kl"])] + [(e["mi"], e["mi_se"], e["valid_kl"])
+                                                                    for e in metrics["epochs"]]:
+        assert 0 < se and mi <= kl + 2 * se
 
 
 @pytest.mark.parametrize("bad", [
