@@ -71,7 +71,8 @@ def test_a_dask_local_cluster_gives_the_same_table_as_local_processes(tmp_path, 
                                   dashboard_address=None) as cluster:  # in this process: no network
         remote = beta_sweep.main(TINY + ["--dask", cluster.scheduler_address, "--out", str(tmp_path / "dask")])
     assert "sent 4 runs to the Dask scheduler" in capsys.readouterr().out
-    assert remote["rows"] == local["rows"] and not remote["partial"]
+    untimed = lambda rows: [{k: v for k, v in row.items() if k != "train_seconds"} for row in rows]  # times differ
+    assert untimed(remote["rows"]) == untimed(local["rows"]) and not remote["partial"]
     for name in ("beta1-seed1", "beta4-seed2"):  # every file of the run came back into the local --out
         assert {p.name for p in (tmp_path / "dask" / name).iterdir()} == {
             "checkpoint.npz", "metrics.json", "run.json", "train.log"}
