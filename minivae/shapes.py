@@ -1,51 +1,90 @@
-"""A generated image set with known factors (shape x scale x x-position x y-position), and the
-mutual information gap (MIG) that scores how well a code separates those factors.
+"""A generated dSprites-like image set with known factors, and the mutual information gap (MIG)
+that scores how well a code separates those factors.
 
-In the spirit of dSprites (Matthey et al. 2017): binary 28x28 images of one white shape each,
-every combination of the factors exactly once, drawn by this module, so no download is needed
-and the true factors of every image are known. The images are a pure function of the factor
-values; the seed only shuffles them and chooses the held-out split.
+In the spirit of dSprites (Matthey et al. 2017): binary 32x32 images of one white shape each --
+a square, an ellipse or a heart, at 6 scales, 6 orientations and 16 x 16 positions: 27,648
+images, every combination of the factors exactly once, drawn at run time (about a second), so no
+download is needed and the true factors of every image are known. The images are a pure function
+of the factor values. As in dSprites, a small turn of a small shape can leave its pixels as they
+were: at the smallest scale, two orientations of the ellipse and two of the heart look alike, so
+the grid holds 27,136 distinct images. A fixed set of 5,000 combinations (the same for every
+seed) is held out for scoring; a run trains on the other 22,648, in an order its seed shuffles.
 """
 import numpy as np
 
-SHAPES = ("square", "ellipse", "triangle")
-SCALES = (3.0, 4.0, 5.0, 6.0)
-POSITIONS = tuple(np.linspace(7.0, 21.0, 15))  # centre coordinates, pixels
-FACTORS = ("shape", "scale", "x", "y")
+SIZE = 32  # images are SIZE x SIZE pixels
+SHAPES = ("square", "ellipse", "heart")
+SCALES = tuple(np.linspace(0.5, 1.0, 6))  # dSprites' six scales, relative to RADIUS
+# Degrees, counterclockwise on screen. Within 0..45 no turn repeats another: a square looks the
+# same after 90 degrees and mirrored at 90 - angle, an ellipse after 180.
+ORIENTATIONS = (0.0, 8.0, 16.0, 24.0, 32.0, 40.0)
+POSITIONS = tuple(np.arange(16) + 8.25)  # 16 centres, a quarter pixel off the pixel grid (see below)
+FACTORS = ("shape", "scale", "orientation", "x", "y")
+RADIUS = 8.0  # pixels from the centre to the shapes' far ends at scale 1
+N_TEST = 5000  # held-out combinations, scored by the MIG
+TEST_SEED = 2017  # chooses them once: the scoring set is one and the same for every run
 
 
-def draw(shape, scale, cx, cy, size=28):
-    """One binary image (size, size) of `shape` with half-width `scale` centred at (cx, cy)."""
-    y, x = np.mgrid[0:size, 0:size] + 0.5  # pixel centres
-    dx, dy = x - cx, y - cy
-    if shape == "square":
-        inside = (np.abs(dx) <= scale) & (np.abs(dy) <= scale)
-    elif shape == "ellipse":  # wider than tall, so an ellipse and a square of one scale differ
-        inside = (dx / scale) ** 2 + (dy / (0.6 * scale)) ** 2 <= 1
-    elif shape == "triangle":  # apex up: the half-width grows from 0 at the top to scale at the base
-        inside = (dy >= -scale) & (dy <= scale) & (np.abs(dx) <= (dy + scale) / 2)
-    else:
-        raise ValueError(f"unknown shape '{shape}'; choose from {SHAPES}")
-    return inside
+def inside(shape, u, w):
+    """Whether the points (u, w) (unit coordinates, w pointing up) lie inside `shape` at scale 1."""
+    if shape == "square":  # half-side 0.75: its corners reach 1.06 when turned
+        return (np.abs(u) <= 0.75) & (np.abs(w) <= 0.75)
+    if shape == "ellipse":  # twice as wide as tall, so its orientation shows
+        return u ** 2 + (w / 0.5) ** 2 <= 1
+    if shape == "heart":  # (a^2 + b^2 - 1)^3 <= a^2 b^3, the classic heart curve, centred and fitted
+        a, b = 1.25 * u, 1.25 * w + 0.2
+        return (a ** 2 + b ** 2 - 1) ** 3 <= a ** 2 * b ** 3
+    raise ValueError(f"unknown shape '{shape}'; choose from {SHAPES}")
+
+
+def draw(v):
+    """Binary images (N, SIZE*SIZE) of the factor indices v (N, 5), in the order of FACTORS.
+
+    Each pixel is white when its centre, moved to the shape's frame (shifted by the position,
+    turned back by the orientation, divided by RADIUS * scale), lies inside the shape.
+    """
+    v = np.asarray(v)
+    if v.ndim != 2 or v.shape[1] != len(FACTORS) or v.dtype.kind not in "iu":
+        raise ValueError(f"v must be integer factor indices (N, {len(FACTORS)}) in the order {FACTORS}, "
+                         f"got {v.dtype} of shape {v.shape}")
+    rows, cols = (np.mgrid[0:SIZE, 0:SIZE] + 0.5).astype(np.float32)  # pixel centres, rows pointing down
+    images = np.zeros((len(v), SIZE * SIZE), dtype=bool)
+    for start in range(0, len(v), 2048):  # in chunks, to bound the (chunk, SIZE, SIZE) temporaries
+        part = slice(start, start + 2048)
+        _, k, o, i, j = (v[part, f, None, None] for f in range(len(FACTORS)))
+        angle = np.radians(np.take(np.float32(ORIENTATIONS), o))
+        radius = RADIUS * np.take(np.float32(SCALES), k)
+        dx, dy = cols - np.take(np.float32(POSITIONS), i), np.take(np.float32(POSITIONS), j) - rows  # dy points up
+        u = (np.cos(angle) * dx + np.sin(angle) * dy) / radius  # (chunk, SIZE, SIZE): the inverse rotation
+        w = (np.cos(angle) * dy - np.sin(angle) * dx) / radius
+        for n, shape in enumerate(SHAPES):
+            mine = np.flatnonzero(v[part, 0] == n)
+            images[start + mine] = inside(shape, u[mine], w[mine]).reshape(len(mine), SIZE * SIZE)
+    return images
 
 
 def factor_grid():
-    """Every combination of the factors as integer indices, (N, 4) in the order of FACTORS."""
-    sizes = [len(SHAPES), len(SCALES), len(POSITIONS), len(POSITIONS)]
-    return np.stack(np.meshgrid(*[np.arange(n) for n in sizes], indexing="ij"), -1).reshape(-1, 4)
+    """Every combination of the factors as integer indices, (N, 5) in the order of FACTORS."""
+    sizes = [len(SHAPES), len(SCALES), len(ORIENTATIONS), len(POSITIONS), len(POSITIONS)]
+    return np.stack(np.meshgrid(*[np.arange(n) for n in sizes], indexing="ij"), -1).reshape(-1, len(sizes))
 
 
-def make_shapes(seed=0, test_fraction=0.2, dtype=np.float32):
-    """(x_train, v_train, x_test, v_test): flat binary images (N, 784) and their factor indices (N, 4).
+def held_out():
+    """Grid row numbers of the fixed scoring set: N_TEST of them, sorted, the same for every run."""
+    return np.sort(np.random.default_rng(TEST_SEED).choice(len(factor_grid()), N_TEST, replace=False))
 
-    All 3 * 4 * 15 * 15 = 2,700 images, shuffled by `seed`, the last `test_fraction` held out.
+
+def make_shapes(seed=0, dtype=np.float32):
+    """(x_train, v_train, x_test, v_test): flat binary images (N, SIZE*SIZE) and their factor indices (N, 5).
+
+    The test part is the fixed scoring set (held_out(), in grid order, whatever the seed); the
+    training part is every other combination, shuffled by `seed`.
     """
     v = factor_grid()
-    x = np.stack([draw(SHAPES[s], SCALES[k], POSITIONS[i], POSITIONS[j]).ravel() for s, k, i, j in v])
-    order = np.random.default_rng(seed).permutation(len(v))
-    x, v = x[order].astype(dtype), v[order]
-    n_test = int(round(test_fraction * len(v)))
-    return x[n_test:], v[n_test:], x[:n_test], v[:n_test]
+    test = np.zeros(len(v), dtype=bool)
+    test[held_out()] = True
+    v_train = np.random.default_rng(seed).permutation(v[~test])
+    return draw(v_train).astype(dtype), v_train, draw(v[test]).astype(dtype), v[test]
 
 
 def discrete_mutual_information(a, b):
@@ -82,6 +121,13 @@ def mutual_information_gap(z, v, bins=20):
     top2 = np.sort(mi, axis=0)[::-1][:2]  # (2, K): largest and second largest per factor
     gaps = (top2[0] - top2[1]) / entropy
     return float(gaps.mean()), gaps, mi
+
+
+def kl_per_dimension(mu, logvar):
+    """Each latent dimension's KL(q(z_j|x) || N(0, 1)) averaged over the rows of mu, logvar (N, d):
+    0.5 * mean_x(mu_j**2 + exp(logvar_j) - logvar_j - 1), nats, (d,). Near 0: an unused dimension."""
+    mu, logvar = np.asarray(mu, dtype=np.float64), np.asarray(logvar, dtype=np.float64)
+    return 0.5 * np.mean(mu ** 2 + np.exp(logvar) - logvar - 1, axis=0)
 
 
 def traversal(decode, mu, dims, values):

@@ -4,7 +4,7 @@ script; not a script of its own.
 """
 import numpy as np
 
-from minivae import shapes
+from minivae import diagnostics, shapes
 from minivae.engine import Tensor, no_grad
 from minivae.run import plot_module
 
@@ -17,10 +17,14 @@ def make_figures(args, output_path, model, x_test, test, prior):
     if plot is None:
         return
     rng = np.random.default_rng([args.seed, 4])
+    side = int(round(np.sqrt(x_test.shape[1])))
+    image_shape = (side, side)  # 28 x 28 digits, 32 x 32 shapes
     with no_grad():
-        plot.reconstructions(x_test[:10], model.reconstruct(x_test[:10]), output_path("reconstructions.png"), n=10)
+        plot.reconstructions(x_test[:10], model.reconstruct(x_test[:10]), output_path("reconstructions.png"), n=10,
+                             image_shape=image_shape)
         if args.model in ("vae", "beta_vae", "iaf"):
-            plot.image_grid(model.sample(64, rng), output_path("samples.png"), title="samples, z ~ N(0, I)")
+            plot.image_grid(model.sample(64, rng), output_path("samples.png"), title="samples, z ~ N(0, I)",
+                            image_shape=image_shape)
         if prior is not None:
             codes = prior.sample(64, rng)
             plot.image_grid(model.mean_image(model.decode_codes(codes)), output_path("samples.png"),
@@ -42,12 +46,36 @@ def make_figures(args, output_path, model, x_test, test, prior):
             plot.image_grid((diff - lo) / np.maximum(hi - lo, 1e-8), output_path("code_units.png"),
                             title="what each code unit adds to the average code's image")
         if args.model in ("vae", "beta_vae"):
-            mu = test["code"]
-            dims = np.argsort(-mu.var(0))[:10]
-            rows = shapes.traversal(lambda z: model.mean_image(model.decode(Tensor(z.astype(mu.dtype)))),
-                                    mu[0], dims, np.linspace(-3, 3, 9))
-            plot.interpolation_grid(rows, output_path("traversals.png"), row_labels=[f"z{j}" for j in dims],
-                                    title=f"latent traversals, z_j from -3 to 3 (beta = {args.beta:g})")
+            traversals(plot, output_path("traversals.png"), model, x_test, args.beta, image_shape)
+
+
+def traversals(plot, path, model, x_test, beta, image_shape, n_rows=10):
+    """One row per latent dimension, most KL first (at most n_rows): the first test image's
+    posterior mean with that dimension moved from -3 to 3, decoded. A dimension whose KL is near
+    0 nats carries nothing, and its row shows one image repeated."""
+    mu, logvar = diagnostics.encode_all(model, x_test)
+    kl = shapes.kl_per_dimension(mu, logvar)  # (latent,) nats per image, on the test images
+    dims = np.argsort(-kl)[:n_rows]
+    rows = shapes.traversal(lambda z: model.mean_image(model.decode(Tensor(z.astype(mu.dtype)))),
+                            mu[0], dims, np.linspace(-3, 3, 9))
+    plot.interpolation_grid(rows, path, row_labels=[f"z{j}  KL {kl[j]:.2f}" for j in dims], image_shape=image_shape,
+                            title=f"traversals, z_j from -3 to 3, rows by KL (beta = {beta:g})")
+
+
+def sweep_figure(runs, path):
+    """MIG and test reconstruction error against beta (log axis), one point per run and a line
+    through each beta's mean: the beta sweep's trade-off. runs: {name: {"beta", "mig", "test_rec"}}."""
+    from minivae.plot import _new_figure, _save  # matplotlib is needed here, and only here
+    betas = sorted({run["beta"] for run in runs.values()})
+    fig = _new_figure((9.0, 3.4))
+    for ax, key, label in zip(fig.subplots(1, 2), ("mig", "test_rec"), ("MIG (held-out shapes)", "test reconstruction error, nats")):
+        ax.plot([run["beta"] for run in runs.values()], [run[key] for run in runs.values()], "o", alpha=0.5, label="one seed")
+        ax.plot(betas, [np.mean([run[key] for run in runs.values() if run["beta"] == b]) for b in betas], "-", label="mean")
+        ax.set_xscale("symlog", linthresh=1.0)  # a log axis that also shows beta = 0
+        ax.set(xlabel="β", ylabel=label, xticks=betas, xticklabels=[f"{b:g}" for b in betas])
+        ax.legend(fontsize="small")
+    fig.suptitle("β-VAE on the generated shapes: disentanglement against reconstruction")
+    return _save(fig, path)
 
 
 def code_usage_figure(idx, n_codes, usage, path):

@@ -2,15 +2,19 @@
 
 Each (beta, seed) is one run of scripts/train_autoencoder.py --model beta_vae --beta B --seed S,
 in OUT/beta<B>-seed<S>/; minivae.runner trains them --jobs at a time on this machine, or on a
-Dask cluster (--dask ADDRESS). Any flag this script does not know goes to every run (the data
-set, epochs, model size: see train_autoencoder.py --help), so the same sweep runs on whatever
-data train_autoencoder.py reads; the generated shapes are its default for beta_vae. Writes
+Dask cluster (--dask ADDRESS). Every run gets RUN_DEFAULTS (the generated dSprites-like shapes of
+minivae/shapes.py, a 10-dimensional code, hidden layers of 512 and 256 units, 15 epochs), then any flag
+this script does not know, which overrides them (see train_autoencoder.py --help). Each run
+writes its traversals (OUT/beta<B>-seed<S>/traversals.png: one row per latent dimension, most KL
+first) and its MIG on the held-out shapes. The sweep writes
     OUT/sweep.json   every run's numbers, and per beta their mean and standard deviation over seeds
-    OUT/sweep.md     the table: one line per beta, mean +- standard deviation (n seeds)
+    OUT/sweep.md     the table: one line per beta, mean +- standard deviation (n seeds), with the
+                     normalised beta = beta * latent / pixels of Higgins et al. 2017
+    OUT/sweep.png    MIG and reconstruction error against beta, every run a point: the trade-off
 Ctrl-C or SIGTERM stops every run (each keeps its last checkpoint) and writes the partial table;
 the same command continues, reading the finished runs instead of training them again.
 
-    python scripts/beta_sweep.py --out runs/beta-sweep
+    python scripts/beta_sweep.py --jobs 1 --out runs/beta-sweep
     python scripts/beta_sweep.py --betas 0.5 1 4 16 --seeds 1 2 3 4 5 --epochs 20 --out runs/beta-sweep-20
 """
 import argparse
@@ -18,14 +22,19 @@ import os
 
 import numpy as np
 
+import autoencoder_figures
 import train_autoencoder  # the sibling script: its flags are checked here before any run starts
-from minivae import runner
+from minivae import runner, shapes
 from minivae.fileio import atomic_writer, write_json
 
-# What the table shows of each run's metrics.json, where the runs report it (the MIG needs the
-# generated shapes' factors; the IW NLL needs --iw-samples).
-COLUMNS = (("test_neg_elbo", "test -ELBO"), ("test_rec", "test rec"), ("test_kl", "test KL"),
-           ("active_units", "active units"), ("mig", "MIG"), ("test_iw_nll", "test IW NLL"))
+# Every run's flags unless the command line gives others: the generated shapes, a code of 10
+# dimensions, an MLP of two hidden layers (one layer of 256 units only tiles the positions), 15
+# epochs (2,655 steps): a few minutes on one core.
+RUN_DEFAULTS = ["--dataset", "shapes", "--latent", "10", "--hidden", "512", "256", "--batch-size", "128", "--epochs", "15"]
+# What the table shows of each run (the MIG needs the shapes' factors; the IW NLL needs --iw-samples).
+COLUMNS = (("beta_norm", "β·latent/pixels"), ("mig", "MIG"), *((f"mig_{f}", f) for f in shapes.FACTORS),
+           ("test_rec", "test rec"), ("test_kl", "test KL"), ("used_dims", "dims with KL > 0.1"),
+           ("test_neg_elbo", "test −ELBO"), ("test_iw_nll", "test IW NLL"), ("train_seconds", "train s"))
 OWN = ("--model", "--beta", "--seed", "--out", "--resume")  # flags the sweep sets for every run
 
 
@@ -33,10 +42,11 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--betas", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0], help="KL weights beta")
+    p.add_argument("--betas", type=float, nargs="+", default=[1.0, 2.0, 4.0, 8.0, 16.0], help="KL weights beta")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds of each beta's runs")
     runner.add_flags(p)
     args, extra = p.parse_known_args(argv)
+    args.no_plots = "--no-plots" in extra  # also kept in extra: the runs draw no figures either
     own = [flag for flag in extra if flag.split("=")[0] in OWN]
     if own:
         p.error(f"{', '.join(own)}: the sweep sets these for each run; give betas and seeds as --betas and --seeds")
@@ -53,17 +63,28 @@ def parse_args(argv=None):
 def run_specs(args):
     """{(beta, seed): runner.Spec}: the passed-through flags, then the run's model, beta and seed."""
     return {(beta, seed): runner.Spec(f"beta{beta:g}-seed{seed}", train_autoencoder.__file__,
-                                      args.extra + ["--model", "beta_vae", "--beta", f"{beta:g}", "--seed", str(seed),
+                                      RUN_DEFAULTS + args.extra + ["--model", "beta_vae", "--beta", f"{beta:g}", "--seed", str(seed),
                                                     "--no-progress"],
                                       os.path.join(args.out, f"beta{beta:g}-seed{seed}"))
             for beta in args.betas for seed in args.seeds}
+
+
+def run_values(metrics):
+    """The numbers of one run's metrics.json that the table shows, by COLUMNS key."""
+    config, values = metrics["config"], dict(metrics)
+    values["beta_norm"] = config["beta"] * config["latent"] / metrics["data"]["pixels"]  # Higgins et al. 2017
+    for factor, gap in metrics.get("mig_per_factor", {}).items():
+        values[f"mig_{factor}"] = gap
+    if "kl_per_dim" in metrics:
+        values["used_dims"] = int(np.sum(np.asarray(metrics["kl_per_dim"]) > 0.1))
+    return values
 
 
 def summarise(args, runs, metrics):
     """Per beta: each column's mean and standard deviation over the seeds that finished."""
     rows = []
     for beta in args.betas:
-        done = [metrics[runs[beta, seed].name] for seed in args.seeds if runs[beta, seed].name in metrics]
+        done = [run_values(metrics[runs[beta, seed].name]) for seed in args.seeds if runs[beta, seed].name in metrics]
         row = {"beta": beta, "seeds": len(done)}
         for key, _ in COLUMNS:
             values = [m[key] for m in done if m.get(key) is not None]
@@ -78,7 +99,7 @@ def table(rows):
     """One Markdown line per beta: mean +- standard deviation of each column every run reports."""
     keys = [(key, title) for key, title in COLUMNS if any(key in row for row in rows)]
     cell = lambda v: "–" if v is None else f"{v['mean']:.3g}" + ("" if v["std"] is None else f" ± {v['std']:.2g}")
-    lines = ["| " + " | ".join(["beta", "seeds"] + [title for _, title in keys]) + " |",
+    lines = ["| " + " | ".join(["β", "seeds"] + [title for _, title in keys]) + " |",
              "| ---: | ---: |" + " ---: |" * len(keys)]
     lines += ["| " + " | ".join([f"{row['beta']:g}", str(row["seeds"])] + [cell(row.get(key)) for key, _ in keys])
               + " |" for row in rows]
@@ -99,15 +120,18 @@ def main(argv=None):
         missing = [spec.name for spec in runs.values() if spec.name not in metrics]
         note = f"PARTIAL: {len(metrics)} of {len(runs)} runs; missing: {', '.join(missing)}\n\n" if missing else ""
         result = {"rows": rows, "partial": bool(missing), "missing": missing, "betas": args.betas,
-                  "seeds": args.seeds, "extra_flags": args.extra,
+                  "seeds": args.seeds, "run_flags": RUN_DEFAULTS + args.extra,
                   "runs": {spec.name: {"beta": beta, "seed": seed, "seconds": grid.seconds.get(spec.name),
-                                       **{key: metrics[spec.name].get(key) for key, _ in COLUMNS}}
+                                       **{key: run_values(metrics[spec.name]).get(key) for key, _ in COLUMNS}}
                            for (beta, seed), spec in runs.items() if spec.name in metrics}}
         write_json(os.path.join(args.out, "sweep.json"), result)
         with atomic_writer(os.path.join(args.out, "sweep.md"), "w") as f:
-            f.write(f"# beta sweep\n\n{note}train_autoencoder.py --model beta_vae {' '.join(args.extra)}; "
+            f.write(f"# beta sweep\n\n{note}train_autoencoder.py --model beta_vae {' '.join(RUN_DEFAULTS + args.extra)}; "
                     f"mean ± standard deviation over seeds {', '.join(map(str, args.seeds))}.\n\n{table(rows)}\n")
-        print(f"\n{note}{table(rows)}\n\nwrote {args.out}/sweep.json, sweep.md", flush=True)
+        figure = ""
+        if not args.no_plots and any("mig" in run for run in result["runs"].values()):
+            figure = ", " + autoencoder_figures.sweep_figure(result["runs"], os.path.join(args.out, "sweep.png"))
+        print(f"\n{note}{table(rows)}\n\nwrote {args.out}/sweep.json, sweep.md{figure}", flush=True)
         grid.finish(runner.study_command(__file__, argv))
     return result
 

@@ -18,7 +18,7 @@ import train_autoencoder  # noqa: E402
 
 SHORT = ["--no-download", "--limit", "4000", "--epochs", "2", "--batch-size", "16", "--hidden", "64",
          "--no-progress", "--prior-epochs", "1"]
-LONGER = {"beta_vae": ["--epochs", "6"]}  # the shapes are 2,160 images: 2 epochs are few steps
+LONGER = {"beta_vae": ["--epochs", "6"]}  # on the first 4,000 generated shapes: 2 epochs are few steps
 FIGURES = {"ae": [], "dae": [], "sparse": ["filters", "code_units"], "ksparse": ["filters", "code_units"],
            "contractive": ["filters"], "vae": ["samples", "traversals"], "beta_vae": ["samples", "traversals"],
            "vqvae": ["samples", "code_usage"], "iaf": ["samples"]}
@@ -136,13 +136,13 @@ def test_compare_writes_the_table_json_and_figure(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_beta_vae_on_the_shapes_pays_kl_for_a_smaller_code(tmp_path):
-    # what beta > 1 reliably does: it spends fewer nats and fewer dimensions on the code. Whether
-    # that also raises the MIG is an empirical question (docs/autoencoders.md), not a test.
-    flags = ["--dataset", "shapes", "--epochs", "40", "--batch-size", "64", "--latent", "10",
+    # what beta > 1 reliably does: it spends fewer nats and fewer dimensions on the code. How the
+    # MIG follows beta is measured by scripts/beta_sweep.py (docs/autoencoders.md), not tested here.
+    flags = ["--dataset", "shapes", "--epochs", "3", "--batch-size", "128", "--hidden", "256", "--latent", "10",
              "--no-plots", "--no-progress"]
     vae = train_autoencoder.main(["--model", "vae", *flags, "--out", str(tmp_path / "vae")])
-    beta = train_autoencoder.main(["--model", "beta_vae", *flags, "--beta", "4", "--out", str(tmp_path / "b")])
+    beta = train_autoencoder.main(["--model", "beta_vae", *flags, "--beta", "8", "--out", str(tmp_path / "b")])
     assert beta["test_kl"] < vae["test_kl"] - 2 and beta["active_units"] <= vae["active_units"]
     assert beta["test_rec"] > vae["test_rec"]
     for m in (vae, beta):
-        assert 0 <= m["mig"] <= 1
+        assert 0 <= m["mig"] <= 1 and len(m["kl_per_dim"]) == 10
