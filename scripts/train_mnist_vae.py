@@ -19,16 +19,18 @@ import warnings
 
 import numpy as np
 
+import digit_classifier  # the sibling script: the classifier that checks a conditional VAE's samples
 from minivae import data, diagnostics, fast, flags, schedules
 from minivae.allocator import reuse_freed_memory
 from minivae.engine import no_grad
 from minivae.fileio import write_json
-from minivae.models import LEARNED_X_LOGVAR, make_model
+from minivae.models import LABEL_INTO, LEARNED_X_LOGVAR, make_model
 from minivae.fast import FusedAdam
 from minivae.optim import clip_grad_norm
 from minivae.run import Run, plot_module, progress, resume, stop_if_not_finite, warn_if_one_batch
 
-ARCHITECTURE = ("dataset", "hidden", "latent", "activation", "likelihood", "x_logvar", "conditional", "dtype")
+ARCHITECTURE = ("dataset", "hidden", "latent", "activation", "likelihood", "x_logvar", "conditional", "label_into",
+                "dtype")
 
 
 def x_logvar_flag(text):
@@ -56,6 +58,9 @@ def parse_args(argv=None):
                    "log-variance: learned-scalar, learned-pixel (one per pixel) or a fixed number")
     p.add_argument("--conditional", action="store_true", help="conditional VAE: the one-hot label enters "
                    "encoder and decoder (Sohn et al. 2015)")
+    p.add_argument("--label-into", choices=LABEL_INTO, default="every-layer", help="with --conditional: "
+                   "where the decoder reads the label; every-layer makes its samples obey the label "
+                   "(docs/guide.md, section 7)")
     p.add_argument("--binarize", choices=["none", "dynamic", "static", "threshold"], default="none",
                    help="none: grayscale in [0,1]; dynamic: resample Bernoulli(x) every batch; "
                    "static: sample once (seeded); threshold: x > 0.5")
@@ -89,8 +94,10 @@ def parse_args(argv=None):
                       at_least_0=("beta", "free_bits", "clip", "iw_samples", "iw_examples", "warmup_steps",
                                   "time_budget"))
     flags.warn_ignored(p, args, {name: when for name, used, when in [
-        ("iw_examples", args.iw_samples, "without --iw-samples"), ("free_bits_mode", args.free_bits, "without --free-bits")]
-        if not used})
+        ("iw_examples", args.iw_samples, "without --iw-samples"), ("free_bits_mode", args.free_bits, "without --free-bits"),
+        ("label_into", args.conditional, "without --conditional")] if not used})
+    if not args.conditional:
+        args.label_into = "input"  # an unconditional decoder reads no label; its config says so
     if args.data_dir is not None:  # complete: the bundled fallback is for runs that asked for no folder
         try:
             data.check_data_dir(args.dataset, args.data_dir)
@@ -250,10 +257,13 @@ def main(argv=None):
                   f"{iw_nll:.2f} nats ({time.perf_counter() - t0:.0f} s)")
         print(f"active units: {n_active} of {args.latent}")
         final_kl = diagnostics.evaluate_elbo(model, x_test, np.random.default_rng([args.seed, 3]), **labels)["kl_per_dim"]
+        control = None
+        if args.conditional:
+            control = label_control(args, run.path, model, x_train, y_train, x_test, y_test)
         write_json(run.path("metrics.json"), {
             "config": config, "data": data_info, "epochs": history, "test_iw_nll": iw_nll,
             "iw_samples": args.iw_samples or None, "active_units": n_active,
-            "kl_per_dim": [float(v) for v in final_kl]})
+            "kl_per_dim": [float(v) for v in final_kl], "label_control": control})
         if not args.no_plots:
             beta_curve = (beta_fn, total_steps)  # beta over the steps, as the loop read it
             if args.time_budget and step:  # read by the budget's clock: over the steps taken, evenly spaced in time
@@ -261,6 +271,20 @@ def main(argv=None):
             make_figures(args, run.path, model, x_test, y_test, mu, history, beta_curve, final_kl)
         print(f"wrote {args.out}/metrics.json, checkpoint.npz" + ("" if args.no_plots else " and figures"))
     return history
+
+
+def label_control(args, output_path, model, x_train, y_train, x_test, y_test):
+    """The conditional VAE's label control: digit_classifier.label_control with a classifier trained
+    on this run's training images (cached in the run folder as classifier.npz); printed and returned.
+    """
+    clf, accuracy = digit_classifier.load_or_train(output_path("classifier.npz"), x_train, y_train, x_test,
+                                                   y_test, seed=args.seed)
+    control = digit_classifier.label_control(clf, model, np.random.default_rng([args.seed, 5]))
+    control["classifier_test_accuracy"] = accuracy
+    print(f"label control: {control['overall']:.1%} of prior samples decoded with label c are classified as c "
+          f"(classifier test accuracy {accuracy:.1%}); per class: "
+          + ", ".join(f"{c} {rate:.0%}" for c, rate in enumerate(control["per_class"])))
+    return control
 
 
 def cut_short(record, steps_per_epoch):
@@ -298,21 +322,17 @@ def make_figures(args, output_path, model, x_test, y_test, mu, history, beta_cur
         return
     rng = np.random.default_rng([args.seed, 4])
     clip = args.likelihood == "gaussian"
-    sample_labels, test_labels = np.arange(64) % 10, y_test[:10]
-    if not args.conditional:  # only the conditional VAE reads labels
-        sample_labels, test_labels = None, None
     with no_grad():
-        plot.image_grid(model.sample(64, rng, sample_labels), output_path("samples.png"), clip=clip,
-                        title="samples from p(x|z" + ", y" * args.conditional + "), z ~ N(0, I)")
+        if args.conditional:
+            class_figures(plot, model, rng, output_path, clip)
+        else:
+            plot.image_grid(model.sample(64, rng), output_path("samples.png"), clip=clip,
+                            title="samples from p(x|z), z ~ N(0, I)")
+        test_labels = y_test[:10] if args.conditional else None  # only the conditional VAE reads labels
         plot.reconstructions(x_test[:10], model.reconstruct(x_test[:10], test_labels),
                              output_path("reconstructions.png"), n=10, clip=clip)
         plot.latent_scatter(mu[:5000], y_test[:5000], output_path("latent.png"), title="posterior means of test images")
-        if args.conditional:  # one row per class, one column per z: the same z, the same style
-            z = rng.standard_normal((10, args.latent)).astype(mu.dtype)
-            rows = [model.mean_image(model.decode(z, np.full(10, c))) for c in range(10)]
-            plot.interpolation_grid(rows, output_path("class_samples.png"), row_labels=range(10), clip=clip,
-                                    title="p(x|z, y): one row per class y, one z ~ N(0, I) per column")
-        else:  # interpolate between the posterior means of the first test images of digits 0->1, 2->3, ...
+        if not args.conditional:  # interpolate between the posterior means of the first test images of digits 0->1, 2->3, ...
             first = {int(label): i for i, label in reversed(list(enumerate(y_test)))}
             pairs = [(first[a], first[a + 1]) for a in range(0, 9, 2) if a in first and a + 1 in first]
             steps = np.linspace(0, 1, 10, dtype=mu.dtype)[:, None]
@@ -326,6 +346,21 @@ def make_figures(args, output_path, model, x_test, y_test, mu, history, beta_cur
     plot.beta_schedule(*beta_curve, output_path("beta_schedule.png"))
     plot.kl_per_dim(kl_per_dim, output_path("kl_per_dim.png"), threshold=args.free_bits or None,
                     threshold_label="free bits")
+
+
+def class_figures(plot, model, rng, output_path, clip=False, n=10):
+    """A conditional VAE's samples, one row per label y: samples.png with a new z in every tile,
+    class_samples.png with one z per column (the same z in every row, so only the label changes).
+    """
+    dtype = model.encoder.layers[0].W.dtype
+    row_labels = [f"y = {c}" for c in range(model.n_classes)]
+    rows = [model.sample(n, rng, np.full(n, c)) for c in range(model.n_classes)]
+    plot.interpolation_grid(rows, output_path("samples.png"), row_labels=row_labels, clip=clip,
+                            title="samples from p(x|z, y), z ~ N(0, I): one row per label y")
+    z = rng.standard_normal((n, model.latent)).astype(dtype)
+    rows = [model.mean_image(model.decode(z, np.full(n, c))) for c in range(model.n_classes)]
+    plot.interpolation_grid(rows, output_path("class_samples.png"), row_labels=row_labels, clip=clip,
+                            title="p(x|z, y): one row per label y, one z ~ N(0, I) per column")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ the script takes its bundled-data fallback, exactly as on a laptop without a net
 """
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from minivae.models import MLPVAE
 from minivae.fast import FusedAdam
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_mnist_vae.py"
+sys.path.insert(0, str(SCRIPT.parent))  # the script imports its sibling digit_classifier, as when run
 spec = importlib.util.spec_from_file_location("train_mnist_vae", SCRIPT)
 train_mnist_vae = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(train_mnist_vae)
@@ -140,7 +142,11 @@ def test_conditional_vae_writes_one_row_per_class_and_resumes(tmp_path):
     assert state["config"]["conditional"] is True and state["config"]["model"] == "mlp_vae"
     assert state["params"]["encoder.layers.0.W"].shape == (794, 32)  # 784 pixels + 10 label entries
     assert state["params"]["decoder.layers.0.W"].shape == (13, 32)   # 3 latents + 10 label entries
+    assert state["params"]["decoder.layers.1.W"].shape == (42, 784)  # 32 hidden + 10 label entries
     assert np.isfinite(history[-1]["test_neg_elbo"])
+    control = json.loads((out / "metrics.json").read_text())["label_control"]
+    assert len(control["per_class"]) == 10 and control["overall"] == pytest.approx(np.mean(control["per_class"]))
+    assert 0.8 < control["classifier_test_accuracy"] <= 1
     again = train_mnist_vae.main(TINY + ["--epochs", "2", "--conditional", "--out", str(out), "--no-plots",
                                          "--resume", str(out / "checkpoint.npz")])
     assert len(again) == 2
