@@ -30,6 +30,7 @@ import warnings
 
 import numpy as np
 
+import mnist_figures  # the sibling script: class_figures draws a conditional VAE's samples
 import train_mnist_vae  # the sibling script: its load_data gives the test images the run was tested on
 import train_tdvae  # the sibling script: its pictures() draws a TD-VAE's rollouts
 from minivae import decoding
@@ -142,7 +143,7 @@ def images(args, model, rng):
         return model.mean_image(model.decode(z, y(labels)))
 
     if cond:  # one row per label: samples.png (a new z per tile) and class_samples.png (one z per column)
-        train_mnist_vae.class_figures(plot, model, rng, output_path, clip)
+        mnist_figures.class_figures(plot, model, rng, output_path, clip)
     else:
         plot.image_grid(model.sample(64, rng), output_path("samples.png"), clip=clip,
                         title="64 samples from p(x|z), z ~ N(0, I)")
