@@ -7,8 +7,9 @@ flags, so the training script and `saved.load_model` construct it the same way.
 
 In the conditional VAE the label can join the decoder's input only, or the input of every decoder
 layer (`label_into="every-layer"`): then each layer computes act(W [h, y] + b), so the label
-reaches the output through a one-layer path as well as through the hidden units, and the decoder
-need not take the class from z (docs/guide.md, "The conditional VAE", measures the difference).
+reaches the output through a one-layer path as well as through the hidden units. Whether prior
+samples obey their label is decided by the latent size, not by where the label enters: a small
+z has room for the style only (docs/guide.md, section 7, measures both).
 """
 import numpy as np
 
