@@ -128,7 +128,7 @@ def check_model_state(state, path, model, rng):
 
 # ------------------------------------------------------------------ what kind of model a checkpoint holds
 CONFIG_DEFAULTS = {  # kind -> config entries that older checkpoints lack, as the runs that wrote them had them
-    "mlp_vae": {"x_logvar": "learned-scalar", "conditional": False, "dtype": "float32"},
+    "mlp_vae": {"x_logvar": "learned-scalar", "conditional": False, "dtype": "float32", "label_into": "input"},
 }
 
 

@@ -4,6 +4,12 @@ One class covers the variants the MNIST script offers: a Bernoulli or a Gaussian
 log-variance is learned, one scalar or one per pixel, or fixed), and the conditional VAE, whose
 encoder and decoder are also given the one-hot class label. `make_model` builds it from a run's
 flags, so the training script and `saved.load_model` construct it the same way.
+
+In the conditional VAE the label can join the decoder's input only, or the input of every decoder
+layer (`label_into="every-layer"`): then each layer computes act(W [h, y] + b), so the label
+reaches the output through a one-layer path as well as through the hidden units. Whether prior
+samples obey their label is decided by the latent size, not by where the label enters: a small
+z has room for the style only (docs/guide.md, section 7, measures both).
 """
 import numpy as np
 
@@ -11,10 +17,11 @@ from . import ops
 from .distributions import bernoulli_log_likelihood, gaussian_log_likelihood, sample_gaussian
 from .elbo import iw_objective, vae_objective
 from .engine import Tensor
-from .layers import MLP, Module, parameter
+from .layers import ACTIVATIONS, MLP, Dense, Module, parameter
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 LEARNED_X_LOGVAR = ("learned-scalar", "learned-pixel")  # else x_logvar is a fixed number
+LABEL_INTO = ("input", "every-layer")  # where the conditional decoder reads the one-hot label
 
 
 def one_hot(labels, n_classes, dtype=np.float32):
@@ -24,6 +31,28 @@ def one_hot(labels, n_classes, dtype=np.float32):
                                                              0 <= labels.min() <= labels.max() < n_classes):
         raise ValueError(f"labels must be a 1-D array of integers in 0..{n_classes - 1}, got {labels!r:.80}")
     return np.eye(n_classes, dtype=dtype)[labels]
+
+
+class LabelledMLP(Module):
+    """An MLP that reads a vector y (B, C), e.g. a one-hot label, at every layer.
+
+    h_0 = x;  h_{l+1} = act(W_l [h_l, y] + b_l);  the last layer has no activation.
+    sizes = [n_in, h1, ..., n_out] as for layers.MLP; layer l has sizes[l] + C inputs.
+    """
+
+    def __init__(self, sizes, n_extra, activation, rng, dtype=np.float32):
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation '{activation}'; choose from {sorted(ACTIVATIONS)}")
+        self.activation = activation
+        self.layers = [Dense(a + n_extra, b, rng, dtype) for a, b in zip(sizes[:-1], sizes[1:])]
+
+    def __call__(self, h, y):
+        act = ACTIVATIONS[self.activation]
+        for i, layer in enumerate(self.layers):
+            h = layer(ops.concatenate([h, y], axis=1))  # (B, n_l + C) -> (B, n_{l+1})
+            if i < len(self.layers) - 1:
+                h = act(h)
+        return h
 
 
 class MLPVAE(Module):
@@ -40,12 +69,14 @@ class MLPVAE(Module):
     constant is part of log p(x|z), so the ELBO is in true nats (of a density: it can be positive).
     n_classes > 0 makes it a conditional VAE: every method that runs the encoder or the decoder
     then needs the integer labels y (B,), and the ELBO bounds log p(x|y); the prior stays N(0, I).
+    label_into says where the decoder reads the label: "input" (appended to z) or "every-layer"
+    (appended to the input of each of its layers, LabelledMLP); the encoder reads it with x.
     Reference: Sohn et al. 2015, "Learning Structured Output Representation using Deep Conditional
     Generative Models" (NeurIPS), Sec. 3 (here with an input-independent prior).
     """
 
     def __init__(self, n_in=784, hidden=(400,), latent=20, activation="relu", likelihood="bernoulli",
-                 x_logvar=None, rng=None, dtype=np.float32, n_classes=0):
+                 x_logvar=None, rng=None, dtype=np.float32, n_classes=0, label_into="input"):
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"unknown likelihood '{likelihood}'; choose from {LIKELIHOODS}")
         if int(latent) < 1 or int(n_classes) < 0:
@@ -53,24 +84,35 @@ class MLPVAE(Module):
         x_logvar = "learned-scalar" if x_logvar is None else x_logvar
         if isinstance(x_logvar, str) and x_logvar not in LEARNED_X_LOGVAR:
             raise ValueError(f"x_logvar must be one of {LEARNED_X_LOGVAR} or a number, got {x_logvar!r}")
+        if label_into not in LABEL_INTO:
+            raise ValueError(f"label_into must be one of {LABEL_INTO}, got {label_into!r}")
         rng = rng if rng is not None else np.random.default_rng(0)
         self.latent, self.likelihood, self.n_classes = int(latent), likelihood, int(n_classes)
+        self.label_into = label_into if self.n_classes else "input"  # an unconditional VAE reads no label
         self.encoder = MLP([n_in + self.n_classes, *hidden, 2 * self.latent], activation, rng, dtype)
-        self.decoder = MLP([self.latent + self.n_classes, *reversed(hidden), n_in], activation, rng, dtype)
+        if self.label_into == "every-layer":
+            self.decoder = LabelledMLP([self.latent, *reversed(hidden), n_in], self.n_classes, activation, rng, dtype)
+        else:
+            self.decoder = MLP([self.latent + self.n_classes, *reversed(hidden), n_in], activation, rng, dtype)
         if likelihood == "gaussian":  # a learned log-variance (a scalar, or one per pixel), or a fixed one
             shape = (n_in,) if x_logvar == "learned-pixel" else ()
             self.x_logvar = (parameter(np.zeros(shape, dtype)) if x_logvar in LEARNED_X_LOGVAR
                              else np.asarray(float(x_logvar), dtype))
 
-    def _with_label(self, a, y):
-        """a (B, k) with the one-hot label appended (B, k + C) in a conditional VAE; else a itself."""
+    def _one_hot(self, y, dtype):
+        """The labels y (B,) as a one-hot Tensor (B, C); None in an unconditional VAE (which refuses labels)."""
         if not self.n_classes:
             if y is not None:
                 raise ValueError("this VAE is not conditional: call it without labels y")
-            return a
+            return None
         if y is None:
             raise ValueError(f"this conditional VAE needs the labels y (B,), integers in 0..{self.n_classes - 1}")
-        return ops.concatenate([a, Tensor(one_hot(y, self.n_classes, a.dtype))], axis=1)
+        return Tensor(one_hot(y, self.n_classes, dtype))
+
+    def _with_label(self, a, y):
+        """a (B, k) with the one-hot label appended (B, k + C) in a conditional VAE; else a itself."""
+        y_onehot = self._one_hot(y, a.dtype)
+        return a if y_onehot is None else ops.concatenate([a, y_onehot], axis=1)
 
     def encode(self, x, y=None):
         """q(z|x) [or q(z|x, y)]: (mu, logvar), each (B, latent)."""
@@ -79,7 +121,10 @@ class MLPVAE(Module):
 
     def decode(self, z, y=None):
         """Decoder output for z [and y]: Bernoulli logits, or Gaussian means, (B, n_in)."""
-        return self.decoder(self._with_label(z if isinstance(z, Tensor) else Tensor(z), y))
+        z = z if isinstance(z, Tensor) else Tensor(z)
+        if self.label_into == "every-layer":
+            return self.decoder(z, self._one_hot(y, z.dtype))
+        return self.decoder(self._with_label(z, y))
 
     def log_likelihood(self, x, x_out):
         """log p(x|z) per example (B,), from the decoder output for z."""
@@ -141,10 +186,11 @@ class MLPVAE(Module):
 def make_model(config, rng=None):
     """The MLPVAE that a run of scripts/train_mnist_vae.py with these flags (a dict, as saved) trains.
 
-    Reads hidden, latent, activation, likelihood, x_logvar, conditional and dtype; a config without
-    the last three gets their defaults (learned-scalar, unconditional, float32).
+    Reads hidden, latent, activation, likelihood, x_logvar, conditional, label_into and dtype; a
+    config without x_logvar, conditional, label_into or dtype gets its default (learned-scalar,
+    unconditional, input, float32).
     """
     n_classes = 10 if config.get("conditional") else 0  # MNIST and Fashion-MNIST both have 10 classes
     return MLPVAE(784, config["hidden"], config["latent"], config["activation"], config["likelihood"],
                   config.get("x_logvar"), rng=rng, dtype=np.dtype(config.get("dtype", "float32")),
-                  n_classes=n_classes)
+                  n_classes=n_classes, label_into=config.get("label_into", "input"))

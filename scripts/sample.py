@@ -4,7 +4,8 @@ For an image model (scripts/train_mnist_vae.py): samples from the prior (samples
 images above their reconstructions (reconstructions.png), the interpolation between two chosen
 test images (interpolation.png), and a latent traversal (traversal.png: the most used latent
 dimensions, one per row, swept from -3 to 3 around the first chosen image's posterior mean); a
-conditional model adds one row of samples per class (class_samples.png). For a sentence model
+conditional model draws its samples one row per label, and adds class_samples.png (one z per
+column, the same z in every row). For a sentence model
 (scripts/train_text_vae.py): N sentences from z ~ N(0, I) by greedy decoding, sampling with a
 temperature and beam search (samples.txt); the reconstructions of sentences given with
 --sentence or on stdin (reconstructions.txt), and the interpolation between two of them
@@ -32,6 +33,7 @@ import warnings
 
 import numpy as np
 
+import mnist_figures  # the sibling script: class_figures draws a conditional VAE's samples
 import train_mnist_vae  # the sibling script: its load_data gives the test images the run was tested on
 import train_tdvae  # the sibling script: its pictures() draws a TD-VAE's rollouts
 from minivae import decoding, text_diagnostics
@@ -143,8 +145,11 @@ def images(args, model, rng):
     def mean_image(z, labels):
         return model.mean_image(model.decode(z, y(labels)))
 
-    plot.image_grid(model.sample(64, rng, y(np.arange(64) % 10)), output_path("samples.png"), clip=clip,
-                    title=f"64 samples from p(x|z{', y' if cond else ''}), z ~ N(0, I)")
+    if cond:  # one row per label: samples.png (a new z per tile) and class_samples.png (one z per column)
+        mnist_figures.class_figures(plot, model, rng, output_path, clip)
+    else:
+        plot.image_grid(model.sample(64, rng), output_path("samples.png"), clip=clip,
+                        title="64 samples from p(x|z), z ~ N(0, I)")
     n = min(args.n, len(x_test))
     plot.reconstructions(x_test[:n], model.reconstruct(x_test[:n], y(y_test[:n])),
                          output_path("reconstructions.png"), n=n, clip=clip,
@@ -167,11 +172,7 @@ def images(args, model, rng):
     plot.interpolation_grid(rows, output_path("traversal.png"), row_labels=[f"z{j}" for j in dims], clip=clip,
                             title=f"Latent traversal around test image {a}: z_j from -3 to 3")
     written = ["samples.png", "reconstructions.png", "interpolation.png", "traversal.png"]
-    if cond:  # one row per class, one column per z: the same z, the same style
-        z = rng.standard_normal((10, model.latent)).astype(mu.dtype)
-        rows = [mean_image(z, np.full(10, c)) for c in range(10)]
-        plot.interpolation_grid(rows, output_path("class_samples.png"), row_labels=range(10), clip=clip,
-                                title="p(x|z, y): one row per class y, one z ~ N(0, I) per column")
+    if cond:
         written.append("class_samples.png")
     return written
 

@@ -4,8 +4,11 @@ Defaults are the PyTorch VAE example's recipe (pytorch/examples vae/main.py): gr
 with the Bernoulli ("BCE") likelihood, 784-400-20 with ReLU, Adam 1e-3, batch 128, 10 epochs.
 Without the full data set and without a network it trains on the MNIST test set that ships
 with minivae (8,000 train / 2,000 held out) and says so. --conditional trains a conditional VAE
-(the digit's label enters encoder and decoder; its test -ELBO bounds -log p(x|y), not -log p(x));
---likelihood gaussian a Gaussian decoder whose variance --x-logvar learns or fixes.
+(the digit's label enters encoder and decoder; its test -ELBO bounds -log p(x|y), not -log p(x))
+with a 2-D latent unless --latent says otherwise, draws its samples one row per label, and
+reports its label control: how often a classifier trained on the same images reads a sample
+decoded with label c as c, per class (metrics.json, "label_control"; docs/guide.md, section 7).
+--likelihood gaussian trains a Gaussian decoder whose variance --x-logvar learns or fixes.
 
     python scripts/train_mnist_vae.py --data-dir path/to/mnist --out runs/mnist
     python scripts/train_mnist_vae.py --conditional --data-dir path/to/mnist --out runs/mnist-cvae
@@ -19,16 +22,20 @@ import warnings
 
 import numpy as np
 
+import digit_classifier  # the sibling script: the classifier that checks a conditional VAE's samples
+import mnist_figures  # the sibling script: this script's PNGs
 from minivae import data, diagnostics, fast, flags, schedules
 from minivae.allocator import reuse_freed_memory
 from minivae.engine import no_grad
 from minivae.fileio import write_json
-from minivae.models import LEARNED_X_LOGVAR, make_model
+from minivae.models import LABEL_INTO, LEARNED_X_LOGVAR, make_model
 from minivae.fast import FusedAdam
 from minivae.optim import clip_grad_norm
-from minivae.run import Run, plot_module, progress, resume, stop_if_not_finite, warn_if_one_batch
+from minivae.run import Run, progress, resume, stop_if_not_finite, warn_if_one_batch
 
-ARCHITECTURE = ("dataset", "hidden", "latent", "activation", "likelihood", "x_logvar", "conditional", "dtype")
+CONDITIONAL_LATENT = 2  # --conditional's default latent size: see docs/guide.md, section 7
+ARCHITECTURE = ("dataset", "hidden", "latent", "activation", "likelihood", "x_logvar", "conditional", "label_into",
+                "dtype")
 
 
 def x_logvar_flag(text):
@@ -47,7 +54,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=128, help="images per Adam step")
     p.add_argument("--lr", type=flags.finite_float, default=1e-3, help="Adam learning rate")
     p.add_argument("--clip", type=flags.finite_float, default=0.0, help="clip the gradient norm to this (0: off)")
-    p.add_argument("--latent", type=int, default=20, help="latent dimensions d")
+    p.add_argument("--latent", type=int, default=argparse.SUPPRESS, help=f"latent dimensions d (default: 20; {CONDITIONAL_LATENT} with "
+                   "--conditional, so that z keeps the style and leaves the class to the label)")
     p.add_argument("--hidden", type=int, nargs="+", default=[400], help="hidden layer sizes")
     p.add_argument("--activation", choices=["relu", "tanh", "softplus"], default="relu", help="hidden units' nonlinearity")
     p.add_argument("--likelihood", choices=["bernoulli", "gaussian"], default="bernoulli",
@@ -56,6 +64,9 @@ def parse_args(argv=None):
                    "log-variance: learned-scalar, learned-pixel (one per pixel) or a fixed number")
     p.add_argument("--conditional", action="store_true", help="conditional VAE: the one-hot label enters "
                    "encoder and decoder (Sohn et al. 2015)")
+    p.add_argument("--label-into", choices=LABEL_INTO, default="input", help="with --conditional: where "
+                   "the decoder reads the label: with z at its input (Sohn et al.), or at every layer "
+                   "(docs/guide.md, section 7, measures both)")
     p.add_argument("--binarize", choices=["none", "dynamic", "static", "threshold"], default="none",
                    help="none: grayscale in [0,1]; dynamic: resample Bernoulli(x) every batch; "
                    "static: sample once (seeded); threshold: x > 0.5")
@@ -78,6 +89,8 @@ def parse_args(argv=None):
     flags.add_run_flags(p, out="runs/mnist-vae")
     p.set_defaults(model="mlp_vae")  # not a flag: the checkpoint's config names the model for load_model
     args = p.parse_args(argv)
+    if "latent" not in vars(args):  # not given: the default depends on --conditional
+        args.latent = CONDITIONAL_LATENT if args.conditional else 20
     if args.likelihood != "gaussian" and args.x_logvar != "learned-scalar":
         p.error("--x-logvar sets the variance of --likelihood gaussian; the Bernoulli decoder has none")
     if args.iw_train > 1 and args.free_bits:
@@ -89,8 +102,10 @@ def parse_args(argv=None):
                       at_least_0=("beta", "free_bits", "clip", "iw_samples", "iw_examples", "warmup_steps",
                                   "time_budget"))
     flags.warn_ignored(p, args, {name: when for name, used, when in [
-        ("iw_examples", args.iw_samples, "without --iw-samples"), ("free_bits_mode", args.free_bits, "without --free-bits")]
-        if not used})
+        ("iw_examples", args.iw_samples, "without --iw-samples"), ("free_bits_mode", args.free_bits, "without --free-bits"),
+        ("label_into", args.conditional, "without --conditional")] if not used})
+    if not args.conditional:
+        args.label_into = "input"  # an unconditional decoder reads no label; its config says so
     if args.data_dir is not None:  # complete: the bundled fallback is for runs that asked for no folder
         try:
             data.check_data_dir(args.dataset, args.data_dir)
@@ -250,17 +265,39 @@ def main(argv=None):
                   f"{iw_nll:.2f} nats ({time.perf_counter() - t0:.0f} s)")
         print(f"active units: {n_active} of {args.latent}")
         final_kl = diagnostics.evaluate_elbo(model, x_test, np.random.default_rng([args.seed, 3]), **labels)["kl_per_dim"]
+        control = None
+        if args.conditional:
+            control = label_control(args, run.path, model, x_train, y_train, x_test, y_test)
         write_json(run.path("metrics.json"), {
             "config": config, "data": data_info, "epochs": history, "test_iw_nll": iw_nll,
             "iw_samples": args.iw_samples or None, "active_units": n_active,
-            "kl_per_dim": [float(v) for v in final_kl]})
+            "kl_per_dim": [float(v) for v in final_kl], "label_control": control})
         if not args.no_plots:
             beta_curve = (beta_fn, total_steps)  # beta over the steps, as the loop read it
             if args.time_budget and step:  # read by the budget's clock: over the steps taken, evenly spaced in time
                 beta_curve = (lambda t: beta_fn(flags.beta_step(args, t, t / step, total_steps)), step)
-            make_figures(args, run.path, model, x_test, y_test, mu, history, beta_curve, final_kl)
+            mnist_figures.make_figures(args, run.path, model, x_test, y_test, mu, history, beta_curve, final_kl)
         print(f"wrote {args.out}/metrics.json, checkpoint.npz" + ("" if args.no_plots else " and figures"))
     return history
+
+
+def label_control(args, output_path, model, x_train, y_train, x_test, y_test):
+    """The conditional VAE's label control, printed and returned: digit_classifier.label_control
+    and .relabelled (on the first 2,000 test images), with a classifier trained on this run's
+    training images (cached in the run folder as classifier.npz).
+    """
+    clf, accuracy = digit_classifier.load_or_train(output_path("classifier.npz"), x_train, y_train, x_test,
+                                                   y_test, seed=args.seed)
+    rng = np.random.default_rng([args.seed, 5])
+    control = digit_classifier.label_control(clf, model, rng)
+    control.update(classifier_test_accuracy=accuracy,
+                   relabelled=digit_classifier.relabelled(clf, model, x_test[:2000], y_test[:2000], rng))
+    print(f"label control: {control['overall']:.1%} of prior samples decoded with label c are classified as c "
+          f"(classifier test accuracy {accuracy:.1%}); per class: "
+          + ", ".join(f"{c} {rate:.0%}" for c, rate in enumerate(control["per_class"])))
+    print(f"  test images' codes decoded with another label c: {control['relabelled']:.1%} classified as c "
+          "(lower: z carries the class)")
+    return control
 
 
 def cut_short(record, steps_per_epoch):
@@ -285,47 +322,6 @@ def iw_progress(args):
             if (i + 1) * 10 // total > i * 10 // total:
                 print(f"  IW evaluation {100 * (i + 1) // total:3d}% ({time.perf_counter() - t0:.0f} s)", flush=True)
     return wrap
-
-
-def make_figures(args, output_path, model, x_test, y_test, mu, history, beta_curve, kl_per_dim):
-    """The PNGs: samples, reconstructions, curves, beta schedule, latent space, and interpolations
-    (unconditional) or one row of samples per class (conditional).
-
-    A Gaussian decoder's means are unbounded: its pictures show them clipped to [0, 1], and say so.
-    """
-    plot = plot_module()
-    if plot is None:
-        return
-    rng = np.random.default_rng([args.seed, 4])
-    clip = args.likelihood == "gaussian"
-    sample_labels, test_labels = np.arange(64) % 10, y_test[:10]
-    if not args.conditional:  # only the conditional VAE reads labels
-        sample_labels, test_labels = None, None
-    with no_grad():
-        plot.image_grid(model.sample(64, rng, sample_labels), output_path("samples.png"), clip=clip,
-                        title="samples from p(x|z" + ", y" * args.conditional + "), z ~ N(0, I)")
-        plot.reconstructions(x_test[:10], model.reconstruct(x_test[:10], test_labels),
-                             output_path("reconstructions.png"), n=10, clip=clip)
-        plot.latent_scatter(mu[:5000], y_test[:5000], output_path("latent.png"), title="posterior means of test images")
-        if args.conditional:  # one row per class, one column per z: the same z, the same style
-            z = rng.standard_normal((10, args.latent)).astype(mu.dtype)
-            rows = [model.mean_image(model.decode(z, np.full(10, c))) for c in range(10)]
-            plot.interpolation_grid(rows, output_path("class_samples.png"), row_labels=range(10), clip=clip,
-                                    title="p(x|z, y): one row per class y, one z ~ N(0, I) per column")
-        else:  # interpolate between the posterior means of the first test images of digits 0->1, 2->3, ...
-            first = {int(label): i for i, label in reversed(list(enumerate(y_test)))}
-            pairs = [(first[a], first[a + 1]) for a in range(0, 9, 2) if a in first and a + 1 in first]
-            steps = np.linspace(0, 1, 10, dtype=mu.dtype)[:, None]
-            rows = [model.mean_image(model.decode((1 - steps) * mu[a] + steps * mu[b])) for a, b in pairs]
-            plot.interpolation_grid(rows, output_path("interpolation.png"), title="interpolating between posterior means",
-                                    clip=clip)
-        if args.latent == 2 and not args.conditional:
-            plot.latent_grid(lambda z: model.mean_image(model.decode(z.astype(mu.dtype))), output_path("latent_grid.png"),
-                             clip=clip)
-    plot.training_curves(history, output_path("curves.png"))
-    plot.beta_schedule(*beta_curve, output_path("beta_schedule.png"))
-    plot.kl_per_dim(kl_per_dim, output_path("kl_per_dim.png"), threshold=args.free_bits or None,
-                    threshold_label="free bits")
 
 
 if __name__ == "__main__":

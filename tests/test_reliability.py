@@ -38,6 +38,8 @@ def _script(name):
 
 
 mnist, text_vae = _script("train_mnist_vae"), _script("train_text_vae")
+# a child runs a script with runpy, which does not put its folder on sys.path as `python scripts/x.py` does
+SCRIPT_PATH = os.pathsep.join([str(ROOT), str(ROOT / "scripts")])
 TINY = ["--hidden", "16", "--latent", "2", "--batch-size", "500", "--no-progress", "--no-download", "--no-plots"]
 TEXT = ["--toy-sentences", "200", "--max-vocab", "100", "--embedding", "8", "--hidden", "8", "--latent", "2",
         "--batch-size", "32", "--no-progress", "--no-plots", "--n-samples", "2", "--max-gen-len", "5"]
@@ -141,7 +143,7 @@ runpy.run_path(script, run_name="__main__")
 
 def _start_paused(mode, at, argv, tmp_path):
     """The MNIST script in a child process, paused inside step or save number `at` (see CHILD)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MINIVAE_DATA": str(tmp_path / "empty-cache"),
+    env = {**os.environ, "PYTHONPATH": SCRIPT_PATH, "MINIVAE_DATA": str(tmp_path / "empty-cache"),
            "OPENBLAS_NUM_THREADS": "1"}
     child = subprocess.Popen([sys.executable, "-c", CHILD, mode, str(at), "scripts/train_mnist_vae.py", *argv],
                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -410,7 +412,7 @@ runpy.run_path(script, run_name="__main__")
 
 def _child(code, args, tmp_path, wait_for="PAUSED"):
     """A script in a child process (code: HOLD or FSIZE), returned once it printed `wait_for` (None: at once)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MINIVAE_DATA": str(tmp_path / "empty-cache"),
+    env = {**os.environ, "PYTHONPATH": SCRIPT_PATH, "MINIVAE_DATA": str(tmp_path / "empty-cache"),
            "OPENBLAS_NUM_THREADS": "1"}
     child = subprocess.Popen([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -5,6 +5,7 @@ the script takes its bundled-data fallback, exactly as on a laptop without a net
 """
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,14 @@ import pytest
 
 from minivae import schedules
 from minivae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from minivae.layers import MLP
 from minivae.models import MLPVAE
+from minivae.saved import load_model
 from minivae.fast import FusedAdam
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_mnist_vae.py"
+sys.path.insert(0, str(SCRIPT.parent))  # the script imports its sibling digit_classifier, as when run
+import digit_classifier  # noqa: E402  (needs scripts/ on the path)
 spec = importlib.util.spec_from_file_location("train_mnist_vae", SCRIPT)
 train_mnist_vae = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(train_mnist_vae)
@@ -140,12 +145,38 @@ def test_conditional_vae_writes_one_row_per_class_and_resumes(tmp_path):
     assert state["config"]["conditional"] is True and state["config"]["model"] == "mlp_vae"
     assert state["params"]["encoder.layers.0.W"].shape == (794, 32)  # 784 pixels + 10 label entries
     assert state["params"]["decoder.layers.0.W"].shape == (13, 32)   # 3 latents + 10 label entries
+    assert state["params"]["decoder.layers.1.W"].shape == (32, 784)  # the label joins the decoder's input only
     assert np.isfinite(history[-1]["test_neg_elbo"])
+    control = json.loads((out / "metrics.json").read_text())["label_control"]
+    assert len(control["per_class"]) == 10 and control["overall"] == pytest.approx(np.mean(control["per_class"]))
+    assert 0.8 < control["classifier_test_accuracy"] <= 1
     again = train_mnist_vae.main(TINY + ["--epochs", "2", "--conditional", "--out", str(out), "--no-plots",
                                          "--resume", str(out / "checkpoint.npz")])
     assert len(again) == 2
     with pytest.raises(SystemExit, match="different conditional"):
         train_mnist_vae.main(TINY + ["--epochs", "3", "--out", str(out), "--resume", str(out / "checkpoint.npz")])
+    with pytest.raises(SystemExit, match=r"different label_into \(input there, every-layer here\)"):
+        train_mnist_vae.main(TINY + ["--epochs", "3", "--conditional", "--label-into", "every-layer", "--out", str(out),
+                                     "--resume", str(out / "checkpoint.npz")])
+
+
+def test_a_conditional_vae_obeys_its_label_and_the_check_can_fail(tmp_path):
+    """The script's default conditional run on the bundled digits draws samples that its classifier
+    reads as their label; the same model with the decoder's label weights zeroed (a decoder that
+    ignores its label, as a CVAE whose z carries the class behaves) fails the same check."""
+    out = tmp_path / "cvae"
+    train_mnist_vae.main(["--conditional", "--no-download", "--no-progress", "--no-plots", "--out", str(out)])
+    control = json.loads((out / "metrics.json").read_text())["label_control"]
+    assert control["overall"] >= 0.8, control  # chance is 0.1; the classifier itself is right ~93% of the time
+
+    model = load_model(out / "checkpoint.npz")
+    reading = model.decoder.layers if model.label_into == "every-layer" else model.decoder.layers[:1]
+    for layer in reading:
+        layer.W.data[-10:] = 0.0  # the rows that multiply the one-hot label
+    clf = MLP(digit_classifier.SIZES, "relu", np.random.default_rng(0))
+    clf.load_state_dict(load_checkpoint(out / "classifier.npz")["params"])
+    deaf = digit_classifier.label_control(clf, model, np.random.default_rng(1))
+    assert deaf["overall"] < 0.2, deaf  # one image distribution for every label: 1/10 on average over the labels
 
 
 @pytest.mark.parametrize("bad, message", [

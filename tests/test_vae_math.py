@@ -431,11 +431,11 @@ def _set_param(model, dotted_name, tensor):
     setattr(owner, last, tensor)
 
 
-def _ref_vae_objective(p, x, eps, likelihood, x_logvar, beta, lam, mode, y_onehot=None):
+def _ref_vae_objective(p, x, eps, likelihood, x_logvar, beta, lam, mode, y_onehot=None, label_into="input"):
     """MLPVAE(6, (5,), 3, tanh).loss written out from the parameter arrays in autograd.numpy.
 
     With y_onehot (B, C), the conditional VAE: the label is appended to the encoder's input x and
-    to the decoder's input z.
+    to the decoder's input z, and with label_into="every-layer" to the decoder's hidden layer too.
     """
     label = (lambda a: a) if y_onehot is None else (lambda a: anp.concatenate([a, y_onehot], axis=1))
     x_in = label(x)
@@ -444,6 +444,7 @@ def _ref_vae_objective(p, x, eps, likelihood, x_logvar, beta, lam, mode, y_oneho
     mu, logvar = out[:, :3], out[:, 3:]
     z = ref_sample(mu, logvar, eps)
     g = anp.tanh(label(z) @ p["decoder.layers.0.W"] + p["decoder.layers.0.b"])
+    g = label(g) if label_into == "every-layer" else g
     x_out = g @ p["decoder.layers.1.W"] + p["decoder.layers.1.b"]
     if likelihood == "bernoulli":
         log_px_z = ref_bernoulli(x, x_out)
@@ -460,14 +461,14 @@ MODEL_CASES = [(lik, x_logvar, n_classes, mode) for lik, x_logvar, n_classes in 
                for mode in (None, *FREE_BITS_MODES)]
 
 
-def _tiny_model_case(likelihood, x_logvar, n_classes, mode):
+def _tiny_model_case(likelihood, x_logvar, n_classes, mode, label_into="input"):
     """A float64 MLPVAE(6, (5,), 3), a batch, fixed eps, and a free-bits threshold off the kinks.
 
     kwargs holds the labels y of a conditional model (n_classes > 0), one of each class at least.
     """
     rng = np.random.default_rng(12)
     model = MLPVAE(n_in=6, hidden=(5,), latent=3, activation="tanh", likelihood=likelihood,
-                   x_logvar=x_logvar, rng=rng, dtype=np.float64, n_classes=n_classes)
+                   x_logvar=x_logvar, rng=rng, dtype=np.float64, n_classes=n_classes, label_into=label_into)
     for p in model.parameters():  # larger than the default init, so the KLs differ a lot
         p.data *= 2.5
     x = rng.uniform(0, 1, (7, 6)) if likelihood == "bernoulli" else rng.standard_normal((7, 6))
@@ -621,6 +622,34 @@ def test_gaussian_decoder_elbo_is_in_true_nats():
         assert stats["rec"] == pytest.approx(np.mean(squared) + 0.5 * np.sum(np.log(2 * np.pi * var)), rel=1e-12)
 
 
+# the conditional decoder that reads the label at every layer (models.LabelledMLP)
+LABELLED_CASES = [("bernoulli", None, 4, None), ("gaussian", "learned-pixel", 4, "batch_dim")]
+
+
+@pytest.mark.parametrize("likelihood, x_logvar, n_classes, mode", LABELLED_CASES)
+def test_label_at_every_decoder_layer_matches_autograd_and_finite_differences(likelihood, x_logvar, n_classes,
+                                                                               mode):
+    model, x, eps, kwargs = _tiny_model_case(likelihood, x_logvar, n_classes, mode, label_into="every-layer")
+    assert model.decoder.layers[0].W.shape == (3 + 4, 5) and model.decoder.layers[1].W.shape == (5 + 4, 6)
+    names = [n for n, _ in model.named_parameters()]
+    values = [p.data.copy() for p in model.parameters()]
+
+    def ref(*vals):
+        return _ref_vae_objective(dict(zip(names, vals)), x, eps, likelihood, x_logvar, kwargs["beta"],
+                                  kwargs["free_bits"], kwargs["free_bits_mode"], np.eye(4)[kwargs["y"]], "every-layer")
+    obj, _ = model.loss(x, eps, **kwargs)
+    obj.backward()
+    assert obj.data == pytest.approx(ref(*values), rel=1e-12)
+    for i, (name, p) in enumerate(model.named_parameters()):
+        np.testing.assert_allclose(p.grad, autograd.grad(ref, i)(*values), rtol=1e-10, atol=1e-13, err_msg=name)
+
+    def f(*params):
+        for name, t in zip(names, params):
+            _set_param(model, name, t)
+        return model.loss(x, eps, **kwargs)[0]
+    check_grads(f, *values)
+
+
 def test_conditional_vae_uses_its_labels_and_refuses_misuse():
     rng = np.random.default_rng(4)
     x, eps = rng.uniform(0, 1, (6, 6)), rng.standard_normal((6, 3))
@@ -636,6 +665,8 @@ def test_conditional_vae_uses_its_labels_and_refuses_misuse():
         MLPVAE(6, (5,), 3, rng=rng).loss(x, eps, y=np.zeros(6, int))
     with pytest.raises(ValueError, match="x_logvar must be one of"):
         MLPVAE(6, (5,), 3, likelihood="gaussian", x_logvar="learned-pxl")
+    with pytest.raises(ValueError, match="label_into must be one of"):
+        MLPVAE(6, (5,), 3, n_classes=3, label_into="output")
 
 
 # ================================================================== 7. diagnostics
