@@ -160,6 +160,7 @@ def test_conditional_vae_writes_one_row_per_class_and_resumes(tmp_path):
                                      "--resume", str(out / "checkpoint.npz")])
 
 
+@pytest.mark.slow  # the script's default conditional run and its classifier: a minute of training
 def test_a_conditional_vae_obeys_its_label_and_the_check_can_fail(tmp_path):
     """The script's default conditional run on the bundled digits draws samples that its classifier
     reads as their label; the same model with the decoder's label weights zeroed (a decoder that
