@@ -37,7 +37,13 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that the same clean stop handles both."""
 
 
+_saving = {"now": False, "stop": False}  # SIGTERM during a checkpoint's write waits for the write to end
+
+
 def _raise_terminated(signum, frame):
+    if _saving["now"]:
+        _saving["stop"] = True  # Run.save raises it once the checkpoint is complete
+        return
     raise Terminated()
 
 
@@ -102,9 +108,16 @@ class Run:
 
     def save(self, model, optimizer, rng, **state):
         """save_state to <out>/checkpoint.npz, which becomes the last complete checkpoint."""
-        save_state(self.checkpoint, model, optimizer, rng, **state)
+        _saving["now"] = True
+        try:
+            save_state(self.checkpoint, model, optimizer, rng, **state)
+        finally:
+            _saving["now"] = False
         self.last_checkpoint = self.checkpoint
         self.saved = (state["epoch"], state["step"])
+        if _saving["stop"]:  # SIGTERM came during the write: stop now, with this checkpoint kept
+            _saving["stop"] = False
+            raise Terminated()
 
     def command(self, resume=None):
         """This run's command line, quoted for a POSIX shell; with `resume`, its --resume set to that file."""
