@@ -116,8 +116,11 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help=f"small budget: {QUICK['toy_sentences']} sentences, "
                    f"{QUICK['epochs']} epochs (unless --toy-sentences/--epochs say otherwise), "
                    f"{' '.join(QUICK['flags'])}")
-    p.add_argument("--epochs", type=int, help=f"epochs per run (default {FULL['epochs']})")
-    p.add_argument("--toy-sentences", type=int, help=f"toy corpus size (default {FULL['toy_sentences']})")
+    # "%(default).0s" prints nothing; it tells the help formatter not to add "(default: None)"
+    p.add_argument("--epochs", type=int, help=f"epochs per run (default {FULL['epochs']}, "
+                   f"{QUICK['epochs']} with --quick)%(default).0s")
+    p.add_argument("--toy-sentences", type=int, help=f"toy corpus size (default {FULL['toy_sentences']}, "
+                   f"{QUICK['toy_sentences']} with --quick)%(default).0s")
     p.add_argument("--seed", type=int, nargs="+", default=[1], help="model/noise seed, the same for every "
                    "method; several seeds train every method once per seed, each seed in OUT/seed<S>/")
     p.add_argument("--data-seed", type=int, help="toy corpus and split seed (default: seed - 1)")
