@@ -39,6 +39,7 @@ Reading order (each module builds only on the ones before it):
   run.py               a training run: output folder, progress, checkpoints, resume, clean stops
   allocator.py         reuse_freed_memory, the training scripts' C allocator setting
   saved.py             load_model: a trained model rebuilt from its checkpoint
+  workers.py           a run's child process: started, stopped, or run on a Dask worker
   runner.py            grids of training runs: local worker processes, or a Dask cluster
 """
 __all__ = ["Tensor", "no_grad", "PRIMITIVES", "load_model"]

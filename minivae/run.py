@@ -40,6 +40,18 @@ class Terminated(KeyboardInterrupt):
 _saving = {"now": False, "stop": False}  # SIGTERM during a checkpoint's write waits for the write to end
 
 
+GRID_PARENT = "MINIVAE_GRID_PARENT"  # set by a grid of runs (minivae/workers.py) to the grid's PID
+
+
+def _stop_when_orphaned(parent, done):
+    """A grid's run whose grid has died (kill -9, a closed terminal) sends itself SIGTERM: it stops
+    cleanly, keeps its checkpoint, and does not train on with no one to collect it."""
+    while not done.wait(1.0):
+        if os.getppid() != parent:  # the parent ended: this process was handed to another
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+
+
 def _raise_terminated(signum, frame):
     if _saving["now"]:
         _saving["stop"] = True  # Run.save raises it once the checkpoint is complete
@@ -142,6 +154,9 @@ class Run:
         main_thread = threading.current_thread() is threading.main_thread()
         if main_thread:  # signal handlers can be set only there
             previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        done = threading.Event()  # set when the block ends: the orphan watch below stops then
+        if main_thread and os.environ.get(GRID_PARENT) == str(os.getppid()):  # a grid started this run
+            threading.Thread(target=_stop_when_orphaned, args=(os.getppid(), done), daemon=True).start()
         try:
             yield
         except NonFiniteGradientError as err:  # a finite loss whose gradient is not: the NaN stop
@@ -165,6 +180,7 @@ class Run:
                               f"as ulimit -f is reached). Training stopped.")
             raise SystemExit(1) from None
         finally:
+            done.set()
             if main_thread:
                 signal.signal(signal.SIGTERM, previous)
             self.close()

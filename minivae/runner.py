@@ -9,16 +9,16 @@ Grid trains them and hands back each finished run's metrics.json; the study writ
         ...the study's table, marked partial when grid.partial...
         grid.finish(command)                             # exit 130 / 143 after a stop, 1 after a failure
 
-Each run is its script started as a child process in its own process group, with stdout and
-stderr appended to <out>/train.log and one BLAS thread: OPENBLAS_NUM_THREADS, OMP_NUM_THREADS and
-MKL_NUM_THREADS are 1 in the child's environment (a value already set is kept), read when the
-child first imports NumPy, so that N runs use N cores instead of fighting over them.
+Each run is its script started as a child process (minivae/workers.py) in its own process group,
+with stdout and stderr appended to <out>/train.log and one BLAS thread, so that N runs use N cores
+instead of fighting over them.
 - A folder holding metrics.json is a finished run: it is read, not trained again.
 - A folder holding checkpoint.npz but no metrics.json is a stopped run: it continues with --resume.
 - Ctrl-C or SIGTERM to the study stops every running child with SIGTERM (also after Ctrl-C: a child
   past its training loop ends quietly on SIGTERM, where Ctrl-C would print a traceback); each
   stops cleanly and keeps its last checkpoint, and one still running STOP_SECONDS later is killed
-  with its process group. The study then exits 130 after Ctrl-C, 143 after SIGTERM.
+  with its process group. The study then exits 130 after Ctrl-C, 143 after SIGTERM. A run whose
+  study is killed outright (kill -9, a closed terminal) stops itself the same way within a second.
 - A run that fails is reported with its command and the last line of its log; the others go on.
 On Dask (optional: pip install -e ".[cluster]") each run is one task: the worker starts the script
 (sent with the task, beside its sibling scripts) in a temporary folder, then returns every file of
@@ -30,21 +30,16 @@ import json
 import os
 import shlex
 import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 from .fileio import atomic_writer, write_json
+from .workers import STOP_SECONDS, last_line, run_inputs, run_remotely, script_sources, start, stop
 
-BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-STOP_SECONDS = 20.0  # how long a stopped run may take to save and exit before it is killed
 POLL_SECONDS = 0.2
-PACKAGE_PARENT = str(Path(__file__).resolve().parents[1])  # the folder holding this minivae/
 NEEDS_EXTRA = '--dask needs dask.distributed, an optional extra: pip install -e ".[cluster]"'
 
 
@@ -104,52 +99,6 @@ def _shown(path):
     """A script's path as a command line shows it: relative to here if it lies below, else absolute."""
     relative = os.path.relpath(path)
     return os.path.abspath(path) if relative.startswith("..") else relative
-
-
-def child_environment():
-    """This environment, plus one BLAS thread and this minivae first on the import path."""
-    env = dict(os.environ)
-    for name in BLAS_THREADS:
-        env.setdefault(name, "1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_PARENT, env.get("PYTHONPATH")]))
-    return env
-
-
-def start(argv, out):
-    """Start `python argv...` in its own process group, its output appended to <out>/train.log."""
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "train.log"), "a", encoding="utf-8") as log:
-        return subprocess.Popen([sys.executable, *argv], stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=child_environment(), start_new_session=True)
-
-
-def stop(processes, signum):
-    """Send `signum` to each process's group; kill the groups that are still there STOP_SECONDS later."""
-    for proc in processes:
-        _signal_group(proc, signum)
-    deadline = time.monotonic() + STOP_SECONDS
-    for proc in processes:
-        try:
-            proc.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            _signal_group(proc, signal.SIGKILL)
-            proc.wait()
-
-
-def _signal_group(proc, signum):
-    try:
-        os.killpg(proc.pid, signum)
-    except ProcessLookupError:  # the group has already ended
-        pass
-
-
-def last_line(path):
-    """The last non-blank line of a log: where a failed run says what went wrong."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return "(no log)"
-    return next((line.strip() for line in reversed(lines) if line.strip()), "(empty log)")
 
 
 class Grid:
@@ -235,8 +184,8 @@ class Grid:
                     while waiting and len(pending) < max(sum(client.nthreads().values()), 1):
                         spec = waiting.pop(0)
                         self._announce(spec)
-                        pending[client.submit(run_remotely, os.path.basename(spec.script), _sources(spec.script),
-                                              spec.argv, _inputs(spec), stop_name,
+                        pending[client.submit(run_remotely, os.path.basename(spec.script), script_sources(spec.script),
+                                              spec.argv, run_inputs(spec), stop_name,
                                               key=f"{spec.name}-{uuid.uuid4().hex[:8]}")] = spec
                     time.sleep(POLL_SECONDS)
                     for task in [task for task in pending if task.done()]:
@@ -323,40 +272,3 @@ class Grid:
             raise SystemExit(1)
 
 
-def _sources(script):
-    """The script and its siblings ({file name: text}): scripts import each other."""
-    return {p.name: p.read_text(encoding="utf-8") for p in Path(script).resolve().parent.glob("*.py")}
-
-
-def _inputs(spec):
-    """What a stopped run continues from: its checkpoint and its log so far."""
-    files = ("checkpoint.npz", "train.log") if spec.resumes() else ()
-    return {name: Path(spec.out, name).read_bytes() for name in files if os.path.isfile(os.path.join(spec.out, name))}
-
-
-def run_remotely(script, sources, argv, inputs, stop_name):
-    """On a Dask worker: one run in a temporary folder; returns (exit code, seconds, {file: bytes}),
-    exit code None if the study was stopped before the run started.
-
-    The Dask event `stop_name`, set by the study on Ctrl-C or SIGTERM, makes it stop its run with
-    SIGTERM; the run's files come back either way.
-    """
-    from distributed import Event
-    stop_event = Event(stop_name)
-    if stop_event.is_set():  # the study was stopped before this run's turn came
-        return None, 0.0, {}
-    with tempfile.TemporaryDirectory(prefix="minivae-run-") as tmp:
-        for name, text in sources.items():
-            Path(tmp, name).write_text(text, encoding="utf-8")
-        out = os.path.join(tmp, "run")
-        os.makedirs(out)
-        for name, data in inputs.items():
-            Path(out, name).write_bytes(data)
-        resume = ["--resume", os.path.join(out, "checkpoint.npz")] if "checkpoint.npz" in inputs else []
-        t0 = time.perf_counter()
-        proc = start([os.path.join(tmp, script), *argv, "--out", out, *resume], out)
-        while proc.poll() is None:
-            if stop_event.wait(1.0):
-                stop([proc], signal.SIGTERM)
-        files = {p.relative_to(out).as_posix(): p.read_bytes() for p in Path(out).rglob("*") if p.is_file()}
-        return proc.returncode, time.perf_counter() - t0, files

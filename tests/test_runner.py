@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from minivae import runner
+from minivae import runner, workers
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))  # the sweep imports train_autoencoder as a sibling script
@@ -59,7 +59,7 @@ def test_the_sweep_figure_plots_mig_and_reconstruction_against_beta(tmp_path):
 def test_children_get_one_blas_thread_and_this_minivae(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setenv("MKL_NUM_THREADS", "3")  # a value the user set is kept
-    env = runner.child_environment()
+    env = workers.child_environment()
     assert (env["OPENBLAS_NUM_THREADS"], env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"]) == ("1", "1", "3")
     assert env["PYTHONPATH"].split(os.pathsep)[0] == str(ROOT)
 
@@ -190,3 +190,27 @@ def test_the_other_studies_stop_on_sigterm_too(tmp_path, script, flags, table):
                                  lambda: any(tmp_path.glob("*/checkpoint.npz")), signal.SIGTERM)
     assert returncode == 143 and "stopped by SIGTERM: " in err
     assert "PARTIAL" in (tmp_path / table).read_text()
+
+
+def test_runs_whose_study_is_killed_outright_stop_themselves_and_keep_their_checkpoints(tmp_path):
+    """kill -9 (or a closed terminal) leaves the study no time to stop its runs: each run sees that
+    the process that started it has gone and stops as on SIGTERM, within a few seconds."""
+    flags = TINY[:-6] + ["--epochs", "200", "--hidden", "16", "--latent", "3", "--batch-size", "100", "--no-plots",
+                         "--jobs", "2", "--out", str(tmp_path)]
+    study = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "beta_sweep.py"), *flags],
+                             env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not any(tmp_path.glob("*/checkpoint.npz")) and time.monotonic() < deadline:
+        assert study.poll() is None
+        time.sleep(0.05)
+    runs = [pid for pid in _processes_naming(str(tmp_path)) if pid != study.pid]
+    assert len(runs) == 2
+    study.kill()
+    study.wait()
+    t0 = time.monotonic()
+    while _processes_naming(str(tmp_path)) and time.monotonic() < t0 + 15:
+        time.sleep(0.05)
+    assert not _processes_naming(str(tmp_path)), "a run outlived its killed study"
+    stopped = [p.parent for p in tmp_path.glob("*/checkpoint.npz") if not (p.parent / "metrics.json").exists()]
+    assert stopped and all("stopped by SIGTERM in epoch" in (run / "train.log").read_text() for run in stopped)
