@@ -104,7 +104,9 @@ class VQVAE2(Module):
 
     n_top top codes and 16 bottom codes, each a D-vector from its own codebook (n_codes_top and
     n_codes_bottom entries): n_top * log2(K_t) + 16 * log2(K_b) bits per image. Grayscale pixels
-    with the Bernoulli likelihood (BCE), as vqvae.VQVAE.
+    with the Bernoulli likelihood (BCE), as vqvae.VQVAE. decoder: "patch" (each patch from its own
+    bottom code and the top's account of it) or "dense" (one MLP over all codes); top_reconstruction:
+    the weight w of the optional term of the module docstring (0: the paper's loss).
     """
 
     likelihood = "bernoulli"
@@ -194,8 +196,8 @@ class VQVAE2(Module):
         top_rec = sq(c, ops.stop_gradient(h))  # how far the top's account of the patch features is from them
         if self.top_reconstruction:
             objective = objective + self.top_reconstruction * top_rec
-        stats = {"top_rec": float(top_rec.data),"objective": float(objective.data), "rec": float(rec.data), "commitment": float(commit.data),
-                 "codebook": float(codebook.data)}
+        stats = {"objective": float(objective.data), "rec": float(rec.data), "commitment": float(commit.data),
+                 "codebook": float(codebook.data), "top_rec": float(top_rec.data)}
         for name, (z_e, codes) in zip(("top", "bottom"), levels):
             stats.update({f"codes_{name}": codes, f"z_e_{name}": z_e.data})
         return objective, stats
@@ -228,9 +230,12 @@ class VQVAE2(Module):
 
 
 def make_model(config, rng=None):
-    """The VQVAE2 that scripts/train_autoencoder.py --model vqvae2 builds from its flags (a dict, as saved)."""
+    """The VQVAE2 that scripts/train_autoencoder.py --model vqvae2 builds from its flags (a dict, as saved).
+
+    A config without n_codes_bottom or decoder comes from the first version of this model: one K
+    for both levels and the dense decoder.
+    """
     return VQVAE2(hidden=tuple(config["hidden"]), n_top=config["latent"], code_dim=config["code_dim"],
                   n_codes_top=config["n_codes"], n_codes_bottom=config.get("n_codes_bottom") or config["n_codes"],
                   commitment=config["commitment"], ema=True, top_reconstruction=config.get("top_reconstruction", 0.0),
                   decoder=config.get("decoder", "dense"), rng=rng, dtype=np.dtype(config["dtype"]))
-    # configs without n_codes_bottom or decoder come from the first version: one K, the dense decoder

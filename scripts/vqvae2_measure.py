@@ -33,7 +33,7 @@ CLASSIFIER_EPOCHS = 5  # 2 with --quick
 
 def flat_shape(args):
     """(L, K) of the flat VQ-VAE with about as many bits as the two levels: K = the top level's K,
-    L = the two levels' bits / log2 K, rounded (4 x 9 + 16 x 5 = 116 bits: 13 codes of K = 512, 117 bits)."""
+    L = the two levels' bits / log2 K, rounded (4 x 9 + 16 x 4 = 100 bits: 11 codes of K = 512, 99 bits)."""
     bits = args.latent * np.log2(args.n_codes) + vqvae2.N_BOTTOM * np.log2(args.n_codes_bottom)
     return max(1, int(round(bits / np.log2(max(args.n_codes, 2))))), args.n_codes
 

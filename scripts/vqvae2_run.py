@@ -145,9 +145,9 @@ def train_model(args, argv=None, script=None):
     history, prior_history, step, start_epoch, start_prior_epoch = [], [], 0, 0, 0
     if args.resume:
         import train_autoencoder  # the flags that fix the architecture
-        state = resume(args.resume, args, (*train_autoencoder.ARCHITECTURE, "n_codes_bottom", "decoder"), model, optimizer, rng,
-                             needs=("prior_epoch",), ema_top=emas[0], ema_bottom=emas[1],
-                             prior_optimizer=prior_optimizer)
+        architecture = (*train_autoencoder.ARCHITECTURE, "n_codes_bottom", "decoder")
+        state = resume(args.resume, args, architecture, model, optimizer, rng,
+                       needs=("prior_epoch",), ema_top=emas[0], ema_bottom=emas[1], prior_optimizer=prior_optimizer)
         history, step, start_epoch = state["history"], state["step"], state["epoch"]
         prior_history, start_prior_epoch = state["prior_history"], state["prior_epoch"]
         usage = [np.asarray(state["usage_top"]), np.asarray(state["usage_bottom"])]
