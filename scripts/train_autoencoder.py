@@ -32,7 +32,8 @@ LATENT = {"ae": 32, "dae": 32, "sparse": 196, "ksparse": 256, "contractive": 64,
 GENERATIVE = ("vae", "beta_vae", "vqvae", "iaf")
 USES = {"dae": ("noise", "noise_level"), "sparse": ("rho", "sparsity_weight"), "ksparse": ("k", "k_warmup_epochs"),
         "contractive": ("contraction",), "iaf": ("iaf_steps", "made_hidden"), "vae beta_vae iaf": ("beta", "iw_samples", "iw_examples"),
-        "vqvae vqvae2": ("n_codes", "code_dim", "commitment", "ema", "ema_decay", "restart_every", "prior_epochs")}  # models -> their own flags
+        "vqvae vqvae2": ("n_codes", "code_dim", "commitment", "ema", "ema_decay", "restart_every", "prior_epochs"),
+        "vqvae2": ("n_codes_bottom", "top_reconstruction", "decoder")}  # models -> their own flags
 ARCHITECTURE = ("model", "dataset", "hidden", "latent", "activation", "likelihood", "dtype", "n_codes",
                 "code_dim", "iaf_steps", "made_hidden", "ema")
 
@@ -69,7 +70,12 @@ def parse_args(argv=None):
     g.add_argument("--k-warmup-epochs", type=flags.finite_float, default=1.0, help="ksparse: epochs to go from dense to k")
     g.add_argument("--contraction", type=flags.finite_float, default=0.1, help="contractive: lambda")
     g.add_argument("--beta", type=flags.finite_float, help="KL weight (default 1 for vae and iaf, 4 for beta_vae)")
-    g.add_argument("--n-codes", type=int, help="vqvae: codebook size K (default 64); vqvae2: K of each level (512)")
+    g.add_argument("--n-codes", type=int, help="vqvae: codebook size K (default 64); vqvae2: K of the top level (512)")
+    g.add_argument("--n-codes-bottom", type=int, default=16, help="vqvae2: K of the bottom level")
+    g.add_argument("--top-reconstruction", type=flags.finite_float, default=0.0, help="vqvae2: weight of the "
+                   "top decoder's squared error on the patch features (0: none, the paper's loss)")
+    g.add_argument("--decoder", choices=["patch", "dense"], default="patch", help="vqvae2: each patch from "
+                   "its bottom code and the top (patch), or one MLP over all codes (dense)")
     g.add_argument("--code-dim", type=int, default=16, help="vqvae: code vector size D")
     g.add_argument("--commitment", type=flags.finite_float, default=0.25, help="vqvae: commitment weight")
     g.add_argument("--ema", action="store_true", help="vqvae: EMA codebook update instead of its loss")
@@ -94,8 +100,8 @@ def parse_args(argv=None):
     args.beta = args.beta if args.beta is not None else (4.0 if args.model == "beta_vae" else 1.0)
     args.out = args.out or f"runs/{args.model}"
     flags.check_flags(p, args, at_least_1=("epochs", "batch_size", "latent", "hidden", "k", "n_codes",
-                                           "code_dim", "made_hidden"), positive=("lr",),
-                      at_least_0=("beta", "sparsity_weight", "contraction", "commitment", "prior_epochs",
+                                           "code_dim", "made_hidden", "n_codes_bottom"), positive=("lr",),
+                      at_least_0=("beta", "top_reconstruction", "sparsity_weight", "contraction", "commitment", "prior_epochs",
                                   "iaf_steps", "iw_samples", "iw_examples", "limit", "max_seconds", "max_cpu_seconds",
                                   "k_warmup_epochs", "noise_level", "restart_every"), in_0_1=("ema_decay",))
     return args

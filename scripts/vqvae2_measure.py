@@ -2,8 +2,8 @@
 its baseline, and its pictures; vqvae2_run.py calls measure() at the end of a run.
 
 - reconstruction (BCE, nats per test image): two levels; the bottom codes all replaced by the
-  most frequent one (what the top alone carries); the top replaced so; a flat VQ-VAE with as many
-  bits (L_t + 16 codes from the same K), trained with the same epochs, and its GRU prior
+  most frequent one (what the top alone carries); the top replaced so; a flat VQ-VAE with about
+  as many bits (flat_shape: codes from the top's K), trained with the same epochs, and its GRU prior
 - per level: codes used out of K and perplexity over the whole test set (in vqvae2_run.evaluate)
 - prior NLL in bits per image, train and test: top, bottom | top, bottom alone, against the
   uniform (L log2 K) and unigram (each code's training frequency, add-one smoothed) baselines
@@ -31,16 +31,24 @@ CONSISTENCY_IMAGES = 1000  # test images whose codes are kept (200 with --quick)
 CLASSIFIER_EPOCHS = 5  # 2 with --quick
 
 
+def flat_shape(args):
+    """(L, K) of the flat VQ-VAE with about as many bits as the two levels: K = the top level's K,
+    L = the two levels' bits / log2 K, rounded (4 x 9 + 16 x 4 = 100 bits: 11 codes of K = 512, 99 bits)."""
+    bits = args.latent * np.log2(args.n_codes) + vqvae2.N_BOTTOM * np.log2(args.n_codes_bottom)
+    return max(1, int(round(bits / np.log2(max(args.n_codes, 2))))), args.n_codes
+
+
 def flat_baseline(args, x_train, x_test, out):
-    """The flat VQ-VAE with as many bits and its CodePrior, trained like the two-level model's stage 1
-    and 2 (same epochs, batch, lr, EMA, restarts); read from flat_vqvae.npz if an earlier run saved it."""
+    """The flat VQ-VAE with about as many bits and its CodePrior, trained like the two-level model's
+    stage 1 and 2 (same epochs, batch, lr, EMA, restarts); read from flat_vqvae.npz if an earlier run saved it."""
     import vqvae2_run  # its stage-1 epoch trains this model too
-    L, path = args.latent + vqvae2.N_BOTTOM, out("flat_vqvae.npz")
+    (L, K), path = flat_shape(args), out("flat_vqvae.npz")
     rng = np.random.default_rng([args.seed, 8])
-    model = vqvae.VQVAE(784, tuple(args.hidden), L, args.code_dim, args.n_codes, "relu", commitment=args.commitment,
+    model = vqvae.VQVAE(784, tuple(args.hidden), L, args.code_dim, K, "relu", commitment=args.commitment,
                         ema=True, rng=rng, dtype=x_train.dtype)
-    prior = vqvae.CodePrior(args.n_codes, L, hidden=64, rng=rng, dtype=x_train.dtype)  # as the two-level priors
+    prior = vqvae.CodePrior(K, L, hidden=64, rng=rng, dtype=x_train.dtype)  # as the two-level priors
     recipe = {k: getattr(args, k) for k in ("epochs", "prior_epochs", "batch_size", "lr", "seed", "limit")}
+    recipe.update(latents=L, codes=K)
     try:
         state = load_checkpoint(path) if os.path.exists(path) else None
         if state is not None and state["recipe"] == recipe:
@@ -50,7 +58,7 @@ def flat_baseline(args, x_train, x_test, out):
     except (CheckpointError, KeyError, ValueError) as err:
         print(f"retraining the flat VQ-VAE: {path} does not fit ({err})")
     t0, emas = time.perf_counter(), [vqvae.EMACodebook(model.codebook, args.ema_decay)]
-    usage = [np.zeros(args.n_codes, int)]  # how often each code was chosen since the last restart
+    usage = [np.zeros(K, int)]  # how often each code was chosen since the last restart
     optimizer, step = Adam([p for p in model.parameters() if p is not model.codebook.E], lr=args.lr), 0
     vqvae2_run.start_codebooks(model, x_train[:args.batch_size], rng, emas)
     for epoch in range(args.epochs):

@@ -28,14 +28,15 @@ import sample  # noqa: E402
 import train_autoencoder  # noqa: E402
 import vqvae2_measure  # noqa: E402
 
+DEFAULTS, FLAT_L = (512, 16, 2, 4, 0.0), 11  # K_t, K_b, prior epochs, top codes, top reconstruction; 100 bits
 D, F, K_T, K_B, L_T = 3, 2, 5, 6, 2
 
 
-def small(ema=True, seed=0):
+def small(ema=True, seed=0, top_reconstruction=0.0, decoder="dense"):
     rng = np.random.default_rng(seed)
     model = vqvae2.VQVAE2(hidden=(5,), n_top=L_T, code_dim=D, n_codes_top=K_T, n_codes_bottom=K_B, patch_hidden=4,
-                          patch_features=F, top_hidden=6, prior_hidden=4, commitment=0.7, ema=ema, rng=rng,
-                          dtype=np.float64)
+                          patch_features=F, top_hidden=6, prior_hidden=4, commitment=0.7, ema=ema,
+                          top_reconstruction=top_reconstruction, decoder=decoder, rng=rng, dtype=np.float64)
     model.codebook_top.E.data[...] = rng.standard_normal((K_T, D))  # spread out: no near-ties
     model.codebook_bottom.E.data[...] = rng.standard_normal((K_B, D))
     return model, rng.uniform(0, 1, (3, 784))
@@ -57,7 +58,7 @@ def _mlp(p, prefix, x, n_layers):
     return x
 
 
-def loss_ref(p, x, top, bottom, beta, ema):
+def loss_ref(p, x, top, bottom, beta, ema, top_reconstruction, decoder):
     """VQVAE2.loss's objective with the codes held at the ones the model chose."""
     B = len(x)
     h = _mlp(p, "enc_b", vqvae2.patches(x), 2)  # (B, 16, F)
@@ -68,11 +69,16 @@ def loss_ref(p, x, top, bottom, beta, ema):
     z_e_bottom = anp.concatenate([h, c], axis=2) @ p["pre_quantise.W"] + p["pre_quantise.b"]
     z_q_bottom = p["codebook_bottom.E"][bottom]
     z_bottom = z_e_bottom + stop_gradient(z_q_bottom - z_e_bottom)
-    logits = _mlp(p, "decoder", anp.concatenate([anp.reshape(z_bottom, (B, -1)), anp.reshape(z_top, (B, -1))], 1), 2)
+    if decoder == "patch":  # each patch from its bottom code and c, then the patches back in their places
+        patch_logits = anp.reshape(_mlp(p, "decoder", anp.concatenate([z_bottom, c], axis=2), 2), (B, 4, 4, 7, 7))
+        logits = anp.reshape(anp.transpose(patch_logits, (0, 1, 3, 2, 4)), (B, 784))
+    else:
+        logits = _mlp(p, "decoder", anp.concatenate([anp.reshape(z_bottom, (B, -1)), anp.reshape(z_top, (B, -1))], 1), 2)
     rec = anp.mean(anp.sum(anp.logaddexp(0.0, logits) - x * logits, axis=1))  # BCE from logits
     sq = lambda a, b: anp.mean(anp.sum((a - b) ** 2, axis=(1, 2)))  # noqa: E731
     levels = [(z_e_top, z_q_top), (z_e_bottom, z_q_bottom)]
     objective = rec + beta * sum(sq(z_e, stop_gradient(z_q)) for z_e, z_q in levels)
+    objective = objective + top_reconstruction * sq(c, stop_gradient(h))  # the top regresses the patch features
     return objective if ema else objective + sum(sq(stop_gradient(z_e), z_q) for z_e, z_q in levels)
 
 
@@ -132,19 +138,53 @@ def test_loss_shapes_and_codes():
 
 
 # ------------------------------------------------------------------ gradients
-@pytest.mark.parametrize("ema", [True, False])
-def test_loss_matches_autograd_with_the_straight_through_estimator(ema):
-    model, x = small(ema)
+@pytest.mark.parametrize("ema, top_reconstruction, decoder", [(True, 0.0, "dense"), (False, 0.0, "dense"),
+                                                               (True, 0.6, "dense"), (True, 0.0, "patch"),
+                                                               (False, 0.6, "patch")])
+def test_loss_matches_autograd_with_the_straight_through_estimator(ema, top_reconstruction, decoder):
+    model, x = small(ema, top_reconstruction=top_reconstruction, decoder=decoder)
     _, stats = model.loss(x)
     against_autograd(model, lambda: model.loss(x)[0], loss_ref, x, stats["codes_top"], stats["codes_bottom"],
-                     0.7, ema)
+                     0.7, ema, top_reconstruction, decoder)
 
 
-@pytest.mark.parametrize("prefix", ["decoder.", "codebook_"])
-def test_decoding_codes_finite_differences(prefix):
+def test_the_patch_decoder_draws_each_bottom_code_in_its_own_patch_only():
+    model, _ = small(decoder="patch")
+    top, bottom = np.array([[0, 4]]), np.arange(16)[None] % K_B
+    changed = bottom.copy()
+    changed[0, 6] = (bottom[0, 6] + 1) % K_B  # row 1, column 2 of the 4 x 4 grid
+    with no_grad():
+        diff = (model.decode_codes(top, changed).data - model.decode_codes(top, bottom).data).reshape(28, 28)
+    inside = np.zeros((28, 28), bool)
+    inside[7:14, 14:21] = True
+    assert np.all(diff[~inside] == 0) and np.all(diff[inside] != 0)
+    with no_grad():  # a new top code changes every patch
+        diff = model.decode_codes((top + 1) % K_T, bottom).data - model.decode_codes(top, bottom).data
+    assert np.all(vqvae2.patches(np.abs(diff)).max(axis=2) > 0)
+    np.testing.assert_array_equal(vqvae2.unpatch(vqvae2.patches(np.arange(784.0)[None])), np.arange(784.0)[None])
+
+
+def test_top_reconstruction_adds_its_weighted_error_and_holds_the_patch_features_fixed():
+    (plain, x), (aux, _) = small(), small(top_reconstruction=2.5)
+    for model in (plain, aux):  # the top's input no longer depends on h: h reaches the term only as its target
+        model.enc_t.layers[0].W.data[...] = 0.0
+    objective, stats = plain.loss(x)
+    assert float(aux.loss(x)[0].data) == pytest.approx(float(objective.data) + 2.5 * stats["top_rec"], rel=1e-12)
+    objective.backward()
+    aux.loss(x)[0].backward()
+    grads = {name: [dict(m.named_parameters())[name].grad for m in (plain, aux)]
+             for name in ("enc_b.layers.0.W", "enc_t.layers.0.W", "dec_t.layers.1.W")}
+    np.testing.assert_allclose(*grads["enc_b.layers.0.W"], rtol=1e-12)  # the target h is held fixed
+    for name in ("enc_t.layers.0.W", "dec_t.layers.1.W"):
+        assert not np.allclose(*grads[name]), name
+
+
+@pytest.mark.parametrize("prefix, decoder", [("decoder.", "dense"), ("codebook_", "dense"), ("decoder.", "patch"),
+                                             ("codebook_", "patch"), ("dec_t.", "patch")])
+def test_decoding_codes_finite_differences(prefix, decoder):
     # below the quantisers the gradient is the straight-through estimate, not the loss's
     # derivative, so finite differences check the decoder and the codebook lookups
-    model, _ = small()
+    model, _ = small(decoder=decoder)
     top, bottom = np.array([[0, 4], [2, 2]]), np.arange(32).reshape(2, 16) % K_B
     check_loss_grads(model, lambda m: ops.mean(ops.square(m.decode_codes(top, bottom))), prefix=prefix)
 
@@ -210,14 +250,17 @@ def test_ancestral_sampling_shapes_ranges_and_determinism():
 
 
 TINY = ["--model", "vqvae2", "--no-download", "--limit", "300", "--batch-size", "64", "--hidden", "16",
-        "--n-codes", "16", "--no-progress", "--restart-every", "3"]
+        "--n-codes", "16", "--n-codes-bottom", "4", "--no-progress", "--restart-every", "3"]
 
 
 def test_vqvae2_defaults_and_bad_flags(capsys):
     args = train_autoencoder.parse_args(["--model", "vqvae2"])
-    assert (args.n_codes, args.prior_epochs, args.latent) == (512, 2, 4)
+    assert (args.n_codes, args.n_codes_bottom, args.prior_epochs, args.latent, args.top_reconstruction) == DEFAULTS
     assert train_autoencoder.parse_args(["--model", "vqvae"]).n_codes == 64
-    for bad, name in [(["--n-codes", "0"], "--n-codes"), (["--prior-epochs", "-1"], "--prior-epochs")]:
+    assert vqvae2_measure.flat_shape(args) == (FLAT_L, 512)  # 4 x 9 + 16 x log2 K_b bits, in codes of 9 bits
+    for bad, name in [(["--n-codes", "0"], "--n-codes"), (["--prior-epochs", "-1"], "--prior-epochs"),
+                      (["--n-codes-bottom", "0"], "--n-codes-bottom"), (["--top-reconstruction", "-1"],
+                                                                         "--top-reconstruction")]:
         with pytest.raises(SystemExit):
             train_autoencoder.parse_args(["--model", "vqvae2", *bad])
         assert name in capsys.readouterr().err
@@ -230,7 +273,7 @@ def test_checkpoint_round_trips_through_load_model(tmp_path):
     save_state(str(tmp_path / "checkpoint.npz"), model, Adam(model.parameters()), np.random.default_rng(0),
               config=flags.run_config(args), step=0, epoch=0, history=[])
     loaded = load_model(str(tmp_path / "checkpoint.npz"))
-    assert isinstance(loaded, vqvae2.VQVAE2) and loaded.n_codes_top == 16 and loaded.n_top == 4
+    assert isinstance(loaded, vqvae2.VQVAE2) and (loaded.n_codes_top, loaded.n_codes_bottom) == (16, 4) and loaded.n_top == 4
     for (name, p), (name2, q) in zip(model.named_parameters(), loaded.named_parameters()):
         assert name == name2
         np.testing.assert_array_equal(p.data, q.data)
@@ -265,7 +308,7 @@ def test_the_run_writes_every_measurement_and_picture_and_sample_py_draws_from_i
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["rec"] == pytest.approx(metrics["rec"])
     assert set(saved["rec"]) == {"two_level", "bottom_all_most_frequent", "top_all_most_frequent", "flat_vqvae"}
-    assert saved["bits_per_image"] == saved["flat_bits_per_image"] == 80.0  # 4 + 16 codes of 4 bits
+    assert saved["bits_per_image"] == saved["flat_bits_per_image"] == 48.0  # 4 x 4 + 16 x 2 bits; 12 flat codes of 4
     assert set(saved["samples_100"]) == {"vqvae2", "flat_vqvae", "uniform_codes"}
     for hist in saved["samples_100"].values():
         assert sum(hist["class_counts"]) == 100 and 0 <= hist["entropy_bits"] <= np.log2(10)
@@ -285,8 +328,8 @@ def test_the_run_writes_every_measurement_and_picture_and_sample_py_draws_from_i
 def test_vqvae2_learns_on_the_bundled_digits(tmp_path):
     """8 epochs (504 steps) on the 8,000 bundled digits: the two-level model reconstructs far better than
     its top codes alone, each prior beats its uniform and unigram baselines on held-out codes, and
-    bottoms drawn given an image's top keep its class more often than chance and than bottoms
-    drawn ignoring the top."""
+    the class lives in the top: decodes that keep an image's top codes and redraw the bottom keep
+    its class far more often than decodes that keep the bottom codes and redraw the top."""
     metrics = train_autoencoder.main(["--model", "vqvae2", "--no-download", "--epochs", "8", "--no-progress",
                                       "--no-plots", "--out", str(tmp_path)])
     rec, base, test = metrics["rec"], metrics["baselines_bits"], metrics["prior_nll_bits"]["test"]
@@ -294,5 +337,6 @@ def test_vqvae2_learns_on_the_bundled_digits(tmp_path):
     assert test["top_prior"] < min(base["top_uniform"], base["top_unigram"])
     assert test["bottom_prior"] < min(base["bottom_uniform"], base["bottom_unigram"])
     assert test["bottom_prior"] < test["bottom_prior_alone"]  # the top tells the bottom something
-    kept = metrics["class_consistency"]  # the top codes carry class: more than chance, more than ignoring them
-    assert kept["keep_top_bottom_from_p_bottom_given_top"] > max(0.1, kept["keep_top_bottom_from_p_bottom_alone"])
+    kept = metrics["class_consistency"]  # the top codes carry the class, the bottom codes little of it
+    assert kept["keep_top_bottom_from_p_bottom_given_top"] > 0.5
+    assert kept["keep_top_bottom_from_p_bottom_given_top"] > kept["keep_bottom_top_from_p_top"] + 0.25
