@@ -1,6 +1,8 @@
 """Train every model of the autoencoder family on the same data, seed and budget, and tabulate them.
 
-Each model is one run of scripts/train_autoencoder.py (its outputs land in OUT/<model>/), and a
+Each model is one run of scripts/train_autoencoder.py (its outputs land in OUT/<model>/; VQ-VAE-2
+trains with its own short budget under --quick, since its run also fits priors and a flat
+baseline), and a
 VAE (beta = 1) and a beta-VAE trained on the generated shapes (OUT/shapes-vae/, shapes-beta_vae/)
 are scored by the mutual information gap; minivae.runner trains these runs --jobs at a time, or on
 a Dask cluster (--dask ADDRESS). A second IAF VAE (OUT/iaf_equal_time/) then gets the plain VAE's
@@ -26,7 +28,7 @@ import numpy as np
 import digit_classifier
 import train_autoencoder
 import vqvae2_run
-from minivae import runner, vqvae
+from minivae import load_model, runner, vqvae
 from minivae.checkpoint import load_checkpoint
 from minivae.engine import no_grad
 from minivae.fileio import atomic_writer, write_json
@@ -34,7 +36,9 @@ from minivae.flags import check_flags
 from minivae.run import plot_module
 
 QUICK = ["--limit", "10000", "--epochs", "20"]
-RUNS = (*train_autoencoder.MODELS, "iaf_equal_time")  # the rows: every model, then the IAF at the VAE's time
+VQVAE2_QUICK = ["--quick"]  # VQ-VAE-2's own quick budget: its run also fits priors and a flat baseline
+FIRST = (*train_autoencoder.MODELS, "vqvae2")  # the runs trained first, one per model
+RUNS = (*FIRST, "iaf_equal_time")  # the rows: every model, then the IAF at the VAE's time
 COLUMNS = [("test_rec", "test rec (nats)"), ("test_neg_elbo", "test -ELBO"), ("test_iw_nll", "test IW NLL"),
            ("active_units", "active units"), ("recognised", "digits recognised"),
            ("codes_per_position", "codes per position"), ("seconds", "seconds"), ("cpu_seconds", "CPU seconds")]
@@ -70,7 +74,10 @@ def model_flags(args, model):
     flags = ["--model", model, "--seed", str(args.seed)]
     if model in ("vae", "beta_vae", "iaf"):  # the models with a likelihood bound to score
         flags += ["--iw-samples", str(args.iw_samples), "--iw-examples", str(args.iw_examples)]
-    flags += QUICK if args.quick else ["--epochs", str(args.epochs)]
+    if model == "vqvae2":
+        flags += VQVAE2_QUICK if args.quick else ["--epochs", str(args.epochs)]
+    else:
+        flags += QUICK if args.quick else ["--epochs", str(args.epochs)]
     flags += ["--data-dir", args.data_dir] if args.data_dir else []
     flags += ["--no-download"] * args.no_download + ["--no-progress"] * args.no_progress
     return flags + (["--dataset", "mnist"] if model == "beta_vae" else [])
@@ -121,7 +128,7 @@ def main(argv=None):
     args = parse_args(argv)
     out = lambda name: os.path.join(args.out, name)  # noqa: E731
     shapes = {f"shapes-{m}": (m, beta) for m, beta in (("vae", 1.0), ("beta_vae", args.shapes_beta))}
-    first = [spec(args, m, model_flags(args, m)) for m in train_autoencoder.MODELS]
+    first = [spec(args, m, model_flags(args, m)) for m in FIRST]
     first += [spec(args, name, shapes_flags(args, *mb)) for name, mb in shapes.items()]
     if args.overwrite:  # earlier results are replaced: nothing is read or resumed from them
         for run in first + [spec(args, "iaf_equal_time", [])]:
@@ -196,6 +203,8 @@ def trained_model(args, name):
     run = os.path.join(args.out, name)
     flags = train_autoencoder.parse_args(model_flags(args, "iaf" if name == "iaf_equal_time" else name) + [
         "--out", run, "--resume", os.path.join(run, "checkpoint.npz")])
+    if name == "vqvae2":  # built by its own module, from the checkpoint's config
+        return load_model(flags.resume), flags
     model = train_autoencoder.build_model(flags, np.random.default_rng(0), np.dtype(flags.dtype))
     model.load_state_dict(load_checkpoint(flags.resume)["params"])
     return model, flags

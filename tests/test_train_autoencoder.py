@@ -111,11 +111,14 @@ def test_bad_flags_name_the_flag(capsys):
 def test_compare_writes_the_table_json_and_figure(tmp_path, monkeypatch):
     monkeypatch.setattr(compare_autoencoders, "QUICK", ["--limit", "600", "--epochs", "1", "--hidden", "32",
                                                         "--batch-size", "64", "--prior-epochs", "1"])
+    monkeypatch.setattr(compare_autoencoders, "VQVAE2_QUICK", ["--limit", "300", "--epochs", "1", "--hidden", "16",
+                                                               "--batch-size", "64", "--prior-epochs", "1",
+                                                               "--n-codes", "16", "--n-codes-bottom", "4"])
     result = compare_autoencoders.main(["--out", str(tmp_path), "--quick", "--no-download",
                                         "--iw-samples", "3", "--iw-examples", "20", "--shapes-epochs", "1"])
     saved = json.loads((tmp_path / "comparison.json").read_text())
     assert saved == json.loads(json.dumps(result))
-    assert [r["model"] for r in saved["rows"]] == [*train_autoencoder.MODELS, "iaf_equal_time"]
+    assert [r["model"] for r in saved["rows"]] == [*train_autoencoder.MODELS, "vqvae2", "iaf_equal_time"]
     keys = {"model", "test_rec", "test_neg_elbo", "test_iw_nll", "active_units", "recognised",
             "codes_per_position", "seconds", "cpu_seconds"}
     for row in saved["rows"]:
