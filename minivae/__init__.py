@@ -20,7 +20,8 @@ Reading order (each module builds only on the ones before it):
   autoencoders.py      deterministic autoencoders: plain, denoising, sparse, k-sparse, contractive
   shapes.py            generated images with known factors; the mutual information gap (MIG)
   vqvae.py             VQ-VAE: codebook, straight-through, EMA update, dead-code restarts, GRU prior
-  vqvae2.py            VQ-VAE-2: a global top code, patch codes conditioned on it, a GRU prior per level
+  vqvae2.py            VQ-VAE-2: a global top code, patch codes conditioned on it, a patch decoder,
+                       a GRU prior per level
   sequences.py         sequences with known dynamics (noisy oscillator, moving digit), rollout measures
   tdvae.py             TD-VAE: belief GRU, D blocks, smoothing posterior, jumpy transition, eq. 6 loss
   iaf.py               MADE masked layers and the VAE with an inverse-autoregressive-flow posterior
