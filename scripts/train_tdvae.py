@@ -127,7 +127,7 @@ def train_next_step(args, dtype):
         loss = model.loss(batch("oscillator", args.batch_size, None, rng, dtype))
         loss.backward()
         optimizer.step()
-    print(f"next-step GRU: {args.baseline_steps} updates" + (f", last training NLL {float(loss.data):.3f} nats per step" if loss else ""))
+    print(f"next-step GRU: {args.baseline_steps} updates" + (f", last training NLL {float(loss.data):.3f} nats per step" if loss is not None else ""))
     return model
 
 
