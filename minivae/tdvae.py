@@ -83,7 +83,8 @@ class TDVAE(Module):
     """The TD-VAE of the module docstring, for observations of n_obs numbers per time step."""
 
     def __init__(self, n_obs, rng, n_pre=32, n_belief=32, n_latent=8, n_hidden=50, decoder="first",
-                 decoder_hidden=200, use_delta=True, delta_scale=10.0, x_logvar=OBS_LOGVAR, dtype=np.float32):
+                 decoder_hidden=200, use_delta=True, delta_scale=10.0, x_logvar=OBS_LOGVAR, belief_log_sigma=None,
+                 dtype=np.float32):
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
         self.n_obs, self.n_latent, self.decoder_kind = n_obs, n_latent, decoder
@@ -92,6 +93,8 @@ class TDVAE(Module):
         self.pre = MLP([n_obs, n_pre, n_pre], "relu", rng, dtype)
         self.belief = GRU(n_pre, n_belief, rng, dtype)
         self.p_B = DBlock(n_belief, n_hidden, n_latent, rng, dtype)
+        if belief_log_sigma is not None:  # p_B's initial log sigma (its head's bias); default: about 0, sigma about 1
+            self.p_B.log_sigma.b.data[...] = belief_log_sigma
         self.q_S = DBlock(n_latent + n_belief + d, n_hidden, n_latent, rng, dtype)
         self.p_T = DBlock(n_latent + d, n_hidden, n_latent, rng, dtype)
         if decoder == "first":  # a fixed variance: a learned one grows to the signal's while z is unused
@@ -187,11 +190,12 @@ class TDVAE(Module):
 
 def from_config(config, rng=None):
     """The TDVAE that scripts/train_tdvae.py builds for these flags (a dict: task, pre, belief,
-    latent, hidden, dtype): pixel logits and no d for the moving digit, z[0] and d for the oscillator."""
+    latent, hidden, dtype, optionally init_log_sigma): pixel logits and no d for the moving digit,
+    z[0] and d for the oscillator."""
     digit = config["task"] == "moving-digit"
     return TDVAE(196 if digit else 1, rng or np.random.default_rng(0), n_pre=config["pre"], n_belief=config["belief"],
                  n_latent=config["latent"], n_hidden=config["hidden"], decoder="bernoulli" if digit else "first",
-                 use_delta=not digit, dtype=np.dtype(config["dtype"]))
+                 use_delta=not digit, belief_log_sigma=config.get("init_log_sigma"), dtype=np.dtype(config["dtype"]))
 
 
 class NextStepGRU(Module):

@@ -49,6 +49,9 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     p.add_argument("--warmup-steps", type=int, default=1000, help="updates over which the KL terms' weight "
                    "rises linearly from 0 to 1 (0: the loss of eq. 6 from the start)")
+    p.add_argument("--max-delta", type=int, help="largest short jump d (default: 10 oscillator, 4 moving-digit)")
+    p.add_argument("--p-long", type=float, help="oscillator: probability of a jump from 1..120 instead (default 0.2)")
+    p.add_argument("--init-log-sigma", type=float, help="p_B's initial log sigma (default: the layer's init, about 0)")
     p.add_argument("--latent", type=int, default=8, help="size of the state z")
     p.add_argument("--hidden", type=int, default=50, help="hidden units of the D blocks")
     p.add_argument("--pre", type=int, help="pre-processing MLP width (default: 32 oscillator, 128 moving-digit)")
@@ -62,14 +65,17 @@ def parse_args(argv=None):
     flags.add_run_flags(p, out=None)
     p.set_defaults(model="tdvae")  # not a flag: the checkpoint's config names the model for load_model
     args = p.parse_args(argv)
-    for name in ("pre", "belief", "epochs"):
+    args.p_long = TASKS[args.task]["p_long"] if args.p_long is None else args.p_long
+    for name in ("pre", "belief", "epochs", "max_delta"):
         if getattr(args, name) is None:
             setattr(args, name, max(1, TASKS[args.task][name] // (5 if args.quick and name == "epochs" else 1)))
     if args.quick:
         args.baseline_steps //= 5
         args.warmup_steps //= 5
     args.out = args.out or f"runs/tdvae-{args.task}"
-    flags.check_flags(p, args, at_least_1=("epochs", "steps_per_epoch", "batch_size", "pairs", "latent", "hidden",
+    if not 0 <= args.p_long <= (args.task == "oscillator"):
+        p.error(f"--p-long must be in [0, 1] for the oscillator and 0 for the moving digit (got {args.p_long})")
+    flags.check_flags(p, args, at_least_1=("epochs", "steps_per_epoch", "batch_size", "pairs", "max_delta", "latent", "hidden",
                                            "pre", "belief", "test_sequences", "samples"), positive=("lr",),
                       at_least_0=("baseline_steps", "warmup_steps"))
     return args
@@ -100,7 +106,7 @@ def batch(task, n, digits, rng, dtype):
 def update(model, optimizer, x, args, rng, run):
     """One Adam step on the TD-VAE loss of `args.pairs` random pairs per sequence; returns its terms."""
     task = TASKS[args.task]
-    t1, t2 = tdvae.draw_pairs(rng, (len(x), args.pairs), task["length"], task["max_delta"], task["long_delta"], task["p_long"])
+    t1, t2 = tdvae.draw_pairs(rng, (len(x), args.pairs), task["length"], args.max_delta, task["long_delta"], args.p_long)
     eps1, eps2 = (rng.standard_normal((len(x), args.pairs, args.latent)).astype(x.dtype) for _ in range(2))
     beta = schedules.linear_warmup(run.step, args.warmup_steps) if args.warmup_steps else 1.0
     objective, stats = model.loss(x, t1, t2, eps1, eps2, beta)
@@ -115,13 +121,13 @@ def train_next_step(args, dtype):
     """The baseline: a GRU of the TD-VAE's sizes trained by next-step regression on fresh sequences."""
     rng = np.random.default_rng([args.seed, 3])
     model = tdvae.NextStepGRU(1, rng, n_pre=args.pre, n_belief=args.belief, dtype=dtype)
-    optimizer = Adam(model.parameters(), lr=args.lr)
+    optimizer, loss = Adam(model.parameters(), lr=args.lr), None
     for step in range(args.baseline_steps):
         optimizer.zero_grad()
         loss = model.loss(batch("oscillator", args.batch_size, None, rng, dtype))
         loss.backward()
         optimizer.step()
-    print(f"next-step GRU: {args.baseline_steps} updates, last training NLL {float(loss.data):.3f} nats per step")
+    print(f"next-step GRU: {args.baseline_steps} updates" + (f", last training NLL {float(loss.data):.3f} nats per step" if loss is not None else ""))
     return model
 
 
@@ -165,6 +171,7 @@ def measure_oscillator(model, baseline, config):
             "median_freq_abs_err": float(np.mean(np.abs(np.median(sequences.OMEGA) - omega))),
             "median_amp_rel_err": float(np.mean(np.abs(np.mean(sequences.AMPLITUDE) - a_true) / a_true)),
             "random_phase_err": float(np.pi / 2), "zero_rmse": float(np.sqrt(np.mean(window ** 2)))}
+    metrics["latent_use"] = latent_use(model, config)
     probe_obs, probe_truth, probe_omega = test_oscillators({**config, "test_sequences": 5 * len(obs), "seed": config["seed"] + 1000})
     targets = np.stack([np.concatenate([probe_omega, omega]),
                         np.concatenate([sequences.fit_sinusoid(probe_truth[:, :40])[1], sequences.fit_sinusoid(truth[:, :40])[1]])], 1)
@@ -173,6 +180,26 @@ def measure_oscillator(model, baseline, config):
         r2 = probe_r2(b, targets, len(probe_obs))
         metrics[f"probe_r2_{name}"] = {"omega": float(r2[0]), "amplitude": float(r2[1])}
     return metrics
+
+
+def latent_use(model, config, t=T1):
+    """What z carries, on test sequences of 200 steps: the spread over sequences and times of p_B's
+    mean per dimension (0 for a dimension that carries nothing) and p_B's mean sigma; the one-step
+    prediction of p_T (d = 1) from p_B's mean at t, as the RMSE of z[0] against the true next
+    position, beside repeating the true position; kl_t2 at t1 = t for jumps of 1, 10 and 100."""
+    obs, state = sequences.oscillator(config["test_sequences"], 200, np.random.default_rng([config["seed"], 10]))
+    obs, rng, n = obs.astype(config["dtype"]), np.random.default_rng([config["seed"], 11]), len(obs)
+    mu, logvar = model.p_B(model.beliefs(obs)[:, t:t + 40])  # (n, 40, latent): 40 steps from t
+    step, _ = model.transition(mu.reshape(n * 40, -1), np.ones(n * 40))
+    x_next, x_now = state["x"][:, t + 1:t + 41], state["x"][:, t:t + 40]
+    out = {f"pB_mean_spread_z{k}": float(mu.data[..., k].std()) for k in range(model.n_latent)}
+    out.update({"pB_sigma_mean": float(np.exp(0.5 * logvar.data).mean()),
+                "pT_step1_rmse": float(np.sqrt(np.mean((step.data[:, 0].reshape(n, 40) - x_next) ** 2))),
+                "repeat_position_rmse": float(np.sqrt(np.mean((x_now - x_next) ** 2)))})
+    for d in (1, 10, 100):
+        eps = [rng.standard_normal((n, 1, model.n_latent)).astype(obs.dtype) for _ in range(2)]
+        out[f"kl_t2_jump{d}"] = float(model.loss_terms(obs, np.full((n, 1), t), np.full((n, 1), t + d), *eps)["kl_t2"].data.mean())
+    return out
 
 
 def measure_digits(model, config, x_train, x_test):

@@ -242,3 +242,12 @@ def test_moving_digits_shift_one_pixel_per_frame_in_their_direction():
     np.testing.assert_array_equal(shifts, np.repeat(direction[:, None], 19, axis=1))
     assert np.allclose(sequences.aligned_bce(frames[:, 7], digits), sequences.aligned_bce(digits, digits))
     assert np.all(sequences.aligned_bce(np.full(196, 0.5), digits) > sequences.aligned_bce(digits, digits))
+
+
+def test_belief_log_sigma_sets_the_initial_width_of_p_B():
+    b = Tensor(np.random.default_rng(5).standard_normal((500, 32)).astype(np.float32))
+    for log_sigma, expected in ((None, 1.0), (-2.0, np.exp(-2.0))):
+        model = tdvae.TDVAE(1, np.random.default_rng(0), belief_log_sigma=log_sigma)
+        with no_grad():
+            sigma = np.exp(0.5 * model.p_B(b)[1].data)
+        assert expected / 2 < np.median(sigma) < expected * 2, (log_sigma, np.median(sigma))

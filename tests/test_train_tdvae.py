@@ -54,3 +54,22 @@ def test_bad_flags_end_with_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         train_tdvae.main(["--pairs", "0", "--out", str(tmp_path / "x")])
     assert stop.value.code == 2 and "--pairs must be >= 1 (got 0)" in capsys.readouterr().err
+
+
+def test_the_jump_flags_default_per_task_and_are_checked(tmp_path, capsys):
+    args = train_tdvae.parse_args(["--out", str(tmp_path / "x")])
+    assert (args.max_delta, args.p_long) == (10, 0.2)
+    args = train_tdvae.parse_args(["--task", "moving-digit", "--out", str(tmp_path / "x")])
+    assert (args.max_delta, args.p_long) == (4, 0.0)
+    args = train_tdvae.parse_args(["--max-delta", "1", "--p-long", "0", "--out", str(tmp_path / "x")])
+    assert (args.max_delta, args.p_long) == (1, 0.0)
+    with pytest.raises(SystemExit) as stop:
+        train_tdvae.parse_args(["--task", "moving-digit", "--p-long", "0.5", "--out", str(tmp_path / "x")])
+    assert stop.value.code == 2 and "--p-long must be in [0, 1] for the oscillator and 0 for the moving digit" in capsys.readouterr().err
+
+
+def test_no_baseline_updates_still_measures(tmp_path):
+    metrics = train_tdvae.main(["--task", "oscillator", "--epochs", "1", "--out", str(tmp_path / "run"), "--no-plots",
+                                *TINY, "--baseline-steps", "0"])
+    assert np.isfinite(metrics["measures"]["next_step_gru_jump20"]["rmse"])
+    assert set(metrics["measures"]["latent_use"]) >= {"pB_mean_spread_z0", "pT_step1_rmse", "kl_t2_jump100"}
