@@ -51,7 +51,7 @@ def test_jobs_2_trains_the_grid_and_a_restart_reads_the_results_instead_of_train
 def test_the_sweep_figure_plots_mig_and_reconstruction_against_beta(tmp_path):
     pytest.importorskip("matplotlib")
     import autoencoder_figures
-    runs = {f"beta{b}-seed{s}": {"beta": b, "mig": 0.1 * b / (s + 1), "test_rec": 20.0 + b} for b in (1, 4) for s in (1, 2)}
+    runs = {f"beta{b}-seed{s}": {"beta": b, "mig": 0.1 * b / (s + 1), "mig_posterior": 0.1 * b / s, "test_rec": 20.0 + b} for b in (1, 4) for s in (1, 2)}
     path = autoencoder_figures.sweep_figure(runs, tmp_path / "sweep.png")
     assert path.endswith("sweep.png") and (tmp_path / "sweep.png").stat().st_size > 1000
 
