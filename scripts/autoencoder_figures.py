@@ -70,8 +70,8 @@ def sweep_figure(runs, path):
     betas = sorted({run["beta"] for run in runs.values()})
     fig = _new_figure((9.0, 3.4))
     axes = fig.subplots(1, 2)
-    curves = (("mig_posterior", "MIG from q(z|x) (Chen et al.)", axes[0], "C0"),
-              ("mig", "MIG, histogram of means (Locatello et al.)", axes[0], "C1"),
+    curves = (("mig_posterior", "MIG (q): from q(z|x)", axes[0], "C0"),
+              ("mig", "MIG (hist): histogram of means", axes[0], "C1"),
               ("test_rec", "test reconstruction error", axes[1], "C0"))
     for key, label, ax, colour in curves:
         runs_with = [run for run in runs.values() if run.get(key) is not None]
@@ -80,11 +80,12 @@ def sweep_figure(runs, path):
         ax.plot([run["beta"] for run in runs_with], [run[key] for run in runs_with], "o", color=colour, alpha=0.4)
         done = sorted({run["beta"] for run in runs_with})
         ax.plot(done, [np.mean([run[key] for run in runs_with if run["beta"] == b]) for b in done], "-",
-                color=colour, label=f"{label}: mean (dots: seeds)")
+                color=colour, label=f"{label}, mean (dots: seeds)")
     for ax, label in zip(axes, ("MIG (held-out shapes)", "test reconstruction error, nats")):
         ax.set_xscale("symlog", linthresh=1.0)  # a log axis that also shows beta = 0
         ax.set(xlabel="β", ylabel=label, xticks=betas, xticklabels=[f"{b:g}" for b in betas])
-        ax.legend(fontsize="small")
+        ax.margins(y=0.3)  # room above the points for the legend
+        ax.legend(fontsize="small", loc="upper left")
     fig.suptitle("β-VAE on the generated shapes: disentanglement against reconstruction")
     return _save(fig, path)
 
