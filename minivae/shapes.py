@@ -146,7 +146,7 @@ def posterior_mutual_information(mu, logvar, v, rng):
     H(z_j) = -mean_n log q(z_nj); H(z_j | v_k) = sum_a p(v_k = a) H(z_j | v_k = a), where the entropy
     within the slice v_k = a uses only that slice's images, q(z_j | v_k = a) = their posteriors'
     average. A dimension whose posterior is the same for every image shares 0 nats with every factor.
-    Reference: Chen et al. 2018, arXiv:1802.04942, Sec. 5 and App. C (the estimator of eq. 6's I).
+    Reference: Chen et al. 2018, arXiv:1802.04942, Sec. 4 (their estimate of the I in the MIG, eq. 6).
     """
     mu, logvar = np.asarray(mu, dtype=np.float64), np.asarray(logvar, dtype=np.float64)
     z = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape)  # (N, d): z_n ~ q(z|x_n)
@@ -173,7 +173,7 @@ def posterior_mig(mu, logvar, v, rng):
     """MIG with I(z_j; v_k) estimated from the posteriors q(z|x) = N(mu, exp(logvar)) (Chen et al.'s
     own estimator, posterior_mutual_information) instead of a histogram of the means.
     Returns (mig, gaps per factor, the (d, K) matrix of I(z_j; v_k)).
-    Reference: Chen et al. 2018, arXiv:1802.04942, Sec. 5 (eq. 6)."""
+    Reference: Chen et al. 2018, arXiv:1802.04942, Sec. 4 (eq. 6)."""
     mi = posterior_mutual_information(mu, logvar, v, rng)
     return (*mig_from_information(mi, v), mi)
 
