@@ -9,6 +9,13 @@ of the factor values. As in dSprites, a small turn of a small shape can leave it
 were: at the smallest scale, two orientations of the ellipse and two of the heart look alike, so
 the grid holds 27,136 distinct images. A fixed set of 5,000 combinations (the same for every
 seed) is held out for scoring; a run trains on the other 22,648, in an order its seed shuffles.
+
+The MIG needs the information I(z_j; v_k) each latent dimension shares with each factor, estimated
+here two ways: from a histogram of the posterior means (mutual_information_gap, as Locatello et
+al. 2019 do), and from the posteriors q(z|x) themselves (posterior_mig, Chen et al. 2018's own
+estimator). They differ on a switched-off dimension: its posterior is N(0, 1) for every image, so
+it shares nothing with any factor, yet its mean may still drift a little with the image, and the
+histogram of means counts that drift as information.
 """
 import numpy as np
 
@@ -117,10 +124,58 @@ def mutual_information_gap(z, v, bins=20):
     zd = discretize(np.asarray(z, dtype=np.float64), bins)
     mi = np.array([[discrete_mutual_information(zd[:, j], v[:, k]) for k in range(v.shape[1])]
                    for j in range(zd.shape[1])])  # (d, K)
+    return (*mig_from_information(mi, v), mi)
+
+
+def log_mean_density(z, mu, logvar, chunk=500):
+    """log q(z_s) = log (1/N) sum_n N(z_s; mu_n, exp(logvar_n)) per dimension: (S, d) for samples
+    z (S, d) and the N posteriors mu, logvar (N, d); a stable log-sum-exp over n, S in chunks."""
+    out = np.empty(z.shape)
+    for start in range(0, len(z), chunk):
+        diff = z[start:start + chunk, None, :] - mu[None, :, :]  # (chunk, N, d)
+        log_q = -0.5 * (np.log(2 * np.pi) + logvar[None] + diff ** 2 / np.exp(logvar[None]))  # log q(z_s|x_n)
+        top = log_q.max(axis=1)  # (chunk, d): subtracted before exp so that nothing underflows to 0
+        out[start:start + chunk] = top + np.log(np.mean(np.exp(log_q - top[:, None, :]), axis=1))
+    return out
+
+
+def posterior_mutual_information(mu, logvar, v, rng):
+    """I(z_j; v_k) = H(z_j) - H(z_j | v_k) in nats, (d, K), with z_j ~ q(z_j|x) and q(z_j) the
+    average of the N posteriors q(z_j|x_n) (one sample z_n ~ q(z|x_n) per image, no binning).
+
+    H(z_j) = -mean_n log q(z_nj); H(z_j | v_k) = sum_a p(v_k = a) H(z_j | v_k = a), where the entropy
+    within the slice v_k = a uses only that slice's images, q(z_j | v_k = a) = their posteriors'
+    average. A dimension whose posterior is the same for every image shares 0 nats with every factor.
+    Reference: Chen et al. 2018, arXiv:1802.04942, Sec. 4 (their estimate of the I in the MIG, eq. 6).
+    """
+    mu, logvar = np.asarray(mu, dtype=np.float64), np.asarray(logvar, dtype=np.float64)
+    z = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape)  # (N, d): z_n ~ q(z|x_n)
+    h_z = -log_mean_density(z, mu, logvar).mean(0)  # (d,)
+    mi = np.zeros((mu.shape[1], v.shape[1]))
+    for k in range(v.shape[1]):
+        for a in np.unique(v[:, k]):
+            rows = v[:, k] == a
+            h_slice = -log_mean_density(z[rows], mu[rows], logvar[rows]).mean(0)  # (d,): H(z | v_k = a)
+            mi[:, k] -= rows.mean() * h_slice
+        mi[:, k] += h_z
+    return mi
+
+
+def mig_from_information(mi, v):
+    """MIG and the gaps per factor from the (d, K) information matrix mi of the codes with v (N, K)."""
     entropy = np.array([discrete_mutual_information(v[:, k], v[:, k]) for k in range(v.shape[1])])
     top2 = np.sort(mi, axis=0)[::-1][:2]  # (2, K): largest and second largest per factor
     gaps = (top2[0] - top2[1]) / entropy
-    return float(gaps.mean()), gaps, mi
+    return float(gaps.mean()), gaps
+
+
+def posterior_mig(mu, logvar, v, rng):
+    """MIG with I(z_j; v_k) estimated from the posteriors q(z|x) = N(mu, exp(logvar)) (Chen et al.'s
+    own estimator, posterior_mutual_information) instead of a histogram of the means.
+    Returns (mig, gaps per factor, the (d, K) matrix of I(z_j; v_k)).
+    Reference: Chen et al. 2018, arXiv:1802.04942, Sec. 4 (eq. 6)."""
+    mi = posterior_mutual_information(mu, logvar, v, rng)
+    return (*mig_from_information(mi, v), mi)
 
 
 def kl_per_dimension(mu, logvar):

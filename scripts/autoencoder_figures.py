@@ -63,17 +63,29 @@ def traversals(plot, path, model, x_test, beta, image_shape, n_rows=10):
 
 
 def sweep_figure(runs, path):
-    """MIG and test reconstruction error against beta (log axis), one point per run and a line
-    through each beta's mean: the beta sweep's trade-off. runs: {name: {"beta", "mig", "test_rec"}}."""
+    """MIG (both estimates) and test reconstruction error against beta (log axis), one point per
+    run and a line through each beta's mean: the beta sweep's trade-off.
+    runs: {name: {"beta", "mig", "mig_posterior", "test_rec"}}."""
     from minivae.plot import _new_figure, _save  # matplotlib is needed here, and only here
     betas = sorted({run["beta"] for run in runs.values()})
     fig = _new_figure((9.0, 3.4))
-    for ax, key, label in zip(fig.subplots(1, 2), ("mig", "test_rec"), ("MIG (held-out shapes)", "test reconstruction error, nats")):
-        ax.plot([run["beta"] for run in runs.values()], [run[key] for run in runs.values()], "o", alpha=0.5, label="one seed")
-        ax.plot(betas, [np.mean([run[key] for run in runs.values() if run["beta"] == b]) for b in betas], "-", label="mean")
+    axes = fig.subplots(1, 2)
+    curves = (("mig_posterior", "MIG (q): from q(z|x)", axes[0], "C0"),
+              ("mig", "MIG (hist): histogram of means", axes[0], "C1"),
+              ("test_rec", "test reconstruction error", axes[1], "C0"))
+    for key, label, ax, colour in curves:
+        runs_with = [run for run in runs.values() if run.get(key) is not None]
+        if not runs_with:
+            continue
+        ax.plot([run["beta"] for run in runs_with], [run[key] for run in runs_with], "o", color=colour, alpha=0.4)
+        done = sorted({run["beta"] for run in runs_with})
+        ax.plot(done, [np.mean([run[key] for run in runs_with if run["beta"] == b]) for b in done], "-",
+                color=colour, label=f"{label}, mean (dots: seeds)")
+    for ax, label in zip(axes, ("MIG (held-out shapes)", "test reconstruction error, nats")):
         ax.set_xscale("symlog", linthresh=1.0)  # a log axis that also shows beta = 0
         ax.set(xlabel="β", ylabel=label, xticks=betas, xticklabels=[f"{b:g}" for b in betas])
-        ax.legend(fontsize="small")
+        ax.margins(y=0.3)  # room above the points for the legend
+        ax.legend(fontsize="small", loc="upper left")
     fig.suptitle("β-VAE on the generated shapes: disentanglement against reconstruction")
     return _save(fig, path)
 

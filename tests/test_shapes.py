@@ -89,3 +89,45 @@ def test_bad_factor_indices_are_refused_in_one_line():
         shapes.draw(np.zeros((3, 4), dtype=int))
     with pytest.raises(ValueError, match="unknown shape 'star'"):
         shapes.inside("star", np.zeros(2), np.zeros(2))
+
+
+# ------------------------------------------------------------------ MIG from the posteriors
+def mixture_information(centres, sigma):
+    """I(z; v) in nats for v uniform over len(centres) values and z | v ~ N(centres[v], sigma**2):
+    H(z) - H(z | v), the entropy of the Gaussian mixture by quadrature on a fine grid."""
+    grid = np.linspace(min(centres) - 10 * sigma, max(centres) + 10 * sigma, 200001)
+    density = np.mean([np.exp(-0.5 * ((grid - c) / sigma) ** 2) for c in centres], axis=0) / (sigma * np.sqrt(2 * np.pi))
+    h_z = -np.sum(density * np.log(np.maximum(density, 1e-300))) * (grid[1] - grid[0])
+    return h_z - 0.5 * np.log(2 * np.pi * np.e * sigma ** 2)
+
+
+def test_posterior_information_matches_the_analytic_information_of_a_noisy_code():
+    v = np.repeat(np.arange(4), 1000)[:, None]  # one factor, 4 values, 1,000 images each
+    for sigma in (0.3, 0.6, 1.5):  # from nearly all of log 4 nats to a small part of it
+        mu, logvar = v * 1.0, np.full(v.shape, 2 * np.log(sigma))  # q(z|x) = N(v, sigma**2)
+        estimate = shapes.posterior_mutual_information(mu, logvar, v, np.random.default_rng(0))[0, 0]
+        assert estimate == pytest.approx(mixture_information([0, 1, 2, 3], sigma), abs=0.03), sigma
+        assert estimate <= np.log(4) + 0.01  # never above the factor's entropy
+
+
+def test_a_switched_off_dimension_shares_nothing_although_its_mean_follows_the_factor():
+    v = shapes.factor_grid()[::11]
+    rng = np.random.default_rng(1)
+    mu = np.stack([v[:, 3] + 0.05 * rng.standard_normal(len(v)), 1e-3 * v[:, 3]], 1)  # z0 codes x; z1's mean barely moves
+    logvar = np.stack([np.full(len(v), np.log(0.05 ** 2)), np.zeros(len(v))], 1)  # z1: q(z1|x) = N(~0, 1), switched off
+    mi = shapes.posterior_mutual_information(mu, logvar, v, rng)
+    assert mi[1].max() < 0.01  # Chen et al.'s estimator: nothing
+    assert mi[0, 3] == pytest.approx(np.log(16), abs=0.05) and mi[0, 3] <= np.log(16) + 0.01
+    _, gaps, histogram = shapes.mutual_information_gap(mu, v)
+    assert histogram[1, 3] > 2.0  # the histogram of the means counts z1's drift as information about x ...
+    assert gaps[3] < 0.1  # ... so x's gap vanishes, while from the posteriors it is nearly 1
+    assert shapes.posterior_mig(mu, logvar, v, rng)[1][3] > 0.9
+
+
+def test_posterior_mig_is_high_for_a_disentangled_code_and_low_for_noise():
+    v = shapes.factor_grid()[::23]
+    rng = np.random.default_rng(2)
+    logvar = np.full(v.shape, np.log(0.1 ** 2))
+    mig, gaps, mi = shapes.posterior_mig(v + 0.1 * rng.standard_normal(v.shape), logvar, v, rng)
+    assert mig > 0.9 and mi.shape == (5, 5)
+    assert shapes.posterior_mig(rng.standard_normal(v.shape), np.zeros(v.shape), v, rng)[0] < 0.02
