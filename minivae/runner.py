@@ -4,6 +4,7 @@ A study script (scripts/collapse_study.py, compare_autoencoders.py, beta_sweep.p
 run as a Spec: a name, the training script, that script's flags and the run's output folder. A
 Grid trains them and hands back each finished run's metrics.json; the study writes its table:
 
+    runner.check_before_start(specs, script.parse_args)  # flags the script would refuse: refused now
     with runner.Grid(args.jobs, args.dask) as grid:      # --jobs N, or --dask ADDRESS
         metrics = grid.run(specs)                        # {name: metrics} of the finished runs
         ...the study's table, marked partial when grid.partial...
@@ -88,6 +89,14 @@ def check_flags(parser, args):
             import distributed  # noqa: F401
         except ImportError:
             parser.error(NEEDS_EXTRA)
+
+
+def check_before_start(specs, parse_args):
+    """Refuse a grid whose flags its training script would refuse, before any run starts: each run
+    still to train has its command line parsed by `parse_args` (the script's own parser)."""
+    for spec in specs:
+        if not spec.done():
+            parse_args(spec.command())
 
 
 def study_command(script, argv=None):

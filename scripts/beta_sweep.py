@@ -113,9 +113,7 @@ def table(rows):
 def main(argv=None):
     args = parse_args(argv)
     runs = run_specs(args)
-    for spec in runs.values():  # refuse bad passed-through flags before anything trains
-        if not spec.done():
-            train_autoencoder.parse_args(spec.command())
+    runner.check_before_start(runs.values(), train_autoencoder.parse_args)  # bad flags refused before any run
     print(f"beta sweep: {len(args.betas)} betas x {len(args.seeds)} seeds = {len(runs)} runs; "
           f"logs in {args.out}/beta<B>-seed<S>/train.log", flush=True)
     with runner.Grid(args.jobs, args.dask) as grid:

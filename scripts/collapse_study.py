@@ -200,9 +200,7 @@ def probe_z_score(probe):
 def main(argv=None):
     args = parse_args(argv)
     runs = run_specs(args)
-    for spec in runs.values():  # refuse bad passed-through flags before anything trains
-        if not spec.done():
-            train_text_vae.parse_args(spec.command())
+    runner.check_before_start(runs.values(), train_text_vae.parse_args)  # bad flags refused before any run
     print(f"collapse study: {len(runs)} runs of {args.epochs} epochs on {args.toy_sentences} toy sentences; "
           f"logs in {args.out}/.../<method>/train.log", flush=True)
     with runner.Grid(args.jobs, args.dask) as grid:

@@ -137,9 +137,7 @@ def main(argv=None):
                     os.remove(os.path.join(run.out, name))
         if os.path.isfile(out("classifier.npz")):
             os.remove(out("classifier.npz"))
-    for run in first:  # every run's flags are checked before any run starts
-        if not run.done():
-            train_autoencoder.parse_args(run.command())
+    runner.check_before_start(first, train_autoencoder.parse_args)  # bad flags refused before any run
     with runner.Grid(args.jobs, args.dask) as grid:
         metrics = grid.run(first)
         if "vae" in metrics and grid.signal is None:  # equal training CPU time with the plain VAE

@@ -215,3 +215,13 @@ def test_runs_whose_study_is_killed_outright_stop_themselves_and_keep_their_chec
     assert not _processes_naming(str(tmp_path)), "a run outlived its killed study"
     stopped = [p.parent for p in tmp_path.glob("*/checkpoint.npz") if not (p.parent / "metrics.json").exists()]
     assert stopped and all("stopped by SIGTERM in epoch" in (run / "train.log").read_text() for run in stopped)
+
+
+def test_flags_are_checked_before_any_run_starts_and_a_finished_run_is_not_parsed(tmp_path):
+    finished = runner.Spec("finished", "train.py", ["--flag-it-was-trained-with"], str(tmp_path / "finished"))
+    (tmp_path / "finished").mkdir()
+    (tmp_path / "finished" / "metrics.json").write_text("{}")
+    todo = runner.Spec("todo", "train.py", ["--lr", "0.1"], str(tmp_path / "todo"))
+    parsed = []
+    runner.check_before_start([finished, todo], parsed.append)
+    assert parsed == [["--lr", "0.1", "--out", str(tmp_path / "todo")]]
