@@ -2,10 +2,9 @@
 
 Each model is one run of scripts/train_autoencoder.py (its outputs land in OUT/<model>/; VQ-VAE-2
 trains with its own short budget under --quick, since its run also fits priors and a flat
-baseline), and a
-VAE (beta = 1) and a beta-VAE trained on the generated shapes (OUT/shapes-vae/, shapes-beta_vae/)
-are scored by the mutual information gap; minivae.runner trains these runs --jobs at a time, or on
-a Dask cluster (--dask ADDRESS). A second IAF VAE (OUT/iaf_equal_time/) then gets the plain VAE's
+baseline), and a VAE (beta = 1) and a beta-VAE trained on the generated shapes (OUT/shapes-vae/,
+shapes-beta_vae/) are scored by the mutual information gap; minivae.runner trains these runs
+--jobs at a time, or on a Dask cluster (--dask ADDRESS). A second IAF VAE (OUT/iaf_equal_time/) then gets the plain VAE's
 training CPU time rather than its epochs, so the IAF compares with the VAE at equal epochs and at
 equal compute (CPU seconds, not wall seconds, which depend on what else the machine runs). A
 digit classifier trained on the MNIST training images (scripts/digit_classifier.py, cached in

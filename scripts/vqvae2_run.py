@@ -137,8 +137,9 @@ def train_model(args, argv=None, script=None):
     dtype = np.dtype(args.dtype)
     x_all, y_all, x_test, y_test, data_info = load_data(args, dtype)
     x_train = x_all[:args.limit or len(x_all)]  # the classifier of the measurements trains on all of them
+    steps_per_epoch = -(-len(x_train) // args.batch_size)  # the last batch may be short
     if args.quick:  # as many steps on the 8,000 bundled digits as on full MNIST
-        args.epochs = -(-QUICK_STEPS // -(-len(x_train) // args.batch_size))
+        args.epochs = -(-QUICK_STEPS // steps_per_epoch)
     rng = np.random.default_rng(args.seed)
     config = flags.run_config(args)
     model = vqvae2.make_model(config, rng)
@@ -164,7 +165,6 @@ def train_model(args, argv=None, script=None):
                      usage_bottom=usage[1], ema_top=emas[0].state_dict(), ema_bottom=emas[1].state_dict(),
                      prior_optimizer=prior_optimizer.state_dict())
 
-    steps_per_epoch = -(-len(x_train) // args.batch_size)
     with run.stop_cleanly():  # Ctrl-C or SIGTERM: say where, keep the last checkpoint, print how to resume
         for epoch in range(start_epoch, args.epochs):  # stage 1: the autoencoder
             t0, prior_history, start_prior_epoch = time.perf_counter(), [], 0  # new codes: the priors start again
